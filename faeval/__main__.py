@@ -1,0 +1,3 @@
+from faeval.cli import main
+
+main()

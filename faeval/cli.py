@@ -1,0 +1,69 @@
+"""``faeval``: LightningCLI over the methods, the data sets and the diagnostics callback.
+
+    faeval fit --model DFA --data CIFAR10
+    faeval fit --config configs/resmlp_d256_l4_dfa.yaml
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from typing_extensions import override
+
+import faeval.backbones  # noqa: F401  (short names: --model.backbone ResMLP)
+from faeval.callbacks import Diagnostics, FloorStopping
+from faeval.data import InMemoryDataModule
+from faeval.methods import CreditMethod
+
+
+class FaevalCLI(LightningCLI):
+    """LightningCLI with the diagnostics always on and a one-switch floor stop."""
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(Diagnostics, "diagnostics")
+        parser.add_argument(
+            "--floor_stop",
+            type=bool,
+            default=False,
+            help="Stop the run once ‖g_L‖ < diagnostics.grad_floor (diagnostic (b)).",
+        )
+        parser.link_arguments("data.input_shape", "model.init_args.input_shape",
+                              apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes",
+                              apply_on="instantiate")
+
+    @override
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if self._get(self.config_init, "floor_stop", default=False):
+            grad_floor = self._get(self.config_init, "diagnostics").grad_floor
+            trainer.callbacks.append(FloorStopping(grad_floor))
+        return trainer
+
+
+def run(args: list[str] | None = None) -> FaevalCLI:
+    """Runs the command line and returns the CLI (its trainer, model and datamodule).
+
+    Args:
+        args: replaces ``sys.argv[1:]`` (for tests and scripts).
+    """
+    return FaevalCLI(
+        CreditMethod,
+        InMemoryDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        trainer_defaults={"max_epochs": 100},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """The ``faeval`` console script."""
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Pure tensor functions of the diagnostic protocol (no modules, no state).
+
+Every norm and cosine is taken per sample over the whole flattened state, in float64, and
+then averaged over samples. Nothing is clamped: a zero norm gives NaN, never a number that
+looks valid. Two pitfalls this avoids: ``F.cosine_similarity`` clamps norms at 1e-8 and so
+returns a biased value at ‖g‖ ≈ 1e-10, and ``tensor.norm(-1)`` is the norm of order −1 over
+all elements, not the L2 norm over the last dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from faeval.backbones.base import LayeredBackbone, Trace
+
+
+def sample_norms(t: Tensor) -> Tensor:
+    """‖t_i‖₂ over each sample's flattened state, in float64. (B, ...) -> (B,)."""
+    return torch.linalg.vector_norm(t.detach().flatten(1).double(), ord=2, dim=1)
+
+
+def mean_norm(t: Tensor) -> float:
+    """Per-sample L2 norm, then the mean over samples."""
+    return sample_norms(t).mean().item()
+
+
+def sample_cosines(a: Tensor, g: Tensor) -> Tensor:
+    """cos(a_i, g_i) per sample, in float64, with no epsilon: a zero norm gives NaN.
+
+    (B, ...), (B, ...) -> (B,).
+    """
+    a64, g64 = a.detach().flatten(1).double(), g.detach().flatten(1).double()
+    dot = (a64 * g64).sum(1)
+    return dot / (sample_norms(a64) * sample_norms(g64))
+
+
+def mean_cosine(a: Tensor, g: Tensor) -> float:
+    """Per-sample cosine, then the mean over samples (NaN if any sample is unmeasurable)."""
+    return sample_cosines(a, g).mean().item()
+
+
+def true_gradients(backbone: LayeredBackbone, h0: Tensor, y: Tensor) -> tuple[Trace, list[Tensor]]:
+    """g_l = ∂ℓ̄/∂h_l for l = 0..L, with ℓ̄ the batch's mean cross-entropy.
+
+    Each sample's row carries the 1/N factor of the mean (DESIGN.md's convention, on which
+    the 1e-7 floor is defined). Only activation gradients are formed: autograd skips every
+    weight gradient, and the embedding is not differentiated at all.
+
+    Args:
+        backbone: the network.
+        h0: the embedding output h_0 of the batch.
+        y: labels.
+
+    Returns:
+        The detached forward trace from h0 and the gradients g_0..g_L.
+    """
+    with torch.enable_grad():
+        h = h0.detach().requires_grad_(True)
+        states, outputs = [h], []
+        for block in backbone.blocks:
+            f = block(h)
+            h = backbone.combine(h, f)
+            states.append(h)
+            outputs.append(f)
+        logits = backbone.readout(h)
+        grads = torch.autograd.grad(F.cross_entropy(logits, y), states)
+    return Trace(states, outputs, logits).detached(), list(grads)

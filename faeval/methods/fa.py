@@ -1,0 +1,58 @@
+"""FA: feedback alignment on the residual network."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from faeval.backbones import ResMLP, Trace
+from faeval.methods.base import BackboneFactory, CreditMethod, output_error
+from faeval.methods.feedback import FeedbackMatrices
+
+
+class FA(CreditMethod):
+    """Feedback alignment: credits travel down the network through fixed random matrices.
+
+    a_L = e·B_top with B_top a fixed random C×|h_L| matrix (in place of the readout's
+    transposed Jacobian); going down, a_{l-1} = a_l + a_l·B_l, with B_l a fixed random
+    |h_l|×|h_{l-1}| matrix standing in for the block branch's transposed Jacobian
+    (a_{l-1} = a_l·B_l when the residual add is off). The identity path is exact, so deep
+    credits inherit the top credit's alignment.
+
+    Args:
+        feedback_seed: seed of the feedback draw; default the run's seed.
+        input_shape, num_classes, backbone, optimizer, penalty: see ``CreditMethod``.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        backbone: BackboneFactory = ResMLP,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        penalty: float = 0.0,
+        feedback_seed: int | None = None,
+    ) -> None:
+        super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
+        seed = torch.initial_seed() % 2**31 if feedback_seed is None else feedback_seed
+        self.feedback = self.draw_feedback(seed)
+
+    def draw_feedback(self, seed: int) -> FeedbackMatrices:
+        """A fresh set: B_0 is C×|h_L| (top), B_l is |h_l|×|h_{l-1}| for l = 1..L."""
+        dims = [math.prod(s) for s in self.backbone.state_shapes()]
+        shapes = [(self.backbone.num_classes, dims[-1])]
+        shapes += [(dims[l], dims[l - 1]) for l in range(1, len(dims))]
+        return FeedbackMatrices(shapes, seed)
+
+    def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
+        states = trace.states
+        a = output_error(trace.logits, y) @ self.feedback[0]  # (B, C) @ (C, |h_L|) -> (B, |h_L|)
+        credits = [a]
+        for l in range(len(states) - 1, 0, -1):
+            back = a @ self.feedback[l]  # (B, |h_l|) @ (|h_l|, |h_{l-1}|): B_l plays J_{F_l}ᵀ
+            a = a + back if self.backbone.residual_add else back
+            credits.append(a)
+        return [c.view_as(h) for c, h in zip(reversed(credits), states, strict=True)]

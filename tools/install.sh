@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Usage: bash tools/install.sh
+# Installs faeval (editable, with test tools) and the offline Fashion-MNIST files from
+# Debian's package dataset-fashion-mnist. Needs root for apt-get (or the files already there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+python -m pip install -q --disable-pip-version-check -e '.[test]'
