@@ -58,13 +58,12 @@ def _fuse(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """
     if optimizer.defaults.get("fused", False) is not None:
         return optimizer  # no fused option, or the user chose
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not all(p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-               and p.device.type in ("cpu", "cuda") for p in params):
+    groups = optimizer.param_groups
+    if not all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+               for group in groups for p in group["params"]):
         return optimizer
-    if len(optimizer.param_groups) > 1:
-        return optimizer
-    return type(optimizer)(params, **{**optimizer.defaults, "fused": True})
+    return type(optimizer)([{**g, "fused": True} for g in groups],
+                           **{**optimizer.defaults, "fused": True})
 
 
 class CreditMethod(LightningModule):
@@ -111,6 +110,18 @@ class CreditMethod(LightningModule):
         """
         raise NotImplementedError
 
+    def auxiliary_loss(self, trace: Trace, y: Tensor) -> Tensor | float:
+        """Loss of the method's own trained helpers (bridge or value nets), 0 by default.
+
+        Added to the objective of the same optimizer step; it must only reach the helpers'
+        parameters (``trace`` is detached).
+        """
+        return 0.0
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer parameter groups; one group of every trainable parameter by default."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     @override
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(x)
@@ -126,7 +137,9 @@ class CreditMethod(LightningModule):
         if self.penalty:
             objective = objective + self.penalty * block_penalty(trace.outputs)
         if self.local:
-            objective = objective + local_objective(trace, self.credits(trace.detached(), y))
+            detached = trace.detached()
+            objective = objective + local_objective(trace, self.credits(detached, y))
+            objective = objective + self.auxiliary_loss(detached, y)
         self.manual_backward(objective)
         opt.step()
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True)
@@ -146,6 +159,5 @@ class CreditMethod(LightningModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return _fuse(self.optimizer_factory(params))
+        return _fuse(self.optimizer_factory(self.parameter_groups()))
 
