@@ -1,0 +1,173 @@
+"""In-memory data: one tensor per split, batches by index slicing, normalisation on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from lightning.pytorch import LightningDataModule
+from typing_extensions import override
+from torch import Tensor
+
+
+class TensorBatches:
+    """Batches of an in-memory (x, y) pair by index slicing: no per-sample Python work.
+
+    The shuffle permutation (and the random targets, when asked) of epoch k come from a
+    generator seeded with ``seed + k``, so a run resumed at epoch k sees the same batches.
+
+    Args:
+        x: inputs, first dimension the sample.
+        y: integer labels.
+        batch_size: samples per batch; the last batch may be smaller.
+        shuffle: permute the samples every epoch.
+        seed: base seed of the per-epoch generator.
+        epoch: returns the current epoch when iteration starts.
+        random_targets: number of classes to draw i.i.d. labels from for every sample of
+            every epoch (the task-free control), or 0 for the true labels.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: Callable[[], int] = lambda: 0,
+        random_targets: int = 0,
+    ) -> None:
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = epoch
+        self.random_targets = random_targets
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.x)
+        gen = torch.Generator().manual_seed(self.seed + self.epoch())
+        y = self.y
+        if self.random_targets:
+            y = torch.randint(self.random_targets, (n,), generator=gen, dtype=y.dtype)
+        if not self.shuffle:
+            for i in range(0, n, self.batch_size):
+                yield self.x[i : i + self.batch_size], y[i : i + self.batch_size]
+            return
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield self.x[idx], y[idx]
+
+
+class InMemoryDataModule(LightningDataModule):
+    """Base of every faeval data set: the whole set lives in memory as tensors.
+
+    Subclasses set ``input_shape`` and ``num_classes`` (known before loading, so the CLI can
+    build the model from them) and implement ``load``. Inputs may be stored as uint8: they are
+    turned into normalised floats per batch, after the batch reaches the device.
+
+    The test split doubles as the evaluation set reported as test accuracy; the probe set of
+    the diagnostics is its first ``probe_size`` samples (held out from training).
+
+    Args:
+        batch_size: training batch size.
+        eval_batch_size: batch size of the test pass.
+        probe_size: samples in the fixed diagnostic probe batch.
+        random_targets: replace training labels by i.i.d. uniform labels redrawn every
+            epoch for every sample (test labels stay true).
+        seed: seed of the shuffling and random targets; default: the run's seed.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    mean: tuple[float, ...] | None = None  # per-channel statistics for uint8 inputs
+    std: tuple[float, ...] | None = None
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        probe_size: int = 1024,
+        random_targets: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                            ("probe_size", probe_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.probe_size = probe_size
+        self.random_targets = random_targets
+        self.seed = torch.initial_seed() % 2**31 if seed is None else seed
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def load(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """The splits ``{"train": (x, y), "test": (x, y)}``; x uint8 or float, y int64."""
+        raise NotImplementedError
+
+    @override
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        splits = self.load()
+        x_test = splits["test"][0]
+        if tuple(x_test.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(
+                f"{type(self).__name__} loaded samples of shape {tuple(x_test.shape[1:])}, "
+                f"expected {tuple(self.input_shape)}"
+            )
+        if self.probe_size > len(x_test):
+            raise ValueError(
+                f"probe_size={self.probe_size} exceeds the {len(x_test)} test samples of "
+                f"{type(self).__name__}; pass a smaller --data.probe_size"
+            )
+        self.splits = splits
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    @override
+    def train_dataloader(self) -> TensorBatches:
+        x, y = self.splits["train"]
+        return TensorBatches(
+            x, y, self.batch_size, shuffle=True, seed=self.seed, epoch=self._epoch,
+            random_targets=self.num_classes if self.random_targets else 0,
+        )
+
+    @override
+    def val_dataloader(self) -> TensorBatches:
+        x, y = self.splits["test"]
+        return TensorBatches(x, y, self.eval_batch_size)
+
+    @override
+    def test_dataloader(self) -> TensorBatches:
+        return self.val_dataloader()
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Floats for the network: uint8 inputs scaled to [0, 1] and standardised per channel."""
+        if x.is_floating_point():
+            return x
+        x = x.float().div_(255)
+        if self.mean is None:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        mean = torch.tensor(self.mean, device=x.device).view(shape)
+        std = torch.tensor(self.std, device=x.device).view(shape)
+        return x.sub_(mean).div_(std)
+
+    @override
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int):
+        x, y = batch
+        return self.normalize(x), y
+
+    def probe(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+        """The fixed probe batch: the first ``probe_size`` test samples, normalised."""
+        self.setup()
+        x, y = self.splits["test"]
+        return self.normalize(x[: self.probe_size].to(device)), y[: self.probe_size].to(device)

@@ -1,0 +1,90 @@
+"""CIFAR-10 and CIFAR-100 through torchvision, held in memory as uint8 tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision import datasets
+
+from faeval.data.base import InMemoryDataModule
+
+
+def _present_files_only(dataset_cls: type[datasets.CIFAR10]) -> type[datasets.CIFAR10]:
+    """torchvision's reader, checking that the batch files exist instead of their md5.
+
+    The md5 sums are checked when torchvision downloads; an existing folder is read as is
+    (a damaged file still fails, when it is unpickled).
+    """
+
+    class Reader(dataset_cls):
+        def _check_integrity(self) -> bool:
+            root = Path(self.root) / self.base_folder
+            return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:  # class names are not used; md5-checked on download
+            pass
+
+    return Reader
+
+
+class _CIFAR(InMemoryDataModule):
+    """Shared loading of torchvision's CIFAR folders (``cifar-10-batches-py`` and friends)."""
+
+    dataset_cls: type[datasets.CIFAR10]
+    input_shape = (3, 32, 32)
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        probe_size: int = 1024,
+        random_targets: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, probe_size, random_targets, seed)
+        self.data_dir = data_dir
+        self.download = download
+
+    def load(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Reads both splits.
+
+        Raises:
+            FileNotFoundError: the folder holds no valid batches and download is off.
+        """
+        folder = Path(self.data_dir) / self.dataset_cls.base_folder
+        reader = self.dataset_cls if self.download else _present_files_only(self.dataset_cls)
+        splits = {}
+        for split, train in (("train", True), ("test", False)):
+            try:
+                ds = reader(self.data_dir, train=train, download=self.download)
+            except RuntimeError as err:
+                raise FileNotFoundError(
+                    f"no valid {self.dataset_cls.__name__} batches under {folder}; pass "
+                    "--data.download true to fetch them, or --data.data_dir to point at the "
+                    "folder that holds them"
+                ) from err
+            x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+            splits[split] = (x, torch.as_tensor(ds.targets, dtype=torch.long))
+        return splits
+
+
+class CIFAR10(_CIFAR):
+    """CIFAR-10 (10 classes, 50,000 train / 10,000 test). See the base for the arguments."""
+
+    dataset_cls = datasets.CIFAR10
+    num_classes = 10
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+
+
+class CIFAR100(_CIFAR):
+    """CIFAR-100 (100 fine classes). See the base for the arguments."""
+
+    dataset_cls = datasets.CIFAR100
+    num_classes = 100
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)

@@ -1,0 +1,89 @@
+"""Fashion-MNIST from the IDX files that Debian's ``dataset-fashion-mnist`` installs."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from faeval.data.base import InMemoryDataModule
+
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Reads an IDX file (gzipped or not) of unsigned bytes.
+
+    Raises:
+        ValueError: the header is not that of a uint8 IDX file or the size does not match.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not a uint8 IDX file (header {raw[:4]!r})")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} holds {data.size} values, its header says {dims}")
+    return data.reshape(dims)
+
+
+class FashionMNIST(InMemoryDataModule):
+    """Fashion-MNIST, the offline real data set (10 classes, 60,000 train / 10,000 test).
+
+    Args:
+        data_dir: folder with the four IDX files (``.gz`` or not); by default where
+            Debian's package ``dataset-fashion-mnist`` puts them.
+        batch_size, eval_batch_size, probe_size, random_targets, seed: see
+            ``InMemoryDataModule``.
+    """
+
+    input_shape = (1, 28, 28)
+    num_classes = 10
+    mean = (0.2860,)
+    std = (0.3530,)
+
+    def __init__(
+        self,
+        data_dir: str = DEBIAN_DIR,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        probe_size: int = 1024,
+        random_targets: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, probe_size, random_targets, seed)
+        self.data_dir = data_dir
+
+    def _find(self, stem: str) -> Path:
+        folder = Path(self.data_dir)
+        for name in (stem + ".gz", stem):
+            if (folder / name).is_file():
+                return folder / name
+        raise FileNotFoundError(
+            f"no Fashion-MNIST file {stem}[.gz] under {folder}; install Debian's package "
+            f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist, files in "
+            f"{DEBIAN_DIR}) or pass --data.data_dir to the folder that holds the IDX files"
+        )
+
+    def load(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Reads both splits.
+
+        Raises:
+            FileNotFoundError: a file is missing; the message names the package and option.
+        """
+        splits = {}
+        for split, (images, labels) in FILES.items():
+            x = torch.from_numpy(read_idx(self._find(images)).copy()).unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
+            y = torch.from_numpy(read_idx(self._find(labels)).astype(np.int64))
+            splits[split] = (x, y)
+        return splits
