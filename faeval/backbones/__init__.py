@@ -1,6 +1,9 @@
 """Backbones: plain ``nn.Module``s exposing the layered interface (embed, blocks, readout)."""
 
 from faeval.backbones.base import LayeredBackbone, Trace
+from faeval.backbones.cnn import SmallCNN
 from faeval.backbones.resmlp import ResMLP
+from faeval.backbones.student import StudentNet
+from faeval.backbones.vit import ViTMini
 
-__all__ = ["LayeredBackbone", "ResMLP", "Trace"]
+__all__ = ["LayeredBackbone", "ResMLP", "SmallCNN", "StudentNet", "Trace", "ViTMini"]

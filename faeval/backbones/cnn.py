@@ -1,0 +1,96 @@
+"""SmallCNN: conv–BatchNorm–ReLU blocks whose hidden state is the feature map."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from faeval.backbones.base import LayeredBackbone
+
+
+class ConvBlock(nn.Sequential):
+    """ReLU(BN(conv3×3(h))), then a 2×2 max-pool when it downsamples."""
+
+    def __init__(self, in_channels: int, out_channels: int, downsample: bool) -> None:
+        layers = [
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),  # BN holds the bias
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+        ]
+        if downsample:
+            layers.append(nn.MaxPool2d(2))
+        super().__init__(*layers)
+
+
+class SmallCNN(LayeredBackbone):
+    """h_0 = stem(x); h_l = F_l(h_{l-1}) (or h_{l-1} + F_l(h_{l-1})); logits = head(pool(h_L)).
+
+    The stem is a conv–BN–ReLU block with a 2×2 max-pool (C×H×W -> width×H/2×W/2). Each block
+    F_l is conv3×3–BatchNorm–ReLU. With ``downsample`` (the default) a block doubles the
+    channels and halves the sides, so the shapes differ from layer to layer and the block is
+    the map itself (``residual_add`` must be off); without it every block keeps the shape and
+    the residual add h_{l-1} + F_l(h_{l-1}) is available. The readout is a global average
+    pool and a linear head: there is no terminal normalisation.
+
+    The hidden state is the feature map (B, C, H, W), taken per sample and flattened by the
+    diagnostics and the feedback matrices. At the defaults on 32×32 inputs the states hold
+    4096, 2048, 1024 and 512 values, so FA's dense |h_l|×|h_{l-1}| feedback stays small.
+
+    BatchNorm: training uses batch statistics (every method's local update goes through
+    them); the diagnostics (``faeval.diagnostics.measure``, hence the per-epoch callback and
+    ``faeval audit``) put the network in eval mode, so each probe sample is measured with the
+    running statistics, independently of the rest of the probe batch, and the running
+    statistics are not updated by a diagnostic pass.
+
+    Args:
+        input_shape: (channels, height, width); with ``downsample`` the sides must stay
+            divisible by 2 through the stem and every block.
+        num_classes: C.
+        width: channels of the stem output h_0.
+        num_blocks: depth L.
+        downsample: each block doubles the channels and halves the sides.
+        residual_add: h_l = h_{l-1} + f_l; needs ``downsample`` off (equal shapes).
+
+    Raises:
+        ValueError: the input is not an image, its sides do not halve ``num_blocks + 1``
+            times, or the residual add is asked for blocks that change the shape.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        width: int = 16,
+        num_blocks: int = 3,
+        downsample: bool = True,
+        residual_add: bool = False,
+    ) -> None:
+        super().__init__(input_shape, num_classes)
+        if residual_add and downsample:
+            raise ValueError(
+                "SmallCNN cannot add h_{l-1} to a block output of another shape: with "
+                "residual_add=true pass --model.backbone.downsample false"
+            )
+        if width < 1 or num_blocks < 1:
+            raise ValueError(
+                f"SmallCNN needs width >= 1 and num_blocks >= 1, got width={width}, "
+                f"num_blocks={num_blocks}"
+            )
+        halvings = 1 + (num_blocks if downsample else 0)
+        if len(input_shape) != 3 or any(s % 2**halvings for s in input_shape[1:]):
+            raise ValueError(
+                f"SmallCNN with num_blocks={num_blocks}, downsample={downsample} halves the "
+                f"image sides {halvings} times, which needs (channels, height, width) inputs "
+                f"with sides divisible by {2**halvings}, got {tuple(input_shape)}; use fewer "
+                "blocks or --model.backbone.downsample false"
+            )
+        self.residual_add = residual_add
+        self.embed = ConvBlock(input_shape[0], width, downsample=True)
+        channels = [width * (2**l if downsample else 1) for l in range(num_blocks + 1)]
+        self.blocks = nn.ModuleList(
+            ConvBlock(c_in, c_out, downsample)
+            for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
+        )
+        self.head = nn.Linear(channels[-1], num_classes)
+
+    def readout(self, h: Tensor) -> Tensor:
+        return self.head(h.mean((2, 3)))  # (B, C_L, H, W) -> (B, C_L) -> (B, num_classes)
