@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from torch import Tensor, nn
 
 from faeval.backbones.base import LayeredBackbone
@@ -85,10 +87,9 @@ class SmallCNN(LayeredBackbone):
             )
         self.residual_add = residual_add
         self.embed = ConvBlock(input_shape[0], width, downsample=True)
-        channels = [width * (2**l if downsample else 1) for l in range(num_blocks + 1)]
+        channels = [width * (2**k if downsample else 1) for k in range(num_blocks + 1)]
         self.blocks = nn.ModuleList(
-            ConvBlock(c_in, c_out, downsample)
-            for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
+            ConvBlock(c_in, c_out, downsample) for c_in, c_out in itertools.pairwise(channels)
         )
         self.head = nn.Linear(channels[-1], num_classes)
 

@@ -72,8 +72,9 @@ class StudentNet(LayeredBackbone):
             raise ValueError(f"StudentNet's alpha must lie in [0, 1], got {alpha}")
         self.residual_add = False
         self.alpha = alpha
-        self.embed = nn.Sequential(nn.Flatten(),
-                                   _teacher_init(nn.Linear(math.prod(input_shape), width)))
+        self.embed = nn.Sequential(
+            nn.Flatten(), _teacher_init(nn.Linear(math.prod(input_shape), width))
+        )
         self.blocks = nn.ModuleList(LadderBlock(width, alpha) for _ in range(depth - 1))
         self.head = _teacher_init(nn.Linear(width, num_classes))
 

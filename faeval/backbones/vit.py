@@ -17,8 +17,15 @@ class PatchEmbed(nn.Module):
     With ``pool="cls"`` a learned class token is prepended, so h_0 has one token more.
     """
 
-    def __init__(self, channels: int, image_size: tuple[int, int], patch_size: int,
-                 d_model: int, cls_token: bool, init_std: float) -> None:
+    def __init__(
+        self,
+        channels: int,
+        image_size: tuple[int, int],
+        patch_size: int,
+        d_model: int,
+        cls_token: bool,
+        init_std: float,
+    ) -> None:
         super().__init__()
         rows, cols = image_size[0] // patch_size, image_size[1] // patch_size
         self.proj = nn.Conv2d(channels, d_model, kernel_size=patch_size, stride=patch_size)
@@ -130,8 +137,9 @@ class ViTMini(LayeredBackbone):
             )
         self.residual_add = True
         self.pool = pool
-        self.embed = PatchEmbed(input_shape[0], input_shape[1:], patch_size, d_model,
-                                pool == "cls", init_std)
+        self.embed = PatchEmbed(
+            input_shape[0], input_shape[1:], patch_size, d_model, pool == "cls", init_std
+        )
         self.blocks = nn.ModuleList(
             TransformerBlock(d_model, num_heads, mlp_ratio) for _ in range(num_blocks)
         )
