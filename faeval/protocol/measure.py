@@ -1,0 +1,96 @@
+"""One pass of the protocol's heavier pieces on a probe batch: null band, ρ and stability."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from faeval.diagnostics.functional import true_gradients
+from faeval.diagnostics.probe import full_precision
+from faeval.protocol.null import NULL_SEED, has_feedback, null_band
+from faeval.protocol.perturbation import perturbation_correlation
+from faeval.protocol.stability import direction_stability
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """Settings of the heavier pieces (the defaults are DESIGN.md's).
+
+    Attributes:
+        null_draws: K, fresh feedback draws of the null band.
+        null_seed: seed of the first fresh draw.
+        directions: M, random directions per sample for ρ.
+        epsilon: ε, the step of ρ.
+        negative_draws: random credits of ρ's negative control.
+        stability_batches: probe batches of diagnostic (c).
+        stability_batch_size: samples per batch of diagnostic (c).
+        seed: seed of ρ's directions and random credits.
+    """
+
+    null_draws: int = 8
+    null_seed: int = NULL_SEED
+    directions: int = 32
+    epsilon: float = 1e-3
+    negative_draws: int = 8
+    stability_batches: int = 8
+    stability_batch_size: int = 128
+    seed: int = 0
+
+
+def run_protocol(method, x: torch.Tensor, y: torch.Tensor,
+                 settings: ProtocolSettings = ProtocolSettings()) -> dict[str, Any]:
+    """The null band, ρ with its controls and diagnostic (c), with the seconds each took.
+
+    Runs in float32 with autocast off and BatchNorm in eval mode (ρ in float64), whatever the
+    training precision. A piece that does not apply or cannot be measured is None, with the
+    reason under ``"<piece>_note"``.
+
+    Args:
+        method: a ``CreditMethod``.
+        x: probe inputs, normalised.
+        y: true probe labels.
+        settings: the pieces' settings.
+
+    Returns:
+        A JSON-ready dict: ``null`` (``NullBand`` fields or None), ``rho`` (``PerturbationFigures``
+        fields), ``stability`` (``StabilityFigures`` fields or None), their notes, and
+        ``seconds`` per piece.
+    """
+    row: dict[str, Any] = {"method": type(method).__name__, "seconds": {}}
+    backbone = method.backbone
+    with full_precision(method, x.device.type):
+        with torch.no_grad():
+            h0 = backbone.embed(x.float())
+        trace, grads = true_gradients(backbone, h0, y)
+        credits = method.credits(trace, y)
+
+        start = time.perf_counter()
+        band = null_band(method, trace, grads, y, settings.null_draws, settings.null_seed)
+        row["seconds"]["null"] = time.perf_counter() - start
+        row["null"] = None if band is None else band.as_dict()
+        if band is None:
+            row["null_note"] = (f"not applicable: {type(method).__name__} has no random feedback "
+                                "draw to redraw")
+
+        start = time.perf_counter()
+        rho = perturbation_correlation(
+            backbone, trace.states, y, credits, grads, settings.epsilon, settings.directions,
+            settings.negative_draws, settings.seed,
+        )
+        row["seconds"]["rho"] = time.perf_counter() - start
+        row["rho"] = rho.as_dict()
+
+        start = time.perf_counter()
+        try:
+            stab = direction_stability(method, h0, y, settings.stability_batch_size,
+                                       settings.stability_batches)
+            row["stability"] = stab.as_dict()
+        except ValueError as err:
+            row["stability"] = None
+            row["stability_note"] = str(err)
+        row["seconds"]["stability"] = time.perf_counter() - start
+    row["has_feedback"] = has_feedback(method)
+    return row

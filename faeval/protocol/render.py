@@ -1,0 +1,80 @@
+"""Verdicts as text (the console) and Markdown (audit files, sweep reports)."""
+
+from __future__ import annotations
+
+import math
+
+from faeval.protocol.verdicts import DIAGNOSTICS, RunVerdict, SeedVerdict
+
+
+def figure(key: str, value: float | None) -> str:
+    """A verdict's figure in its diagnostic's own units."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if key == "a":
+        return f"×{value:.3g}"
+    if key == "b":
+        return f"{value:.2e}"
+    if key == "d":
+        return f"{100 * value:+.2f} pp"
+    return f"{value:+.3f}"
+
+
+def _num(v: float | None, fmt: str = "{:.4f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def pair_line(rv: RunVerdict) -> str:
+    """The standard pair, with layer 0 apart and the margin over FrozenBlocks."""
+    p = rv.pair
+    margin = "n/a" if p["margin"] is None else f"{100 * p['margin']:+.2f} pp"
+    return (f"standard pair: acc {_num(p['acc'])}, Γ {_num(p['gamma'], '{:+.3f}')}  "
+            f"(cos layer 0 {_num(p['cos_l0'], '{:+.3f}')}, deep {_num(p['cos_deep'], '{:+.3f}')})"
+            f"  frozen acc {_num(p['frozen_acc'])}, margin {margin}")
+
+
+def run_text(rv: RunVerdict) -> str:
+    """The console verdict of one run."""
+    seed = "" if rv.seed is None else f" seed {rv.seed}"
+    lines = [f"[faeval] verdict: {rv.method}{seed}, epoch {rv.epoch}"]
+    for key, v in rv.verdicts.items():
+        mark = " (advisory)" if v.advisory else ""
+        lines.append(f"  {v.name:<26} {v.status:<12} {figure(key, v.figure):>11}   {v.rule}{mark}")
+        lines.append(f"  {'':<26} {v.detail}")
+    lines.append("  " + pair_line(rv))
+    lines.append("  thresholds: " + ", ".join(f"{k}={v:g}" for k, v in
+                                              rv.thresholds.as_dict().items()))
+    return "\n".join(lines)
+
+
+def run_markdown(rv: RunVerdict) -> str:
+    """The Markdown verdict of one run: a table of diagnostics and the standard pair."""
+    seed = "" if rv.seed is None else f", seed {rv.seed}"
+    lines = [f"## Verdict: {rv.method}{seed}, epoch {rv.epoch}", "",
+             "| diagnostic | verdict | figure | rule | figures |", "|---|---|---|---|---|"]
+    for key, v in rv.verdicts.items():
+        lines.append(f"| {v.name} | **{v.status}** | {figure(key, v.figure)} | {v.rule} | "
+                     f"{v.detail} |")
+    lines += ["", pair_line(rv), "", "Thresholds: " + ", ".join(
+        f"`{k}={v:g}`" for k, v in rv.thresholds.as_dict().items()), ""]
+    return "\n".join(lines)
+
+
+def seed_cell(sv: SeedVerdict) -> str:
+    """``**FIRES** (s0 ×206, s1 ×190)``: the cross-seed verdict with per-seed figures."""
+    per = ", ".join(f"s{s}: {figure(sv.key, f)}" + ("" if st in ("PASS", "FIRES") else f" {st}")
+                    for s, st, f in sv.seeds)
+    return f"**{sv.status}** ({per})"
+
+
+def verdict_table(methods: dict[str, dict[str, SeedVerdict]]) -> str:
+    """Markdown verdict table: one row per method, one column per diagnostic."""
+    keys = list(DIAGNOSTICS)
+    head = "| method | " + " | ".join(DIAGNOSTICS[k] for k in keys) + " |"
+    lines = [head, "|---" * (len(keys) + 1) + "|"]
+    for method, table in methods.items():
+        lines.append(f"| {method} | " + " | ".join(seed_cell(table[k]) for k in keys) + " |")
+    rules = next(iter(methods.values()), {})
+    if rules:
+        lines += ["", "Rules: " + "; ".join(f"{DIAGNOSTICS[k]}: {rules[k].rule}" for k in keys)]
+    return "\n".join(lines)

@@ -1,0 +1,328 @@
+"""The verdicts: pure functions of logged numbers, so a log is judged without re-running.
+
+Per run, each diagnostic reads PASS, FIRES or UNMEASURABLE (N/A where it does not apply);
+across seeds PASS, FIRES or MIXED. Every verdict carries the figure and the rule (threshold
+included) that decided it.
+
+Inputs are the rows the ``Diagnostics`` callback writes (``diagnostics.jsonl``: one per
+measured epoch, row 0 the initialisation) and the last row of the ``Protocol`` callback or
+of ``faeval audit`` (null band, ρ, stability).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Status = Literal["PASS", "FIRES", "UNMEASURABLE", "N/A"]
+SeedStatus = Literal["PASS", "FIRES", "MIXED", "UNMEASURABLE", "N/A"]
+
+#: Order and names of the diagnostics in every table.
+DIAGNOSTICS = {
+    "a": "(a) activation growth",
+    "b": "(b) gradient floor",
+    "c": "(c) direction stability",
+    "d": "(d) depth utilisation",
+    "mode2": "Mode 2 credit direction",
+}
+
+FROZEN = "FrozenBlocks"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every threshold of the protocol, printed with the verdicts.
+
+    Attributes:
+        growth_threshold: (a) fires when max_l ‖h_l‖ / ‖h_l‖ at init exceeds it.
+        grad_floor: (b) fires when ‖g_L‖ is below it (or non-finite).
+        stability_threshold: (c) reads FIRES when the mean pairwise cosine of batch-mean
+            credit directions is below it (advisory: not a clean pass/fail on its own).
+        margin: (d) fires when test accuracy − FrozenBlocks accuracy is below it (a
+            fraction: 0.02 is 2 percentage points).
+        null_sigmas: Mode 2 fires when the deep-layer cosine does not exceed the null mean
+            plus this many null standard deviations (for methods without a feedback draw:
+            deep ρ against its negative control, the same way).
+    """
+
+    growth_threshold: float = 50.0
+    grad_floor: float = 1e-7
+    stability_threshold: float = 0.1
+    margin: float = 0.02
+    null_sigmas: float = 2.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class Verdict:
+    """One diagnostic's verdict on one run.
+
+    Attributes:
+        key: ``a``, ``b``, ``c``, ``d`` or ``mode2``.
+        status: PASS, FIRES, UNMEASURABLE or N/A.
+        figure: the number that decided it (None when there is none).
+        rule: the rule with its threshold, e.g. ``fires when growth > 50``.
+        detail: the figures behind it, in words.
+        advisory: reported beside the others, not a clean pass/fail on its own.
+    """
+
+    key: str
+    status: Status
+    figure: float | None
+    rule: str
+    detail: str
+    advisory: bool = False
+
+    @property
+    def name(self) -> str:
+        return DIAGNOSTICS[self.key]
+
+
+@dataclass
+class RunVerdict:
+    """Every verdict of one run, beside its standard pair.
+
+    Attributes:
+        method: the method's class name.
+        seed: the run's seed (None when unknown).
+        verdicts: by key, in ``DIAGNOSTICS`` order.
+        pair: the standard pair and its neighbours: ``acc``, ``gamma`` (Γ, cosine averaged
+            over all layers), ``cos_l0``, ``cos_deep``, ``frozen_acc``, ``margin``.
+        thresholds: the thresholds used.
+        epoch: the last measured epoch.
+    """
+
+    method: str
+    seed: int | None
+    verdicts: dict[str, Verdict]
+    pair: dict[str, float | None]
+    thresholds: Thresholds
+    epoch: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "verdicts": {k: {**asdict(v), "name": v.name} for k, v in self.verdicts.items()},
+            "pair": self.pair,
+            "thresholds": self.thresholds.as_dict(),
+        }
+
+
+@dataclass
+class SeedVerdict:
+    """One diagnostic across the seeds of one method.
+
+    Attributes:
+        key: the diagnostic.
+        status: PASS or FIRES when every measurable seed agrees, MIXED when they disagree,
+            UNMEASURABLE when no seed could be measured, N/A when it applies to none.
+        rule: the rule, with its threshold.
+        seeds: per seed ``(seed, status, figure)``.
+        advisory: as in ``Verdict``.
+    """
+
+    key: str
+    status: SeedStatus
+    rule: str
+    seeds: list[tuple[int | None, Status, float | None]] = field(default_factory=list)
+    advisory: bool = False
+
+    @property
+    def name(self) -> str:
+        return DIAGNOSTICS[self.key]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _g(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def judge_growth(rows: list[dict], threshold: float) -> Verdict:
+    """(a): the largest growth factor max_l ‖h_l‖ / ‖h_l‖(init) over every logged epoch."""
+    rule = f"fires when max growth > {threshold:g}"
+    if not rows:
+        return Verdict("a", "UNMEASURABLE", None, rule, "no diagnostics rows")
+    growth = [r["growth"] if _finite(r.get("growth")) else math.inf for r in rows]
+    worst = max(range(len(rows)), key=lambda i: growth[i])
+    figure = growth[worst]
+    ratios = [v for r in rows for v in (r.get("h_ratio") or []) if v is not None]
+    ratio = max((v if _finite(v) else math.inf for v in ratios), default=None)
+    last = rows[-1]
+    detail = (f"max growth ×{figure:.3g} (epoch {rows[worst].get('epoch')}); ‖h_L‖ "
+              f"{_g(rows[0].get('h_L'))} at init -> {_g(last.get('h_L'))} at epoch "
+              f"{last.get('epoch')}; largest per-block ratio ‖h_l‖/‖h_l-1‖ ×{_g(ratio)}")
+    status: Status = "FIRES" if figure > threshold else "PASS"
+    return Verdict("a", status, figure, rule, detail)
+
+
+def judge_floor(rows: list[dict], floor: float) -> Verdict:
+    """(b): ‖g_L‖ at the last logged epoch against the floor; non-finite fires too."""
+    rule = f"fires when ‖g_L‖ < {floor:g}"
+    if not rows:
+        return Verdict("b", "UNMEASURABLE", None, rule, "no diagnostics rows")
+
+    def hit(r: dict) -> bool:
+        return not (_finite(r.get("g_L")) and r["g_L"] >= floor)
+
+    last = rows[-1]
+    first = next((r.get("epoch") for r in rows if hit(r)), None)
+    detail = f"‖g_L‖ {_g(rows[0].get('g_L'))} at init -> {_g(last.get('g_L'))} at epoch " \
+             f"{last.get('epoch')}"
+    if first is not None:
+        detail += f"; first under the floor at epoch {first}"
+    if hit(last):
+        detail += "; cosines against g are UNMEASURABLE"
+    figure = last.get("g_L") if _finite(last.get("g_L")) else None
+    return Verdict("b", "FIRES" if hit(last) else "PASS", figure, rule, detail)
+
+
+def judge_stability(protocol: dict | None, threshold: float) -> Verdict:
+    """(c): mean pairwise cosine of batch-mean credit directions at layer L/2 (advisory)."""
+    rule = f"reads FIRES when stability < {threshold:g} (advisory)"
+    stab = (protocol or {}).get("stability")
+    if not stab:
+        note = (protocol or {}).get("stability_note") or "no protocol row (add the Protocol " \
+            "callback or run faeval audit)"
+        return Verdict("c", "UNMEASURABLE", None, rule, note, advisory=True)
+    value = stab["credit"]
+    detail = (f"layer {stab['layer']}: credit {_g(value)}, true gradient {_g(stab['gradient'])} "
+              f"({stab['batches']} batches of {stab['batch_size']})")
+    if not _finite(value):
+        return Verdict("c", "UNMEASURABLE", None, rule, detail, advisory=True)
+    status: Status = "FIRES" if value < threshold else "PASS"
+    return Verdict("c", status, value, rule, detail, advisory=True)
+
+
+def judge_depth(method: str, acc: float | None, frozen_acc: float | None, margin: float
+                ) -> Verdict:
+    """(d): test accuracy minus the FrozenBlocks accuracy (same backbone, data, seed, budget)."""
+    rule = f"fires when acc − frozen acc < {100 * margin:g} pp"
+    if method == FROZEN:
+        return Verdict("d", "N/A", None, rule, "this is the FrozenBlocks baseline itself")
+    if not _finite(acc):
+        return Verdict("d", "UNMEASURABLE", None, rule, "no test accuracy logged")
+    if not _finite(frozen_acc):
+        return Verdict("d", "UNMEASURABLE", None, rule,
+                       "no FrozenBlocks accuracy (audit: --frozen RUN_DIR or --train_frozen "
+                       "true; sweeps include it)")
+    diff = acc - frozen_acc
+    detail = f"acc {acc:.4f} − frozen {frozen_acc:.4f} = {100 * diff:+.2f} pp"
+    status: Status = "FIRES" if diff < margin - 1e-12 else "PASS"
+    return Verdict("d", status, diff, rule, detail)
+
+
+def judge_mode2(protocol: dict | None, floor: Verdict, sigmas: float) -> Verdict:
+    """Mode 2: the deep-layer cosine (layers 1..L) must clear the null band.
+
+    For methods without a random feedback draw the null band does not apply; the deep-layer
+    ρ is judged against ρ's negative control (random credits) the same way, and the verdict
+    says so.
+    """
+    rule = f"fires when deep cos <= null mean + {sigmas:g}·std"
+    if floor.status == "FIRES":
+        return Verdict("mode2", "UNMEASURABLE", None, rule,
+                       "(b) fires: every cosine against g is numerically meaningless")
+    if not protocol:
+        return Verdict("mode2", "UNMEASURABLE", None, rule,
+                       "no null band logged (add the Protocol callback or run faeval audit)")
+    null = protocol.get("null")
+    rho = protocol.get("rho") or {}
+    rho_txt = ""
+    if rho.get("rho"):
+        deep_rho = _mean(rho["rho"][1:])
+        rho_txt = (f"; ρ deep {_g(deep_rho)}, l0 {_g(rho['rho'][0])} (controls: a=g "
+                   f"{_g(_mean(rho['positive'][1:]))}, random a "
+                   f"{_g(_mean(rho['negative_mean'][1:]))})")
+    if null is not None:
+        deep, band = null["deep"], null["deep_mean"] + sigmas * null["deep_std"]
+        detail = (f"deep cos {_g(deep)} vs null {null['deep_mean']:+.3f} ± "
+                  f"{null['deep_std']:.3f} ({null['draws']} fresh draws); l0 cos "
+                  f"{_g(null['cos'][0])}{rho_txt}")
+        if not _finite(deep):
+            return Verdict("mode2", "UNMEASURABLE", None, rule, detail)
+        return Verdict("mode2", "PASS" if deep > band else "FIRES", deep, rule, detail)
+    rule = f"no feedback draw: fires when deep ρ <= random-credit ρ + {sigmas:g}·std"
+    if not rho.get("rho") or len(rho["rho"]) < 2:
+        return Verdict("mode2", "UNMEASURABLE", None, rule, "no ρ logged")
+    deep = _mean(rho["rho"][1:])
+    band = _mean(rho["negative_mean"][1:]) + sigmas * _mean(rho["negative_std"][1:])
+    detail = ("null band not applicable (" + str(protocol.get("null_note", "no feedback draw"))
+              + f"); judged on ρ{rho_txt}")
+    if not _finite(deep):
+        return Verdict("mode2", "UNMEASURABLE", None, rule, detail)
+    return Verdict("mode2", "PASS" if deep > band else "FIRES", deep, rule, detail)
+
+
+def _mean(values: list[float | None]) -> float:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def judge_run(rows: list[dict], protocol: dict | None, method: str,
+              frozen_acc: float | None = None, thresholds: Thresholds = Thresholds(),
+              seed: int | None = None) -> RunVerdict:
+    """Every verdict of one run from its logged rows.
+
+    Args:
+        rows: the ``diagnostics.jsonl`` rows, in epoch order (row 0 the initialisation).
+        protocol: the last ``protocol.jsonl`` (or audit) row, or None.
+        method: the method's class name.
+        frozen_acc: test accuracy of the matching FrozenBlocks run.
+        thresholds: the thresholds.
+        seed: the run's seed, for the tables.
+    """
+    floor = judge_floor(rows, thresholds.grad_floor)
+    last = rows[-1] if rows else {}
+    acc = last.get("test/acc")
+    verdicts = {
+        "a": judge_growth(rows, thresholds.growth_threshold),
+        "b": floor,
+        "c": judge_stability(protocol, thresholds.stability_threshold),
+        "d": judge_depth(method, acc, frozen_acc, thresholds.margin),
+        "mode2": judge_mode2(protocol, floor, thresholds.null_sigmas),
+    }
+    unmeasurable = floor.status == "FIRES"
+    pair = {
+        "acc": acc,
+        "gamma": None if unmeasurable else last.get("gamma"),
+        "cos_l0": None if unmeasurable else last.get("cos_l0"),
+        "cos_deep": None if unmeasurable else last.get("cos_deep"),
+        "frozen_acc": frozen_acc,
+        "margin": acc - frozen_acc if _finite(acc) and _finite(frozen_acc) else None,
+    }
+    return RunVerdict(method, seed, verdicts, pair, thresholds, last.get("epoch"))
+
+
+def combine(key: str, verdicts: list[tuple[int | None, Verdict]]) -> SeedVerdict:
+    """One diagnostic across seeds: the measurable seeds decide.
+
+    PASS (FIRES) when every measurable seed passes (fires), MIXED when they disagree,
+    UNMEASURABLE when none is measurable, N/A when it applies to none.
+    """
+    seeds = [(s, v.status, v.figure) for s, v in verdicts]
+    statuses = {v.status for _, v in verdicts}
+    measured = statuses & {"PASS", "FIRES"}
+    if len(measured) == 2:
+        status: SeedStatus = "MIXED"
+    elif measured:
+        status = next(iter(measured))
+    elif statuses == {"N/A"}:
+        status = "N/A"
+    else:
+        status = "UNMEASURABLE"
+    rule = verdicts[0][1].rule if verdicts else ""
+    advisory = any(v.advisory for _, v in verdicts)
+    return SeedVerdict(key, status, rule, seeds, advisory)
+
+
+def combine_runs(runs: list[RunVerdict]) -> dict[str, SeedVerdict]:
+    """Every diagnostic across the seeds of one method."""
+    return {key: combine(key, [(r.seed, r.verdicts[key]) for r in runs]) for key in DIAGNOSTICS}
