@@ -9,10 +9,40 @@ from __future__ import annotations
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-import faeval.backbones  # noqa: F401  (short names: --model.backbone ResMLP)
+import faeval.backbones  # short names: --model.backbone ResMLP
+import faeval.data
+import faeval.methods
 from faeval.callbacks import Diagnostics, FloorStopping
 from faeval.data import InMemoryDataModule
 from faeval.methods import CreditMethod
+
+
+def _subclasses(module, base: type) -> list[str]:
+    return sorted(name for name in module.__all__
+                  if isinstance(cls := getattr(module, name), type)
+                  and issubclass(cls, base) and cls is not base)
+
+
+def known_names() -> dict[str, list[str]]:
+    """Short names the command line accepts for --model, --data and --model.backbone."""
+    return {
+        "model": _subclasses(faeval.methods, CreditMethod),
+        "data": _subclasses(faeval.data, InMemoryDataModule),
+        "model.backbone": _subclasses(faeval.backbones, faeval.backbones.LayeredBackbone),
+    }
+
+
+class FaevalParser(LightningArgumentParser):
+    """Adds the accepted short names to errors about --model, --data or --model.backbone."""
+
+    @override
+    def error(self, message: str, ex: Exception | None = None):
+        names = known_names()
+        key = ("model.backbone" if "key='backbone'" in message else
+               next((k for k in ("model", "data") if f'Parser key "{k}"' in message), None))
+        if key is not None:
+            message += f"\n  --{key} takes one of: {', '.join(names[key])} (or a class path)"
+        super().error(message, ex)
 
 
 class FaevalCLI(LightningCLI):
@@ -52,6 +82,7 @@ def run(args: list[str] | None = None) -> FaevalCLI:
         InMemoryDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        parser_class=FaevalParser,
         seed_everything_default=0,
         trainer_defaults={"max_epochs": 100},
         save_config_kwargs={"overwrite": True},

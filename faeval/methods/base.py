@@ -123,6 +123,12 @@ class CreditMethod(LightningModule):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     @override
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "input_shape"):
+            self.backbone.check_input(datamodule.input_shape, datamodule.num_classes)
+
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 

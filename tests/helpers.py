@@ -1,0 +1,65 @@
+"""Small networks and utilities shared by tests (plain functions, no fixtures)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from lightning.pytorch import Callback, Trainer
+from torch import Tensor, nn
+
+from faeval.backbones import LayeredBackbone
+
+
+class LinearNet(LayeredBackbone):
+    """h_0 = W_e x; h_l = h_{l-1} + W_l h_{l-1} (or W_l h_{l-1}); logits = W_h h_L. No LN."""
+
+    def __init__(self, input_shape=(6,), num_classes=3, d=5, num_blocks=3,
+                 residual_add: bool = True) -> None:
+        super().__init__(input_shape, num_classes)
+        self.residual_add = residual_add
+        self.embed = nn.Linear(input_shape[0], d)
+        self.blocks = nn.ModuleList(nn.Linear(d, d) for _ in range(num_blocks))
+        for block in self.blocks:
+            nn.init.normal_(block.weight, std=0.3)
+        self.head = nn.Linear(d, num_classes)
+
+    def readout(self, h: Tensor) -> Tensor:
+        return self.head(h)
+
+
+def reference_states(backbone: LayeredBackbone, x: Tensor) -> tuple[list[Tensor], Tensor]:
+    """h_0..h_L and logits from a forward written out here, states retaining their grads."""
+    h = backbone.embed(x)
+    h.retain_grad()
+    states = [h]
+    for block in backbone.blocks:
+        h = h + block(h) if backbone.residual_add else block(h)
+        h.retain_grad()
+        states.append(h)
+    return states, backbone.readout(h)
+
+
+class GradRecorder(Callback):
+    """Records every parameter's gradient just before each optimizer step."""
+
+    def __init__(self) -> None:
+        self.grads: list[dict[str, Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.grads.append({n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
+                           if p.grad is not None})
+
+
+def quiet_trainer(tmp_path, **kwargs) -> Trainer:
+    """A CPU trainer without progress bar, summary or checkpoints, logging under tmp_path."""
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False,
+                    default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    defaults.update(kwargs)
+    return Trainer(**defaults)
+
+
+def sgd(lr: float = 0.0):
+    """An optimizer factory for methods (``optimizer=`` argument); picklable for hparams."""
+    return functools.partial(torch.optim.SGD, lr=lr)
