@@ -1,0 +1,161 @@
+"""EP: equilibrium propagation on the layered backbone, the free state being the forward pass.
+
+The energy of states h = (h_0..h_L) for an input x with label y (DESIGN.md):
+
+    E(h; β) = ½‖h_0 − embed(x)‖² + Σ_{l=1..L} ½‖h_l − Φ_l(h_{l-1})‖² + β·ℓ(h_L),
+
+with Φ_l(h) = combine(h, F_l(h)) the block map with its residual add and ℓ(h_L) the
+cross-entropy of readout(h_L). At β = 0 the forward pass h_l = Φ_l(h_{l-1}) is the minimum
+(E = 0): it is the free state. The nudged phase starts there and relaxes h_0..h_L by K
+gradient steps h ← h − γ·∇_h E(h; β).
+
+Writing ε_0 = h_0 − embed(x) and ε_l = h_l − Φ_l(h_{l-1}) for the prediction errors, the
+nudged equilibrium satisfies ε_L = −β·∂ℓ/∂h_L and ε_l = J_{Φ_{l+1}}(h_l)ᵀ·ε_{l+1}: the errors
+are −β times backprop's chain at the nudged state. The credit is therefore
+
+    a_l = −ε_l / β                                   (``credit="error"``),
+
+which tends to ∂ℓ_i/∂h_l as β → 0 with an O(β) bias; the symmetric estimate
+a_l = −(ε_l^{+β} − ε_l^{−β}) / (2β) removes the first-order term. The seed study's credit, the
+state displacement a_l = −(h_l^β − h_l^0)/β (``credit="displacement"``, or
+−(h_l^{+β} − h_l^{−β})/(2β) symmetric), matches ∂ℓ/∂h_l only while the blocks stay near the
+identity.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+from typing_extensions import override
+
+from faeval.backbones import LayeredBackbone, ResMLP, Trace
+from faeval.methods.base import BackboneFactory, CreditMethod
+
+
+class EP(CreditMethod):
+    """Equilibrium propagation: credits from the prediction errors of a nudged relaxation.
+
+    The relaxation stops early once the energy gradient's norm (over the whole batch) falls
+    below ``tol`` times its norm at the free state; the number of steps taken is logged as
+    ``train/ep_steps`` (the larger of the two phases when symmetric). It touches only the
+    states: the backbone's parameters get no gradient from it and its buffers (BatchNorm
+    statistics) are left as they were. With ``steps=0`` there is no relaxation and the
+    credits are zero.
+
+    Args:
+        beta: the nudging strength β > 0.
+        steps: K, the most relaxation steps per phase.
+        step_size: γ, the gradient step on the states (stable below ~2/‖D‖², ≈ 0.5 for
+            near-identity residual blocks, where D maps states to prediction errors).
+        tol: relative tolerance of the early stop (0 never stops early).
+        symmetric: nudge with +β and −β and take the centred difference.
+        credit: ``"error"`` for −ε_l/β, ``"displacement"`` for −(h_l^β − h_l^0)/β.
+        input_shape, num_classes, backbone, optimizer, penalty: see ``CreditMethod``.
+
+    Raises:
+        FloatingPointError: the relaxation diverged (γ too large for the block Jacobians).
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        backbone: BackboneFactory = ResMLP,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        penalty: float = 0.0,
+        beta: float = 0.1,
+        steps: int = 20,
+        step_size: float = 0.5,
+        tol: float = 1e-3,
+        symmetric: bool = False,
+        credit: Literal["error", "displacement"] = "error",
+    ) -> None:
+        super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
+        if beta <= 0 or steps < 0 or step_size <= 0 or tol < 0:
+            raise ValueError(
+                f"EP needs beta > 0, steps >= 0, step_size > 0 and tol >= 0, got beta={beta}, "
+                f"steps={steps}, step_size={step_size}, tol={tol}"
+            )
+        if credit not in ("error", "displacement"):
+            raise ValueError(f"credit must be 'error' or 'displacement', got {credit!r}")
+        self.beta = beta
+        self.steps = steps
+        self.step_size = step_size
+        self.tol = tol
+        self.symmetric = symmetric
+        self.credit = credit
+        self.steps_taken = 0
+
+    def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
+        if self.steps == 0:
+            self.steps_taken = 0
+            return [torch.zeros_like(h) for h in trace.states]
+        plus, n_plus = self.relax(trace, y, self.beta)
+        if self.symmetric:
+            minus, n_minus = self.relax(trace, y, -self.beta)
+            self.steps_taken = max(n_plus, n_minus)
+            return [-(p - m) / (2 * self.beta) for p, m in zip(plus, minus, strict=True)]
+        self.steps_taken = n_plus
+        if self.credit == "error":
+            return [-p / self.beta for p in plus]
+        return [-(p - h) / self.beta for p, h in zip(plus, trace.states, strict=True)]
+
+    def relax(self, trace: Trace, y: Tensor, beta: float) -> tuple[list[Tensor], int]:
+        """Relaxes the states from the free state under nudging ``beta``.
+
+        Returns:
+            The prediction errors ε_0..ε_L at the final state (``credit="error"``) or the
+            final states h_0..h_L (``credit="displacement"``), detached, and the number of
+            gradient steps taken.
+        """
+        backbone = self.backbone
+        anchor = trace.states[0]  # embed(x): the free state's h_0, all EP needs of x
+        states = [h.clone() for h in trace.states]
+        buffers = [b.clone() for b in backbone.buffers()]
+        taken, first_norm = 0, None
+        with torch.enable_grad():
+            for k in range(self.steps + 1):
+                for h in states:
+                    h.requires_grad_(True)
+                errors = prediction_errors(backbone, anchor, states)
+                if k == self.steps:
+                    break
+                energy = sum(e.pow(2).sum() for e in errors) / 2
+                loss = F.cross_entropy(backbone.readout(states[-1]), y, reduction="sum")
+                grads = torch.autograd.grad(energy + beta * loss, states)
+                norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()
+                if not math.isfinite(norm):
+                    raise FloatingPointError(
+                        f"EP's relaxation diverged after {k} steps of size {self.step_size} "
+                        "(non-finite energy gradient); lower --model.step_size."
+                    )
+                first_norm = norm if first_norm is None else first_norm
+                if norm <= self.tol * first_norm:
+                    break
+                states = [
+                    (h - self.step_size * g).detach() for h, g in zip(states, grads, strict=True)
+                ]
+                taken = k + 1
+        for saved, b in zip(buffers, backbone.buffers(), strict=True):
+            b.copy_(saved)
+        out = errors if self.credit == "error" else states
+        return [t.detach() for t in out], taken
+
+    @override
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.log("train/ep_steps", float(self.steps_taken), on_step=False, on_epoch=True)
+
+
+def prediction_errors(
+    backbone: LayeredBackbone, anchor: Tensor, states: list[Tensor]
+) -> list[Tensor]:
+    """ε_0 = h_0 − anchor and ε_l = h_l − Φ_l(h_{l-1}) for l = 1..L, each shaped like h_l."""
+    errors = [states[0] - anchor]
+    for block, h_prev, h in zip(backbone.blocks, states[:-1], states[1:], strict=True):
+        errors.append(h - backbone.combine(h_prev, block(h_prev)))
+    return errors
