@@ -1,0 +1,121 @@
+"""Every method the CLI knows on every new backbone: one step, credits, diagnostics.
+
+Methods are collected from ``faeval.methods.__all__`` at test time, so a method added there
+is covered without editing this file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import faeval.methods
+from faeval.backbones import SmallCNN, StudentNet, ViTMini
+from faeval.data import TensorBatches
+from faeval.diagnostics import measure
+from faeval.methods import BP, CreditMethod
+
+#: Tiny configurations of each backbone (and of each of its topologies), with input shapes.
+BACKBONES = {
+    "ViTMini-mean": ((3, 16, 16), partial(ViTMini, patch_size=4, d_model=16, num_blocks=2,
+                                          num_heads=2, mlp_ratio=2)),
+    "ViTMini-cls": ((3, 16, 16), partial(ViTMini, patch_size=8, d_model=16, num_blocks=2,
+                                         num_heads=2, mlp_ratio=2, pool="cls")),
+    "SmallCNN-downsample": ((3, 16, 16), partial(SmallCNN, width=4, num_blocks=2)),
+    "SmallCNN-residual": ((3, 16, 16), partial(SmallCNN, width=4, num_blocks=2,
+                                               downsample=False, residual_add=True)),
+    "StudentNet": ((12,), partial(StudentNet, width=16, depth=3, alpha=1.0)),
+}
+NUM_CLASSES = 4
+
+
+def credit_methods() -> list[type[CreditMethod]]:
+    """The concrete ``CreditMethod`` classes ``faeval.methods`` exports."""
+    found = [getattr(faeval.methods, name) for name in faeval.methods.__all__]
+    return [cls for cls in found
+            if inspect.isclass(cls) and issubclass(cls, CreditMethod)
+            and cls is not CreditMethod and not inspect.isabstract(cls)]
+
+
+def batch(input_shape: tuple[int, ...], n: int = 16, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, *input_shape, generator=gen),
+            torch.randint(NUM_CLASSES, (n,), generator=gen))
+
+
+def build(cls, name):
+    input_shape, factory = BACKBONES[name]
+    return cls(input_shape, NUM_CLASSES, backbone=factory)
+
+
+def test_every_exported_method_is_collected():
+    names = {cls.__name__ for cls in credit_methods()}
+    assert {"BP", "FA", "DFA", "FrozenBlocks"} <= names
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("cls", credit_methods(), ids=lambda c: c.__name__)
+def test_one_step_trains_keeps_feedback_and_measures_every_layer(quiet_trainer, cls, name):
+    try:
+        method = build(cls, name)
+    except ValueError as err:  # a method may refuse a backbone, at construction, saying why
+        assert type(BACKBONES[name][1]()).__name__ in str(err) or name.split("-")[0] in str(err)
+        return
+    x, y = batch(BACKBONES[name][0])
+    trained = {n: p.detach().clone() for n, p in method.backbone.named_parameters()
+               if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in method.named_parameters() if not p.requires_grad}
+    feedback = {n: b.clone() for n, b in method.named_buffers() if not n.startswith("backbone.")}
+
+    trainer = quiet_trainer(max_steps=1)
+    loader = TensorBatches(x, y, batch_size=len(x))
+    trainer.fit(method, train_dataloaders=loader, val_dataloaders=loader)
+
+    assert trainer.global_step == 1
+    assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+    unchanged = [n for n, p in method.backbone.named_parameters()
+                 if n in trained and torch.equal(p, trained[n])]
+    assert not unchanged, f"{cls.__name__} left backbone parameters untouched: {unchanged}"
+    for n, p in method.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen parameter {n} changed"
+    for n, b in method.named_buffers():
+        if n in feedback:
+            assert torch.equal(b, feedback[n]), f"feedback buffer {n} changed"
+
+    figures = measure(method, x, y)
+    layers = method.backbone.num_blocks + 1
+    assert len(figures.h_norm) == len(figures.g_norm) == len(figures.cos) == layers
+    assert all(math.isfinite(v) and v > 0 for v in figures.h_norm + figures.g_norm)
+    assert all(math.isfinite(c) and abs(c) <= 1 + 1e-9 for c in figures.cos)
+
+
+@pytest.mark.parametrize("train_mode", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_bp_credits_equal_autograd_gradients(name, train_mode):
+    method = build(BP, name).double().train(train_mode)
+    backbone = method.backbone
+    x, y = batch(BACKBONES[name][0], n=12)
+    x = x.double()
+
+    # Reference: the network run by hand, its states retaining their gradients.
+    h = backbone.embed(x)
+    states = [h]
+    for block in backbone.blocks:
+        h = h + block(h) if backbone.residual_add else block(h)
+        states.append(h)
+    for s in states:
+        s.retain_grad()
+    F.cross_entropy(backbone.readout(h), y, reduction="sum").backward()  # Σ_i ℓ_i: per-sample
+
+    credits = method.credits(backbone.trace(x).detached(), y)
+    assert len(credits) == len(states)
+    for l, (a, s) in enumerate(zip(credits, states, strict=True)):
+        assert a.shape == s.shape
+        torch.testing.assert_close(a, s.grad, rtol=1e-9, atol=1e-12 * s.grad.abs().max().item(),
+                                   msg=f"layer {l}")
