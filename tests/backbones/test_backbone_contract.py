@@ -22,13 +22,21 @@ from faeval.methods import BP, CreditMethod
 
 #: Tiny configurations of each backbone (and of each of its topologies), with input shapes.
 BACKBONES = {
-    "ViTMini-mean": ((3, 16, 16), partial(ViTMini, patch_size=4, d_model=16, num_blocks=2,
-                                          num_heads=2, mlp_ratio=2)),
-    "ViTMini-cls": ((3, 16, 16), partial(ViTMini, patch_size=8, d_model=16, num_blocks=2,
-                                         num_heads=2, mlp_ratio=2, pool="cls")),
+    "ViTMini-mean": (
+        (3, 16, 16),
+        partial(ViTMini, patch_size=4, d_model=16, num_blocks=2, num_heads=2, mlp_ratio=2),
+    ),
+    "ViTMini-cls": (
+        (3, 16, 16),
+        partial(
+            ViTMini, patch_size=8, d_model=16, num_blocks=2, num_heads=2, mlp_ratio=2, pool="cls"
+        ),
+    ),
     "SmallCNN-downsample": ((3, 16, 16), partial(SmallCNN, width=4, num_blocks=2)),
-    "SmallCNN-residual": ((3, 16, 16), partial(SmallCNN, width=4, num_blocks=2,
-                                               downsample=False, residual_add=True)),
+    "SmallCNN-residual": (
+        (3, 16, 16),
+        partial(SmallCNN, width=4, num_blocks=2, downsample=False, residual_add=True),
+    ),
     "StudentNet": ((12,), partial(StudentNet, width=16, depth=3, alpha=1.0)),
 }
 NUM_CLASSES = 4
@@ -37,15 +45,22 @@ NUM_CLASSES = 4
 def credit_methods() -> list[type[CreditMethod]]:
     """The concrete ``CreditMethod`` classes ``faeval.methods`` exports."""
     found = [getattr(faeval.methods, name) for name in faeval.methods.__all__]
-    return [cls for cls in found
-            if inspect.isclass(cls) and issubclass(cls, CreditMethod)
-            and cls is not CreditMethod and not inspect.isabstract(cls)]
+    return [
+        cls
+        for cls in found
+        if inspect.isclass(cls)
+        and issubclass(cls, CreditMethod)
+        and cls is not CreditMethod
+        and not inspect.isabstract(cls)
+    ]
 
 
 def batch(input_shape: tuple[int, ...], n: int = 16, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, *input_shape, generator=gen),
-            torch.randint(NUM_CLASSES, (n,), generator=gen))
+    return (
+        torch.randn(n, *input_shape, generator=gen),
+        torch.randint(NUM_CLASSES, (n,), generator=gen),
+    )
 
 
 def build(cls, name):
@@ -67,8 +82,9 @@ def test_one_step_trains_keeps_feedback_and_measures_every_layer(quiet_trainer, 
         assert type(BACKBONES[name][1]()).__name__ in str(err) or name.split("-")[0] in str(err)
         return
     x, y = batch(BACKBONES[name][0])
-    trained = {n: p.detach().clone() for n, p in method.backbone.named_parameters()
-               if p.requires_grad}
+    trained = {
+        n: p.detach().clone() for n, p in method.backbone.named_parameters() if p.requires_grad
+    }
     frozen = {n: p.detach().clone() for n, p in method.named_parameters() if not p.requires_grad}
     feedback = {n: b.clone() for n, b in method.named_buffers() if not n.startswith("backbone.")}
 
@@ -78,8 +94,11 @@ def test_one_step_trains_keeps_feedback_and_measures_every_layer(quiet_trainer, 
 
     assert trainer.global_step == 1
     assert math.isfinite(trainer.callback_metrics["train/loss"].item())
-    unchanged = [n for n, p in method.backbone.named_parameters()
-                 if n in trained and torch.equal(p, trained[n])]
+    unchanged = [
+        n
+        for n, p in method.backbone.named_parameters()
+        if n in trained and torch.equal(p, trained[n])
+    ]
     assert not unchanged, f"{cls.__name__} left backbone parameters untouched: {unchanged}"
     for n, p in method.named_parameters():
         if n in frozen:
@@ -115,7 +134,8 @@ def test_bp_credits_equal_autograd_gradients(name, train_mode):
 
     credits = method.credits(backbone.trace(x).detached(), y)
     assert len(credits) == len(states)
-    for l, (a, s) in enumerate(zip(credits, states, strict=True)):
+    for layer, (a, s) in enumerate(zip(credits, states, strict=True)):
         assert a.shape == s.shape
-        torch.testing.assert_close(a, s.grad, rtol=1e-9, atol=1e-12 * s.grad.abs().max().item(),
-                                   msg=f"layer {l}")
+        torch.testing.assert_close(
+            a, s.grad, rtol=1e-9, atol=1e-12 * s.grad.abs().max().item(), msg=f"layer {layer}"
+        )
