@@ -2,9 +2,12 @@
 
     faeval fit --model DFA --data CIFAR10
     faeval fit --config configs/resmlp_d256_l4_dfa.yaml
+    faeval audit lightning_logs/version_0          # or a .ckpt file: the protocol's verdict
 """
 
 from __future__ import annotations
+
+import sys
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
@@ -15,6 +18,26 @@ import faeval.methods
 from faeval.callbacks import Diagnostics, FloorStopping
 from faeval.data import InMemoryDataModule
 from faeval.methods import CreditMethod
+from faeval.protocol.audit import FaevalTrainer, find_checkpoint, run_dir_of
+from faeval.protocol.checkpoint import load_checkpoint
+
+
+def audit_arguments(path: str) -> list[str]:
+    """``--config`` and ``--ckpt_path`` for ``faeval audit PATH`` (a run dir or a checkpoint).
+
+    Raises:
+        FileNotFoundError: no checkpoint there, or no ``config.yaml`` in its run directory.
+        ValueError: the file is not a readable faeval checkpoint.
+    """
+    ckpt = find_checkpoint(path)
+    load_checkpoint(ckpt)  # a clear error for a corrupt or foreign file, before parsing
+    config = run_dir_of(ckpt) / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"no config.yaml in {config.parent}, the run directory of {ckpt}; pass the run's "
+            "config yourself: faeval audit --config RUN/config.yaml --ckpt_path CKPT"
+        )
+    return ["--config", str(config), "--ckpt_path", str(ckpt)]
 
 
 def _subclasses(module, base: type) -> list[str]:
@@ -62,6 +85,27 @@ class FaevalCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes",
                               apply_on="instantiate")
 
+    @staticmethod
+    @override
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "audit": {"model", "datamodule"}}
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        raw = sys.argv[1:] if args is None else args
+        if isinstance(raw, list) and raw[:1] == ["audit"] and len(raw) > 1 \
+                and not str(raw[1]).startswith("-"):
+            self.config = parser.parse_args(["audit", *audit_arguments(raw[1]), *raw[2:]])
+            return
+        super().parse_arguments(parser, args)
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        # audit loads its checkpoint itself (weights-only, with clear errors); the model comes
+        # from the run's config.yaml, and the checkpoint's class is checked against it.
+        if self.config.get("subcommand") != "audit":
+            super()._parse_ckpt_path()
+
     @override
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -83,6 +127,7 @@ def run(args: list[str] | None = None) -> FaevalCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_class=FaevalParser,
+        trainer_class=FaevalTrainer,
         seed_everything_default=0,
         trainer_defaults={"max_epochs": 100},
         save_config_kwargs={"overwrite": True},

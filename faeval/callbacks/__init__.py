@@ -2,5 +2,6 @@
 
 from faeval.callbacks.diagnostics import Diagnostics
 from faeval.callbacks.floor_stop import FloorStopping
+from faeval.callbacks.protocol import Protocol
 
-__all__ = ["Diagnostics", "FloorStopping"]
+__all__ = ["Diagnostics", "FloorStopping", "Protocol"]

@@ -38,8 +38,7 @@ def run_text(rv: RunVerdict) -> str:
     seed = "" if rv.seed is None else f" seed {rv.seed}"
     lines = [f"[faeval] verdict: {rv.method}{seed}, epoch {rv.epoch}"]
     for key, v in rv.verdicts.items():
-        mark = " (advisory)" if v.advisory else ""
-        lines.append(f"  {v.name:<26} {v.status:<12} {figure(key, v.figure):>11}   {v.rule}{mark}")
+        lines.append(f"  {v.name:<26} {v.status:<12} {figure(key, v.figure):>11}   {v.rule}")
         lines.append(f"  {'':<26} {v.detail}")
     lines.append("  " + pair_line(rv))
     lines.append("  thresholds: " + ", ".join(f"{k}={v:g}" for k, v in
