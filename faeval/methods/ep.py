@@ -24,13 +24,15 @@ identity.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, ResMLP, Trace
@@ -43,8 +45,8 @@ class EP(CreditMethod):
     The relaxation stops early once the energy gradient's norm (over the whole batch) falls
     below ``tol`` times its norm at the free state; the number of steps taken is logged as
     ``train/ep_steps`` (the larger of the two phases when symmetric). It touches only the
-    states: the backbone's parameters get no gradient from it and its buffers (BatchNorm
-    statistics) are left as they were. With ``steps=0`` there is no relaxation and the
+    states: the backbone's parameters get no gradient from it and BatchNorm's running
+    statistics are left as they were. With ``steps=0`` there is no relaxation and the
     credits are zero.
 
     Args:
@@ -116,9 +118,8 @@ class EP(CreditMethod):
         backbone = self.backbone
         anchor = trace.states[0]  # embed(x): the free state's h_0, all EP needs of x
         states = [h.clone() for h in trace.states]
-        buffers = [b.clone() for b in backbone.buffers()]
         taken, first_norm = 0, None
-        with torch.enable_grad():
+        with torch.enable_grad(), running_statistics_frozen(backbone):
             for k in range(self.steps + 1):
                 for h in states:
                     h.requires_grad_(True)
@@ -141,14 +142,33 @@ class EP(CreditMethod):
                     (h - self.step_size * g).detach() for h, g in zip(states, grads, strict=True)
                 ]
                 taken = k + 1
-        for saved, b in zip(buffers, backbone.buffers(), strict=True):
-            b.copy_(saved)
         out = errors if self.credit == "error" else states
         return [t.detach() for t in out], taken
 
     @override
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.log("train/ep_steps", float(self.steps_taken), on_step=False, on_epoch=True)
+
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@contextlib.contextmanager
+def running_statistics_frozen(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in training mode normalise by batch statistics without updating their
+    running ones (nor touching those buffers in place, which the step's graph has saved)."""
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, BATCH_NORMS) and m.training and m.track_running_stats
+    ]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
 
 
 def prediction_errors(

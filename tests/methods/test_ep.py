@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
-from faeval.backbones import ResMLP
+from faeval.backbones import ResMLP, SmallCNN
 from faeval.methods import EP
 
 
@@ -134,3 +134,16 @@ def test_one_training_step(tiny_ladder, tmp_path):
 def test_invalid_settings_raise():
     with pytest.raises(ValueError, match="beta > 0"):
         make_ep(beta=0.0)
+
+
+def test_relaxation_leaves_batchnorm_statistics_alone():
+    torch.manual_seed(0)
+    backbone = functools.partial(SmallCNN, width=4, num_blocks=2)
+    method = EP((3, 8, 8), 4, backbone=backbone, steps=5).train()
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    trace = method.backbone.trace(x).detached()
+    buffers = {n: b.clone() for n, b in method.backbone.named_buffers()}
+    credits = method.credits(trace, y)
+    assert all(torch.equal(b, buffers[n]) for n, b in method.backbone.named_buffers())
+    assert all(torch.isfinite(a).all() for a in credits)
+    assert credits[-1].abs().sum() > 0

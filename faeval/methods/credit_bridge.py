@@ -1,0 +1,134 @@
+"""CreditBridge: credits as gradients of learned value functions of each layer's state.
+
+A scalar value net V_l per layer l = 0..L, trained online on the detached trace by
+
+    min ½·mean_i (V_L(h_L) − ℓ_i)²  +  lam · Σ_{l<L} ½·mean_i (V_l(h_l) − sg[V_{l+1}(h_{l+1})])²
+
+(terminal target: the sample's loss; bridge consistency: each layer's value predicts the
+next layer's, sg = stop-gradient, as in temporal-difference learning). If the values are
+consistent, V_l(h_l) ≈ ℓ_i as a function of h_l, so its gradient stands in for ∂ℓ_i/∂h_l:
+
+    a_l = ∇_{h_l} V_l(h_l).
+
+During the first ``warmup_epochs`` epochs, while the values are still untrained, the credit
+is DFA's, a_l = e·B_l with e = softmax(logits) − onehot(y) and B_l a fixed random C×|h_l|
+matrix (the same draw as ``DFA`` with the same seed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+from typing_extensions import override
+
+from faeval.backbones import ResMLP, Trace
+from faeval.methods.base import BackboneFactory, CreditMethod, output_error
+from faeval.methods.feedback import FeedbackMatrices
+from faeval.methods.state_bridge import helper_nets
+
+
+class CreditBridge(CreditMethod):
+    """Credit bridge: a_l = ∇_{h_l} V_l, value nets trained online toward the sample's loss.
+
+    The value nets train in the same optimizer step as the backbone, in a parameter group of
+    their own learning rate. Logged: ``train/value_terminal`` (mean |V_L(h_L) − ℓ_i|) and
+    ``train/value_bridge`` (mean |V_l(h_l) − V_{l+1}(h_{l+1})| over l < L). The epoch count
+    that decides the warmup is a buffer, so a checkpoint audited later uses the credit its
+    run was using.
+
+    Args:
+        value_width: hidden width of each value net.
+        value_depth: number of linear layers of each value net (1: a linear value).
+        value_lr: learning rate of the value nets' parameter group.
+        lam: weight of bridge consistency against the terminal target.
+        warmup_epochs: epochs of DFA credit before the values take over.
+        feedback_seed: seed of the DFA feedback draw; default the run's seed.
+        value_seed: seed of the value nets' initialisation; default the run's seed.
+        input_shape, num_classes, backbone, optimizer, penalty: see ``CreditMethod``.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        backbone: BackboneFactory = ResMLP,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        penalty: float = 0.0,
+        value_width: int = 256,
+        value_depth: int = 2,
+        value_lr: float = 1e-3,
+        lam: float = 1.0,
+        warmup_epochs: int = 1,
+        feedback_seed: int | None = None,
+        value_seed: int | None = None,
+    ) -> None:
+        super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
+        if value_width < 1 or value_depth < 1 or value_lr <= 0 or lam < 0 or warmup_epochs < 0:
+            raise ValueError(
+                f"CreditBridge needs value_width >= 1, value_depth >= 1, value_lr > 0, lam >= 0 "
+                f"and warmup_epochs >= 0, got {value_width}, {value_depth}, {value_lr}, {lam}, "
+                f"{warmup_epochs}"
+            )
+        self.value_lr = value_lr
+        self.lam = lam
+        self.warmup_epochs = warmup_epochs
+        run_seed = torch.initial_seed() % 2**31
+        dims = [math.prod(s) for s in self.backbone.state_shapes()]
+        self.feedback = FeedbackMatrices(
+            [(num_classes, d) for d in dims], run_seed if feedback_seed is None else feedback_seed
+        )
+        self.values = helper_nets(
+            dims, 1, value_width, value_depth, run_seed if value_seed is None else value_seed
+        )
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        self.residuals = (float("nan"), float("nan"))
+
+    def value(self, layer: int, h: Tensor) -> Tensor:
+        """V_l(h_l), one scalar per sample. (B, ...) -> (B,)."""
+        return self.values[layer](h.flatten(1)).squeeze(1)
+
+    def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
+        if self.epoch < self.warmup_epochs:
+            e = output_error(trace.logits, y)
+            return [
+                (e @ self.feedback[i]).view_as(h)  # (B, C) @ (C, |h_l|): e·B_l plays ∂ℓ/∂h_l
+                for i, h in enumerate(trace.states)
+            ]
+        with torch.enable_grad():
+            inputs = [h.detach().requires_grad_(True) for h in trace.states]
+            # Σ_l Σ_i V_l(h_l,i): its gradient in h_l is ∇V_l at each sample's own state.
+            total = sum(self.value(i, h).sum() for i, h in enumerate(inputs))
+            grads = torch.autograd.grad(total, inputs)
+        return list(grads)
+
+    @override
+    def auxiliary_loss(self, trace: Trace, y: Tensor) -> Tensor:
+        values = [self.value(i, h.detach()) for i, h in enumerate(trace.states)]
+        target = F.cross_entropy(trace.logits.detach(), y, reduction="none")  # ℓ_i, (B,)
+        terminal = values[-1] - target
+        bridge = [v - v_next.detach() for v, v_next in itertools.pairwise(values)]
+        self.residuals = (
+            terminal.detach().abs().mean(),
+            torch.stack([b.detach().abs().mean() for b in bridge]).mean(),
+        )
+        return terminal.pow(2).mean() / 2 + self.lam * sum(b.pow(2).mean() / 2 for b in bridge)
+
+    @override
+    def parameter_groups(self) -> list[dict]:
+        value_ids = {id(p) for p in self.values.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in value_ids]
+        return [{"params": rest}, {"params": list(self.values.parameters()), "lr": self.value_lr}]
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        self.epoch.fill_(self.current_epoch)
+
+    @override
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.log("train/value_terminal", self.residuals[0], on_step=False, on_epoch=True)
+        self.log("train/value_bridge", self.residuals[1], on_step=False, on_epoch=True)

@@ -1,0 +1,150 @@
+"""StateBridge: credits through small nets that predict the top state from each layer's state.
+
+For each layer l = 0..L−1 a bridge S_l, trained online on the detached trace by
+
+    min Σ_l ½·mean ‖S_l(h_l) − h_L‖²    (mean over samples and features of h_L),
+
+stands in for the map h_l ↦ h_L that the blocks l+1..L compute (S_L is the identity). The
+top credit is exact through the readout (terminal LN and head),
+
+    a_L = ∂ℓ_i/∂h_L,
+
+and the credit at a lower layer carries it back through the bridge's Jacobian instead of
+the blocks' chain:
+
+    a_l = J_{S_l}(h_l)ᵀ·a_L.
+
+With exact bridges (S_l the blocks' own map) this is backprop's ∂ℓ_i/∂h_l.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from typing_extensions import override
+
+from faeval.backbones import ResMLP, Trace
+from faeval.methods.base import BackboneFactory, CreditMethod
+
+
+def mlp(d_in: int, d_out: int, width: int, depth: int) -> nn.Sequential:
+    """``depth`` linear layers d_in -> width -> … -> d_out with GELU between (depth 1: linear)."""
+    dims = [d_in] + [width] * (depth - 1) + [d_out]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
+        if i:
+            layers.append(nn.GELU())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+def helper_nets(dims: list[int], d_out: int, width: int, depth: int, seed: int) -> nn.ModuleList:
+    """One ``mlp`` per input size, initialised from ``seed`` (apart from the global stream)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.ModuleList(mlp(d, d_out, width, depth) for d in dims)
+
+
+class Bridge(nn.Module):
+    """S(h) = N(h) (+ h with ``skip`` when the shapes agree), on flattened states."""
+
+    def __init__(self, net: nn.Module, skip: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.skip = skip
+
+    def forward(self, h: Tensor) -> Tensor:
+        out = self.net(h)  # (B, |h_l|) -> (B, |h_L|)
+        return out + h if self.skip else out
+
+
+class StateBridge(CreditMethod):
+    """State bridge: a_l = J_{S_l}(h_l)ᵀ·∂ℓ_i/∂h_L, S_l trained online to predict h_L from h_l.
+
+    The bridges train in the same optimizer step as the backbone, in a parameter group of
+    their own learning rate; their mean MSE is logged as ``train/bridge_loss``.
+
+    Args:
+        bridge_width: hidden width of each bridge net.
+        bridge_depth: number of linear layers of each bridge net (1: a linear bridge).
+        bridge_lr: learning rate of the bridges' parameter group.
+        bridge_skip: add the identity, S_l(h) = h + N_l(h), where h_l and h_L have the same
+            size (in a residual network h_L = h_l + the blocks' increments).
+        bridge_seed: seed of the bridges' initialisation; default the run's seed.
+        input_shape, num_classes, backbone, optimizer, penalty: see ``CreditMethod``.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        backbone: BackboneFactory = ResMLP,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        penalty: float = 0.0,
+        bridge_width: int = 256,
+        bridge_depth: int = 2,
+        bridge_lr: float = 1e-3,
+        bridge_skip: bool = True,
+        bridge_seed: int | None = None,
+    ) -> None:
+        super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
+        if bridge_width < 1 or bridge_depth < 1 or bridge_lr <= 0:
+            raise ValueError(
+                f"StateBridge needs bridge_width >= 1, bridge_depth >= 1 and bridge_lr > 0, got "
+                f"{bridge_width}, {bridge_depth}, {bridge_lr}"
+            )
+        self.bridge_lr = bridge_lr
+        seed = torch.initial_seed() % 2**31 if bridge_seed is None else bridge_seed
+        dims = [math.prod(s) for s in self.backbone.state_shapes()]
+        nets = helper_nets(dims[:-1], dims[-1], bridge_width, bridge_depth, seed)
+        self.bridges = nn.ModuleList(
+            Bridge(net, bridge_skip and d == dims[-1])
+            for net, d in zip(nets, dims[:-1], strict=True)
+        )
+        self.bridge_loss = float("nan")
+
+    def top_credit(self, h_top: Tensor, y: Tensor) -> Tensor:
+        """a_L = ∂ℓ_i/∂h_L through the readout: the gradient of Σ_i ℓ_i, one row per sample."""
+        with torch.enable_grad():
+            h = h_top.detach().requires_grad_(True)
+            loss = F.cross_entropy(self.backbone.readout(h), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, h)
+        return grad
+
+    def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
+        states = trace.states
+        top = self.top_credit(states[-1], y)
+        with torch.enable_grad():
+            inputs = [h.detach().flatten(1).requires_grad_(True) for h in states[:-1]]
+            # Σ_l ⟨S_l(h_l), a_L⟩: its gradient in h_l is J_{S_l}(h_l)ᵀ·a_L, per sample.
+            pulled = sum(
+                (bridge(h) * top.flatten(1)).sum()
+                for bridge, h in zip(self.bridges, inputs, strict=True)
+            )
+            grads = torch.autograd.grad(pulled, inputs)
+        return [g.view_as(h) for g, h in zip(grads, states[:-1], strict=True)] + [top]
+
+    @override
+    def auxiliary_loss(self, trace: Trace, y: Tensor) -> Tensor:
+        target = trace.states[-1].detach().flatten(1)
+        loss = sum(
+            F.mse_loss(bridge(h.detach().flatten(1)), target) / 2
+            for bridge, h in zip(self.bridges, trace.states[:-1], strict=True)
+        )
+        self.bridge_loss = loss.detach() / len(self.bridges)
+        return loss
+
+    @override
+    def parameter_groups(self) -> list[dict]:
+        bridge_ids = {id(p) for p in self.bridges.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in bridge_ids]
+        return [{"params": rest}, {"params": list(self.bridges.parameters()), "lr": self.bridge_lr}]
+
+    @override
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.log("train/bridge_loss", self.bridge_loss, on_step=False, on_epoch=True)
