@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from typing_extensions import override
 
 import faeval.backbones  # short names: --model.backbone ResMLP
@@ -108,11 +110,27 @@ class FaevalCLI(LightningCLI):
 
     @override
     def instantiate_trainer(self, **kwargs):
+        run_dir = self._resumed_run_dir()
+        if run_dir is not None:  # continue the run's own logs instead of starting version_N+1
+            kwargs["logger"] = TensorBoardLogger(save_dir=run_dir.parent.parent,
+                                                 name=run_dir.parent.name, version=run_dir.name)
+            self.save_config_kwargs["config_filename"] = "config.resumed.yaml"
         trainer = super().instantiate_trainer(**kwargs)
         if self._get(self.config_init, "floor_stop", default=False):
             grad_floor = self._get(self.config_init, "diagnostics").grad_floor
             trainer.callbacks.append(FloorStopping(grad_floor))
         return trainer
+
+    def _resumed_run_dir(self) -> Path | None:
+        """The run directory of ``--ckpt_path`` when it is a default-logger faeval run."""
+        ckpt = self._get(self.config_init, "ckpt_path", default=None)
+        logger = self._get(self.config_init, "trainer", default={}).get("logger")
+        if not ckpt or logger not in (None, True) or ckpt in ("last", "best", "hpc"):
+            return None
+        run_dir = Path(ckpt).resolve().parent.parent
+        if run_dir.name.startswith("version_") and (run_dir / "config.yaml").is_file():
+            return run_dir
+        return None
 
 
 def run(args: list[str] | None = None) -> FaevalCLI:
