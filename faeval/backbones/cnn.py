@@ -29,13 +29,14 @@ class SmallCNN(LayeredBackbone):
     The stem is a conv–BN–ReLU block with a 2×2 max-pool (C×H×W -> width×H/2×W/2). Each block
     F_l is conv3×3–BatchNorm–ReLU. With ``downsample`` (the default) a block doubles the
     channels and halves the sides, so the shapes differ from layer to layer and the block is
-    the map itself (``residual_add`` must be off); without it every block keeps the shape and
-    the residual add h_{l-1} + F_l(h_{l-1}) is available. The readout is a global average
-    pool and a linear head: there is no terminal normalisation.
+    the map itself (h_l = f_l: the residual add is off whatever ``residual_add`` says);
+    without it every block keeps the shape and ``residual_add`` chooses
+    h_l = h_{l-1} + F_l(h_{l-1}). The readout is a global average pool and a linear head:
+    there is no terminal normalisation.
 
     The hidden state is the feature map (B, C, H, W), taken per sample and flattened by the
     diagnostics and the feedback matrices. At the defaults on 32×32 inputs the states hold
-    4096, 2048, 1024 and 512 values, so FA's dense |h_l|×|h_{l-1}| feedback stays small.
+    4096, 2048, 1024, 512 and 256 values, so FA's dense |h_l|×|h_{l-1}| feedback stays small.
 
     BatchNorm: training uses batch statistics (every method's local update goes through
     them); the diagnostics (``faeval.diagnostics.measure``, hence the per-epoch callback and
@@ -44,17 +45,17 @@ class SmallCNN(LayeredBackbone):
     statistics are not updated by a diagnostic pass.
 
     Args:
-        input_shape: (channels, height, width); with ``downsample`` the sides must stay
-            divisible by 2 through the stem and every block.
+        input_shape: (channels, height, width); the sides must stay divisible by 2 through
+            the stem (and every block, with ``downsample``).
         num_classes: C.
         width: channels of the stem output h_0.
         num_blocks: depth L.
         downsample: each block doubles the channels and halves the sides.
-        residual_add: h_l = h_{l-1} + f_l; needs ``downsample`` off (equal shapes).
+        residual_add: add h_{l-1} to the block output where the shapes allow, that is when
+            ``downsample`` is off; the ``residual_add`` attribute says whether it is applied.
 
     Raises:
-        ValueError: the input is not an image, its sides do not halve ``num_blocks + 1``
-            times, or the residual add is asked for blocks that change the shape.
+        ValueError: the input is not an image or its sides do not halve often enough.
     """
 
     def __init__(
@@ -62,16 +63,11 @@ class SmallCNN(LayeredBackbone):
         input_shape: tuple[int, ...],
         num_classes: int,
         width: int = 16,
-        num_blocks: int = 3,
+        num_blocks: int = 4,
         downsample: bool = True,
-        residual_add: bool = False,
+        residual_add: bool = True,
     ) -> None:
         super().__init__(input_shape, num_classes)
-        if residual_add and downsample:
-            raise ValueError(
-                "SmallCNN cannot add h_{l-1} to a block output of another shape: with "
-                "residual_add=true pass --model.backbone.downsample false"
-            )
         if width < 1 or num_blocks < 1:
             raise ValueError(
                 f"SmallCNN needs width >= 1 and num_blocks >= 1, got width={width}, "
@@ -85,7 +81,7 @@ class SmallCNN(LayeredBackbone):
                 f"with sides divisible by {2**halvings}, got {tuple(input_shape)}; use fewer "
                 "blocks or --model.backbone.downsample false"
             )
-        self.residual_add = residual_add
+        self.residual_add = residual_add and not downsample  # the add needs equal shapes
         self.embed = ConvBlock(input_shape[0], width, downsample=True)
         channels = [width * (2**k if downsample else 1) for k in range(num_blocks + 1)]
         self.blocks = nn.ModuleList(

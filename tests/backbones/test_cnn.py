@@ -17,11 +17,12 @@ from faeval.methods import DFA
 def test_default_states_halve_and_stay_within_fa_reach():
     cnn = SmallCNN((3, 32, 32), 10)
     shapes = cnn.state_shapes()
-    assert shapes == [(16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2)]
+    assert shapes == [(16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2), (256, 1, 1)]
     assert max(math.prod(s) for s in shapes) <= 4096
-    assert not cnn.residual_add and not hasattr(cnn, "out_ln")
-    same = SmallCNN((3, 32, 32), 10, downsample=False, residual_add=True)
-    assert same.state_shapes() == [(16, 16, 16)] * 4 and same.residual_add
+    assert not cnn.residual_add and not hasattr(cnn, "out_ln")  # shapes differ: no add
+    same = SmallCNN((3, 32, 32), 10, downsample=False)
+    assert same.state_shapes() == [(16, 16, 16)] * 5 and same.residual_add
+    assert not SmallCNN((3, 32, 32), 10, downsample=False, residual_add=False).residual_add
 
 
 def test_block_is_conv_batchnorm_relu():
@@ -39,11 +40,11 @@ def test_block_is_conv_batchnorm_relu():
     torch.testing.assert_close(cnn.blocks[0](h), expected)
 
 
-def test_residual_add_across_a_shape_change_is_refused():
-    with pytest.raises(ValueError, match="downsample false"):
-        SmallCNN((3, 32, 32), 10, residual_add=True)
-    with pytest.raises(ValueError, match="divisible by 16"):
+def test_inputs_that_do_not_halve_often_enough_are_refused():
+    with pytest.raises(ValueError, match=r"divisible by 16.*downsample false"):
         SmallCNN((3, 24, 24), 10, num_blocks=3)
+    with pytest.raises(ValueError, match=r"\(channels, height, width\)"):
+        SmallCNN((64,), 10)
 
 
 def test_diagnostics_use_running_statistics_per_sample_and_leave_them_alone():
