@@ -101,10 +101,11 @@ class EP(CreditMethod):
         if self.symmetric:
             minus, n_minus = self.relax(trace, y, -self.beta)
             self.steps_taken = max(n_plus, n_minus)
+            # −(ε^{+β} − ε^{−β})/(2β) (or of the states) plays ∂ℓ_i/∂h_l, bias O(β²).
             return [-(p - m) / (2 * self.beta) for p, m in zip(plus, minus, strict=True)]
         self.steps_taken = n_plus
         if self.credit == "error":
-            return [-p / self.beta for p in plus]
+            return [-p / self.beta for p in plus]  # −ε_l/β plays ∂ℓ_i/∂h_l, bias O(β)
         return [-(p - h) / self.beta for p, h in zip(plus, trace.states, strict=True)]
 
     def relax(self, trace: Trace, y: Tensor, beta: float) -> tuple[list[Tensor], int]:
@@ -126,8 +127,8 @@ class EP(CreditMethod):
                 errors = prediction_errors(backbone, anchor, states)
                 if k == self.steps:
                     break
-                energy = sum(e.pow(2).sum() for e in errors) / 2
-                loss = F.cross_entropy(backbone.readout(states[-1]), y, reduction="sum")
+                energy = sum(e.pow(2).sum() for e in errors) / 2  # Σ_i E_i
+                loss = F.cross_entropy(backbone.readout(states[-1]), y, reduction="sum")  # Σ_i ℓ_i
                 grads = torch.autograd.grad(energy + beta * loss, states)
                 norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()
                 if not math.isfinite(norm):

@@ -147,3 +147,12 @@ def test_relaxation_leaves_batchnorm_statistics_alone():
     assert all(torch.equal(b, buffers[n]) for n, b in method.backbone.named_buffers())
     assert all(torch.isfinite(a).all() for a in credits)
     assert credits[-1].abs().sum() > 0
+
+
+def test_relaxation_stops_early_at_the_tolerance():
+    method = make_ep(beta=0.01, steps=2000, step_size=0.5, tol=1e-3)
+    x, y = batch()
+    trace, grads = trace_and_gradients(method, x, y)
+    cos = cosines(method.credits(trace, y), grads)
+    assert 0 < method.steps_taken < 2000
+    assert min(cos) > 0.99, cos

@@ -1,0 +1,169 @@
+"""Per-epoch training cost of each method relative to BP, on one backbone and one data set.
+
+Usage:
+    python tools/bench_methods.py                          # ResMLP d=256 L=4, CPU, 5 reps
+    python tools/bench_methods.py --ks 0 5 10 20 50 --reps 7 --threads 2
+    python tools/bench_methods.py --accelerator gpu --n_train 16384 --batch_size 256
+
+The data are CIFAR-shaped random tensors (3×32×32, 10 classes, in memory): the cost of a
+step does not depend on what the pixels say. Every method trains the same ResMLP from the
+same seed through Lightning's loop (no diagnostics, no validation), for one untimed warm-up
+epoch and one timed epoch. The machine may be shared and noisy, so the methods are measured
+interleaved: every rep runs each method once, in an order rotated rep by rep, and the ratio
+to BP is taken within each rep before the median over reps. EP runs with ``tol=0`` so that
+it takes exactly K relaxation steps; CreditBridge runs with ``warmup_epochs=0`` (its warmup
+costs what DFA plus the value nets' training cost).
+
+Prints one row per method: median seconds per epoch, median ratio to BP, and the ratio's
+range over reps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+
+from faeval.backbones import ResMLP
+from faeval.data import TensorBatches
+from faeval.methods import BP, DFA, EP, FA, CreditBridge, CreditMethod, StateBridge
+
+
+class EpochTimer(Callback):
+    """Wall-clock seconds of each training epoch (device work included)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def _sync(self, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sync(pl_module)
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._sync(pl_module)
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def candidates(args) -> dict[str, Callable[[], CreditMethod]]:
+    """Name -> builder of every method benchmarked."""
+    shape, classes = (3, 32, 32), 10
+    backbone = functools.partial(ResMLP, d_hidden=args.d_hidden, num_blocks=args.num_blocks)
+    common = dict(input_shape=shape, num_classes=classes, backbone=backbone)
+    width = dict(bridge_width=args.d_hidden)
+    out: dict[str, Callable[[], CreditMethod]] = {
+        "BP": functools.partial(BP, **common),
+        "FA": functools.partial(FA, **common),
+        "DFA": functools.partial(DFA, **common),
+        "StateBridge": functools.partial(StateBridge, **common, **width),
+        "CreditBridge": functools.partial(
+            CreditBridge, **common, value_width=args.d_hidden, warmup_epochs=0
+        ),
+    }
+    for k in args.ks:
+        out[f"EP K={k}"] = functools.partial(EP, **common, steps=k, tol=0.0)
+    if args.symmetric_k is not None:
+        out[f"EP K={args.symmetric_k} ±β"] = functools.partial(
+            EP, **common, steps=args.symmetric_k, tol=0.0, symmetric=True
+        )
+    return out
+
+
+def epoch_seconds(build: Callable[[], CreditMethod], loader: TensorBatches, args) -> float:
+    """Seconds of the second of two training epochs of a freshly built method."""
+    seed_everything(0, verbose=False)
+    method = build()
+    timer = EpochTimer()
+    trainer = Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+        default_root_dir=args.root,
+    )
+    trainer.fit(method, train_dataloaders=loader)
+    return timer.seconds[-1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--d_hidden", type=int, default=256)
+    parser.add_argument("--num_blocks", type=int, default=4)
+    parser.add_argument("--n_train", type=int, default=4096, help="samples per epoch")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument(
+        "--ks",
+        type=int,
+        nargs="*",
+        default=[0, 5, 10, 20, 50],
+        help="EP relaxation steps K to benchmark",
+    )
+    parser.add_argument(
+        "--symmetric_k",
+        type=int,
+        default=20,
+        help="also benchmark symmetric EP with this K (negative: skip)",
+    )
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--root", default="/tmp/faeval_bench", help="Lightning's root dir")
+    args = parser.parse_args(argv)
+    if args.symmetric_k is not None and args.symmetric_k < 0:
+        args.symmetric_k = None
+    torch.set_num_threads(args.threads)
+    # Training without validation is the point here; lightning 2.6's _pytree calls an API
+    # that torch 2.14 deprecates. Neither is news to the reader of a timing table.
+    warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.n_train, 3, 32, 32, generator=gen)
+    y = torch.randint(0, 10, (args.n_train,), generator=gen)
+    loader = TensorBatches(x, y, args.batch_size, shuffle=True)
+    builders = candidates(args)
+    names = list(builders)
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(args.reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            seconds[name].append(epoch_seconds(builders[name], loader, args))
+        print(
+            f"rep {rep + 1}/{args.reps}: " + "  ".join(f"{n} {seconds[n][-1]:.3f}s" for n in names),
+            flush=True,
+        )
+
+    steps = -(-args.n_train // args.batch_size)
+    print(
+        f"\nResMLP d={args.d_hidden} L={args.num_blocks}, {args.n_train} samples of 3×32×32 "
+        f"per epoch, batch {args.batch_size} ({steps} steps), {args.accelerator}, "
+        f"{args.threads} thread(s), {args.reps} interleaved reps"
+    )
+    print("| method | s/epoch (median) | × BP (median) | × BP (range) |")
+    print("|---|---|---|---|")
+    for name in names:
+        ratios = [s / b for s, b in zip(seconds[name], seconds["BP"], strict=True)]
+        print(
+            f"| {name} | {statistics.median(seconds[name]):.3f} | "
+            f"{statistics.median(ratios):.2f} | {min(ratios):.2f}–{max(ratios):.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
