@@ -146,6 +146,14 @@ class Diagnostics(Callback):
             pl_module.log(name, value)
         self._write(trainer, row)
 
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.verbose and trainer.is_global_zero:
+            path = self.rows_path(trainer)
+            print(f"[faeval] run folder {path.parent}: {ROWS_FILE} (one row per epoch), "
+                  f"config.yaml, checkpoints/; TensorBoard: tensorboard --logdir "
+                  f"{path.parent.parent}", flush=True)
+
     def _row(self, trainer: Trainer, fig: LayerFigures, epoch: int) -> dict[str, Any]:
         metrics = trainer.callback_metrics
         row = {"epoch": epoch, "step": trainer.global_step}
