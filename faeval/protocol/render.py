@@ -61,6 +61,8 @@ def run_markdown(rv: RunVerdict) -> str:
 
 def seed_cell(sv: SeedVerdict) -> str:
     """``**FIRES** (s0 ×206, s1 ×190)``: the cross-seed verdict with per-seed figures."""
+    if sv.status == "N/A":
+        return "N/A"
     per = ", ".join(f"s{s}: {figure(sv.key, f)}" + ("" if st in ("PASS", "FIRES") else f" {st}")
                     for s, st, f in sv.seeds)
     return f"**{sv.status}** ({per})"
