@@ -7,6 +7,7 @@ logits = readout(h_L).
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,7 @@ class Trace:
         )
 
 
-class LayeredBackbone(nn.Module):
+class LayeredBackbone(nn.Module, abc.ABC):
     """A network written as embed -> L blocks -> readout.
 
     Subclasses set ``embed`` (module), ``blocks`` (``nn.ModuleList`` of the block maps F_l),
@@ -62,6 +63,7 @@ class LayeredBackbone(nn.Module):
         """h_l from h_{l-1} and f_l."""
         return h + f if self.residual_add else f
 
+    @abc.abstractmethod
     def readout(self, h: Tensor) -> Tensor:
         """Logits from h_L (terminal normalisation and head)."""
         raise NotImplementedError

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterator
 
 import torch
 from lightning.pytorch import LightningDataModule
-from typing_extensions import override
 from torch import Tensor
+from typing_extensions import override
 
 
 class TensorBatches:
@@ -63,7 +64,7 @@ class TensorBatches:
             yield self.x[idx], y[idx]
 
 
-class InMemoryDataModule(LightningDataModule):
+class InMemoryDataModule(LightningDataModule, abc.ABC):
     """Base of every faeval data set: the whole set lives in memory as tensors.
 
     Subclasses set ``input_shape`` and ``num_classes`` (known before loading, so the CLI can
@@ -107,6 +108,7 @@ class InMemoryDataModule(LightningDataModule):
         self.seed = torch.initial_seed() % 2**31 if seed is None else seed
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
+    @abc.abstractmethod
     def load(self) -> dict[str, tuple[Tensor, Tensor]]:
         """The splits ``{"train": (x, y), "test": (x, y)}``; x uint8 or float, y int64."""
         raise NotImplementedError

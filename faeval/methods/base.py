@@ -12,6 +12,7 @@ the mean. Cosines do not see the difference.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -66,7 +67,7 @@ def _fuse(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
                            **{**optimizer.defaults, "fused": True})
 
 
-class CreditMethod(LightningModule):
+class CreditMethod(LightningModule, abc.ABC):
     """Base of every faeval method: owns the training step, subclasses implement ``credits``.
 
     Args:
@@ -101,6 +102,7 @@ class CreditMethod(LightningModule):
         self.penalty = penalty
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
+    @abc.abstractmethod
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         """The credit signals a_0..a_L, each shaped like h_l, meant to approximate ∂ℓ_i/∂h_l.
 
