@@ -136,3 +136,14 @@ def test_report_on_partial_mixed_and_empty_sweeps_says_what_is_missing(swept, tm
     assert report.main([str(empty)]) == 0
     assert "No finished runs" in (empty / "report.md").read_text()
     assert "0 runs judged" in capsys.readouterr().out
+
+
+def test_the_reference_sweep_plans_bp_fa_dfa_and_frozen_on_three_seeds(monkeypatch):
+    monkeypatch.chdir(TOOLS.parent)  # the spec's base path is relative to the repository
+    spec = sweep.load_spec(Path("configs/sweeps/fmnist_reference.yaml"))
+    runs = sweep.plan(spec)
+    assert sorted({r.method for r in runs}) == ["BP", "DFA", "FA", "FrozenBlocks"]
+    assert len(runs) == 12 and {r.seed for r in runs} == {0, 1, 2}
+    cmd = sweep.command(spec, runs[0], Path("/tmp/x"))
+    assert cmd[cmd.index("--model.backbone.d_hidden") + 1] == "256"
+    assert "--trainer.callbacks+=Protocol" in cmd
