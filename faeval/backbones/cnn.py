@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 from torch import Tensor, nn
+from typing_extensions import override
 
 from faeval.backbones.base import LayeredBackbone
 
@@ -89,5 +90,6 @@ class SmallCNN(LayeredBackbone):
         )
         self.head = nn.Linear(channels[-1], num_classes)
 
+    @override
     def readout(self, h: Tensor) -> Tensor:
         return self.head(h.mean((2, 3)))  # (B, C_L, H, W) -> (B, C_L) -> (B, num_classes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from torch import Tensor, nn
+from typing_extensions import override
 
 from faeval.backbones.base import LayeredBackbone
 from faeval.data.synthetic import ladder_activation
@@ -78,5 +79,6 @@ class StudentNet(LayeredBackbone):
         self.blocks = nn.ModuleList(LadderBlock(width, alpha) for _ in range(depth - 1))
         self.head = _teacher_init(nn.Linear(width, num_classes))
 
+    @override
     def readout(self, h: Tensor) -> Tensor:
         return self.head(h)  # (B, w) -> (B, C)

@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from faeval.backbones.base import LayeredBackbone
 
@@ -150,6 +151,7 @@ class ViTMini(LayeredBackbone):
                 nn.init.trunc_normal_(module.weight, std=init_std)
                 nn.init.zeros_(module.bias)
 
+    @override
     def readout(self, h: Tensor) -> Tensor:
         h = self.out_ln(h)  # (B, T, d)
         pooled = h[:, 0] if self.pool == "cls" else h.mean(1)  # (B, d)
