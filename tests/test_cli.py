@@ -42,6 +42,8 @@ def test_each_method_runs_by_short_name_and_writes_rows(tmp_path, model):
     assert [r["epoch"] for r in got] == [0, 1, 2]
     assert all(len(r["h_norm"]) == len(r["g_norm"]) == len(r["cos"]) == 3 for r in got)
     assert got[-1]["test/acc"] is not None and got[0]["test/acc"] is None
+    assert got[-1]["train/loss"] == pytest.approx(float(cli.trainer.callback_metrics[
+        "train/loss"]))
     if model in ("BP", "FrozenBlocks"):
         assert all(abs(c - 1) < 1e-5 for c in got[-1]["cos"])
     config = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())

@@ -127,7 +127,7 @@ class Diagnostics(Callback):
         if self.init_h_norm is None:  # a fresh run; a resumed one restored it
             fig = measure(pl_module, *self._probe)
             self.init_h_norm = fig.h_norm
-            row = self._row(trainer, fig, epoch=0)
+            row = self._row(trainer, pl_module, fig, epoch=0)
             if trainer.logger is not None:
                 trainer.logger.log_metrics(self._metrics(row), step=0)
             self._write(trainer, row)
@@ -141,7 +141,7 @@ class Diagnostics(Callback):
         start = time.perf_counter()
         fig = measure(pl_module, *self._probe)
         self.last_seconds = time.perf_counter() - start
-        row = self._row(trainer, fig, epoch)
+        row = self._row(trainer, pl_module, fig, epoch)
         for name, value in self._metrics(row).items():
             pl_module.log(name, value)
         self._write(trainer, row)
@@ -154,8 +154,10 @@ class Diagnostics(Callback):
                   f"config.yaml, checkpoints/; TensorBoard: tensorboard --logdir "
                   f"{path.parent.parent}", flush=True)
 
-    def _row(self, trainer: Trainer, fig: LayerFigures, epoch: int) -> dict[str, Any]:
-        metrics = trainer.callback_metrics
+    def _row(self, trainer: Trainer, pl_module: LightningModule, fig: LayerFigures,
+             epoch: int) -> dict[str, Any]:
+        # The method logs its epoch means after this callback runs: ask it for them directly.
+        metrics = {**trainer.callback_metrics, **getattr(pl_module, "epoch_means", dict)()}
         row = {"epoch": epoch, "step": trainer.global_step}
         for key in ("train/loss", "test/acc", "test/loss"):
             row[key] = float(metrics[key]) if key in metrics and epoch > 0 else None

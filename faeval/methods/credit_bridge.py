@@ -130,5 +130,5 @@ class CreditBridge(CreditMethod):
 
     @override
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.log("train/value_terminal", self.residuals[0], on_step=False, on_epoch=True)
-        self.log("train/value_bridge", self.residuals[1], on_step=False, on_epoch=True)
+        self.accumulate("train/value_terminal", self.residuals[0])
+        self.accumulate("train/value_bridge", self.residuals[1])

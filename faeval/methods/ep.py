@@ -148,7 +148,7 @@ class EP(CreditMethod):
 
     @override
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.log("train/ep_steps", float(self.steps_taken), on_step=False, on_epoch=True)
+        self.accumulate("train/ep_steps", float(self.steps_taken))
 
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

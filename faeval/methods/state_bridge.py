@@ -147,4 +147,4 @@ class StateBridge(CreditMethod):
 
     @override
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.log("train/bridge_loss", self.bridge_loss, on_step=False, on_epoch=True)
+        self.accumulate("train/bridge_loss", self.bridge_loss)

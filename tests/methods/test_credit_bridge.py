@@ -70,7 +70,7 @@ class EpochMetric(Callback):
         self.name, self.values = name, []
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.values.append(float(trainer.callback_metrics[self.name]))
+        self.values.append(pl_module.epoch_means()[self.name])  # logged after this hook
 
 
 def test_one_step_trains_backbone_and_values_not_feedback(tiny_ladder, tmp_path):
