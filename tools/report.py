@@ -62,22 +62,34 @@ def discover(sweep: Path) -> tuple[list[dict], list[dict]]:
         (runs, problems): every run dir found or planned with ``state`` in ok / failed /
         unfinished / missing; problems are those not ok.
     """
-    planned = json.loads((sweep / "sweep.json").read_text())["runs"] \
-        if (sweep / "sweep.json").is_file() else []
+    planned = (
+        json.loads((sweep / "sweep.json").read_text())["runs"]
+        if (sweep / "sweep.json").is_file()
+        else []
+    )
     seen = {(r["setting"], r["method"], int(r["seed"])) for r in planned}
     for d in sorted(sweep.glob("runs/*/*/seed*")):
         seen.add((d.parent.parent.name, d.parent.name, int(d.name.removeprefix("seed"))))
     runs = []
     for setting, method, seed in sorted(seen):
         d = sweep / "runs" / setting / method / f"seed{seed}"  # relocatable: not the plan's path
-        status = json.loads((d / "status.json").read_text()) \
-            if (d / "status.json").is_file() else None
+        status = (
+            json.loads((d / "status.json").read_text()) if (d / "status.json").is_file() else None
+        )
         if status is None:
             state = "unfinished" if (d / "diagnostics.jsonl").is_file() else "missing"
         else:
             state = "ok" if status["status"] == "ok" else "failed"
-        runs.append({"setting": setting, "method": method, "seed": seed, "run_dir": d,
-                     "state": state, "error": (status or {}).get("error", "")})
+        runs.append(
+            {
+                "setting": setting,
+                "method": method,
+                "seed": seed,
+                "run_dir": d,
+                "state": state,
+                "error": (status or {}).get("error", ""),
+            }
+        )
     return runs, [r for r in runs if r["state"] != "ok"]
 
 
@@ -93,8 +105,19 @@ def judge_setting(runs: list[dict], thresholds: Thresholds) -> list[tuple[dict, 
     for r in runs:
         r["rows"] = jsonl(r["run_dir"] / "diagnostics.jsonl")
         protocol = jsonl(r["run_dir"] / "protocol.jsonl")
-        out.append((r, judge_run(r["rows"], protocol[-1] if protocol else None, r["method"],
-                                 frozen.get(r["seed"]), thresholds, r["seed"])))
+        out.append(
+            (
+                r,
+                judge_run(
+                    r["rows"],
+                    protocol[-1] if protocol else None,
+                    r["method"],
+                    frozen.get(r["seed"]),
+                    thresholds,
+                    r["seed"],
+                ),
+            )
+        )
     return out
 
 
@@ -113,37 +136,49 @@ def pm(ms: tuple[float, float] | None, scale: float = 1.0, fmt: str = "{:.4f}") 
 
 def pair_table(by_method: dict[str, list[RunVerdict]]) -> tuple[str, dict]:
     """Markdown standard-pair table and its numbers."""
-    lines = ["| method | seeds | test acc | Γ (all layers) | cos layer 0 | deep cos | "
-             "margin over FrozenBlocks (pp) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | seeds | test acc | Γ (all layers) | cos layer 0 | deep cos | "
+        "margin over FrozenBlocks (pp) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     numbers = {}
     for method, rvs in by_method.items():
-        col = {k: [rv.pair[k] for rv in rvs] for k in ("acc", "gamma", "cos_l0", "cos_deep",
-                                                       "margin")}
+        col = {
+            k: [rv.pair[k] for rv in rvs] for k in ("acc", "gamma", "cos_l0", "cos_deep", "margin")
+        }
         nums = {k: mean_std(v) for k, v in col.items()}
         unmeasured = sum(v is None for v in col["gamma"])
         gamma = pm(nums["gamma"], fmt="{:+.3f}")
         if unmeasured:
             gamma += f" ({unmeasured}/{len(rvs)} unmeasurable)"
         margin = "n/a (baseline)" if method == FROZEN else pm(nums["margin"], 100, "{:+.2f}")
-        lines.append(f"| {method} | {len(rvs)} | {pm(nums['acc'])} | {gamma} | "
-                     f"{pm(nums['cos_l0'], fmt='{:+.3f}')} | {pm(nums['cos_deep'], fmt='{:+.3f}')}"
-                     f" | {margin} |")
-        numbers[method] = {k: None if v is None else {"mean": v[0], "std": v[1]}
-                           for k, v in nums.items()}
+        lines.append(
+            f"| {method} | {len(rvs)} | {pm(nums['acc'])} | {gamma} | "
+            f"{pm(nums['cos_l0'], fmt='{:+.3f}')} | {pm(nums['cos_deep'], fmt='{:+.3f}')}"
+            f" | {margin} |"
+        )
+        numbers[method] = {
+            k: None if v is None else {"mean": v[0], "std": v[1]} for k, v in nums.items()
+        }
         numbers[method]["gamma_unmeasurable"] = unmeasured
     return "\n".join(lines), numbers
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [(r["epoch"], r[key]) for r in rows
-           if r.get(key) is not None and math.isfinite(r[key]) and r[key] > 0]
+    pts = [
+        (r["epoch"], r[key])
+        for r in rows
+        if r.get(key) is not None and math.isfinite(r[key]) and r[key] > 0
+    ]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def plot_norms(judged, floor: float, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=SIZES["norms"], dpi=DPI)
-    for ax, key, title in ((axes[0], "h_L", "‖h_L‖ (mean per-sample L2)"),
-                           (axes[1], "g_L", "‖g_L‖ (true gradient at h_L)")):
+    for ax, key, title in (
+        (axes[0], "h_L", "‖h_L‖ (mean per-sample L2)"),
+        (axes[1], "g_L", "‖g_L‖ (true gradient at h_L)"),
+    ):
         for i, (method, runs) in enumerate(group(judged).items()):
             per_epoch = defaultdict(list)
             for r, _ in runs:
@@ -155,8 +190,13 @@ def plot_norms(judged, floor: float, path: Path) -> None:
             mid = [statistics.median(per_epoch[e]) for e in epochs]
             color = f"C{i}"
             ax.plot(epochs, mid, color=color, label=f"{method} (median of {len(runs)} seeds)")
-            ax.fill_between(epochs, [min(per_epoch[e]) for e in epochs],
-                            [max(per_epoch[e]) for e in epochs], color=color, alpha=0.2)
+            ax.fill_between(
+                epochs,
+                [min(per_epoch[e]) for e in epochs],
+                [max(per_epoch[e]) for e in epochs],
+                color=color,
+                alpha=0.2,
+            )
         if key == "g_L":
             ax.axhline(floor, color="k", ls="--", lw=1, label=f"floor {floor:g} (b)")
         ax.set_yscale("log")
@@ -180,8 +220,15 @@ def plot_cosine(judged, path: Path) -> None:
         if not xs:
             ax.plot([], [], color=f"C{i}", label=f"{method}: unmeasurable (floor)")
             continue
-        ax.errorbar(xs, [stats[x][0] for x in xs], yerr=[stats[x][1] for x in xs],
-                    color=f"C{i}", marker="o", capsize=3, label=method)
+        ax.errorbar(
+            xs,
+            [stats[x][0] for x in xs],
+            yerr=[stats[x][1] for x in xs],
+            color=f"C{i}",
+            marker="o",
+            capsize=3,
+            label=method,
+        )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("layer l (0 = embedding)")
     ax.set_ylabel("cos(a_l, g_l) at the last epoch")
@@ -195,19 +242,24 @@ def plot_cosine(judged, path: Path) -> None:
 def plot_accuracy(judged, margin: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=SIZES["accuracy"], dpi=DPI)
     methods = list(group(judged))
-    frozen = [rv.pair["acc"] for _, rv in judged
-              if rv.method == FROZEN and rv.pair["acc"] is not None]
+    frozen = [
+        rv.pair["acc"] for _, rv in judged if rv.method == FROZEN and rv.pair["acc"] is not None
+    ]
     if frozen:
         f = statistics.fmean(frozen)
         ax.axhline(f, color="k", ls="-", lw=1, label=f"FrozenBlocks {f:.3f}")
         ax.axhline(f + margin, color="k", ls="--", lw=1, label=f"+ margin {100 * margin:g} pp")
     for i, method in enumerate(methods):
-        accs = [(rv.seed, rv.pair["acc"]) for _, rv in judged
-                if rv.method == method and rv.pair["acc"] is not None]
+        accs = [
+            (rv.seed, rv.pair["acc"])
+            for _, rv in judged
+            if rv.method == method and rv.pair["acc"] is not None
+        ]
         if accs:
             ax.scatter([i] * len(accs), [a for _, a in accs], color=f"C{i}", zorder=3)
-            ax.plot([i - 0.2, i + 0.2], [statistics.fmean(a for _, a in accs)] * 2,
-                    color=f"C{i}", lw=2)
+            ax.plot(
+                [i - 0.2, i + 0.2], [statistics.fmean(a for _, a in accs)] * 2, color=f"C{i}", lw=2
+            )
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel("test accuracy")
     ax.set_title("Accuracy per seed against FrozenBlocks (d)")
@@ -225,8 +277,9 @@ def group(judged) -> dict[str, list]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("sweep", type=Path, help="the sweep directory")
     parser.add_argument("--out", type=Path, default=None, help="default: the sweep directory")
     defaults = Thresholds()
@@ -237,15 +290,25 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.sweep
     out.mkdir(parents=True, exist_ok=True)
     runs, problems = discover(args.sweep)
-    md = [f"# faeval sweep report: `{args.sweep}`", "",
-          "Thresholds: " + ", ".join(f"`{k}={v:g}`" for k, v in thresholds.as_dict().items()),
-          ""]
-    report = {"sweep": str(args.sweep), "thresholds": thresholds.as_dict(), "settings": {},
-              "problems": [{k: str(v) for k, v in p.items()} for p in problems]}
+    md = [
+        f"# faeval sweep report: `{args.sweep}`",
+        "",
+        "Thresholds: " + ", ".join(f"`{k}={v:g}`" for k, v in thresholds.as_dict().items()),
+        "",
+    ]
+    report = {
+        "sweep": str(args.sweep),
+        "thresholds": thresholds.as_dict(),
+        "settings": {},
+        "problems": [{k: str(v) for k, v in p.items()} for p in problems],
+    }
     if problems:
         md += ["## Runs not reported", ""]
-        md += [f"- {p['setting']}/{p['method']}/seed{p['seed']}: **{p['state']}**"
-               + (f" ({p['error']})" if p["error"] else "") for p in problems]
+        md += [
+            f"- {p['setting']}/{p['method']}/seed{p['seed']}: **{p['state']}**"
+            + (f" ({p['error']})" if p["error"] else "")
+            for p in problems
+        ]
         md.append("")
     finished = [r for r in runs if r["state"] == "ok"]
     if not finished:
@@ -259,17 +322,41 @@ def main(argv: list[str] | None = None) -> int:
         plot_norms(judged, thresholds.grad_floor, out / names["norms"])
         plot_cosine(judged, out / names["cosine"])
         plot_accuracy(judged, thresholds.margin, out / names["accuracy"])
-        md += [f"## Setting `{setting}`", "", "### Verdicts (across seeds)", "",
-               verdict_table(seeds), "", "### Standard pair", "", pairs, "",
-               f"![norms]({names['norms']})", "", f"![cosine]({names['cosine']})", "",
-               f"![accuracy]({names['accuracy']})", ""]
+        md += [
+            f"## Setting `{setting}`",
+            "",
+            "### Verdicts (across seeds)",
+            "",
+            verdict_table(seeds),
+            "",
+            "### Standard pair",
+            "",
+            pairs,
+            "",
+            f"![norms]({names['norms']})",
+            "",
+            f"![cosine]({names['cosine']})",
+            "",
+            f"![accuracy]({names['accuracy']})",
+            "",
+        ]
         report["settings"][setting] = {
             "runs": [{**rv.as_dict(), "run_dir": str(r["run_dir"])} for r, rv in judged],
-            "methods": {m: {"verdicts": {k: {"status": sv.status, "rule": sv.rule,
-                                             "advisory": sv.advisory,
-                                             "seeds": [list(s) for s in sv.seeds]}
-                                         for k, sv in seeds[m].items()},
-                            "pair": numbers[m]} for m in seeds},
+            "methods": {
+                m: {
+                    "verdicts": {
+                        k: {
+                            "status": sv.status,
+                            "rule": sv.rule,
+                            "advisory": sv.advisory,
+                            "seeds": [list(s) for s in sv.seeds],
+                        }
+                        for k, sv in seeds[m].items()
+                    },
+                    "pair": numbers[m],
+                }
+                for m in seeds
+            },
             "plots": names,
         }
         print(f"== setting {setting}\n{verdict_table(seeds)}\n\n{pairs}\n", flush=True)
@@ -278,10 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.md").write_text("\n".join(md) + "\n")
     (out / "report.json").write_text(json.dumps(report, indent=1))
     for p in problems:
-        print(f"[report] not reported: {p['setting']}/{p['method']}/seed{p['seed']} "
-              f"({p['state']})", flush=True)
-    print(f"[report] {len(finished)} runs judged; written {out / 'report.md'}, "
-          f"{out / 'report.json'} and the plots ({', '.join(DIAGNOSTICS)})", flush=True)
+        print(
+            f"[report] not reported: {p['setting']}/{p['method']}/seed{p['seed']} ({p['state']})",
+            flush=True,
+        )
+    print(
+        f"[report] {len(finished)} runs judged; written {out / 'report.md'}, "
+        f"{out / 'report.json'} and the plots ({', '.join(DIAGNOSTICS)})",
+        flush=True,
+    )
     return 0
 
 

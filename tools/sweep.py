@@ -43,8 +43,20 @@ from pathlib import Path
 import yaml
 
 FROZEN = "FrozenBlocks"
-COLUMNS = ["setting", "method", "seed", "status", "epochs", "seconds", "test_acc", "g_L",
-           "growth", "rc", "run_dir", "error"]
+COLUMNS = [
+    "setting",
+    "method",
+    "seed",
+    "status",
+    "epochs",
+    "seconds",
+    "test_acc",
+    "g_L",
+    "growth",
+    "rc",
+    "run_dir",
+    "error",
+]
 
 
 @dataclass(frozen=True)
@@ -82,8 +94,10 @@ def load_spec(path: Path) -> dict:
         if not isinstance(spec.get(key), list) or not spec[key]:
             raise ValueError(f"{path}: `{key}` must be a non-empty list, got {spec.get(key)!r}")
     if spec.get("base") is not None and not Path(spec["base"]).is_file():
-        raise ValueError(f"{path}: base config {spec['base']} not found (paths are relative to "
-                         "the directory the sweep runs from)")
+        raise ValueError(
+            f"{path}: base config {spec['base']} not found (paths are relative to "
+            "the directory the sweep runs from)"
+        )
     return spec
 
 
@@ -91,8 +105,12 @@ def plan(spec: dict) -> list[Run]:
     """Every run: settings × methods (+ FrozenBlocks) × seeds."""
     settings = spec.get("settings") or {"default": {}}
     methods = list(dict.fromkeys([*spec["methods"], FROZEN]))
-    return [Run(name, m, int(s), tuple((overrides or {}).items()))
-            for name, overrides in settings.items() for m in methods for s in spec["seeds"]]
+    return [
+        Run(name, m, int(s), tuple((overrides or {}).items()))
+        for name, overrides in settings.items()
+        for m in methods
+        for s in spec["seeds"]
+    ]
 
 
 def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
@@ -109,10 +127,20 @@ def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
         cmd += ["--trainer.callbacks+=Protocol"]
         for key, value in (protocol or {}).items():
             cmd += [f"--trainer.callbacks.{key}", cli_value(value)]
-    cmd += ["--trainer.default_root_dir", str(run_dir),
-            "--trainer.logger", "TensorBoardLogger", "--trainer.logger.save_dir", str(run_dir),
-            "--trainer.logger.name", "", "--trainer.logger.version", "",
-            "--trainer.enable_progress_bar", "false"]
+    cmd += [
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.logger",
+        "TensorBoardLogger",
+        "--trainer.logger.save_dir",
+        str(run_dir),
+        "--trainer.logger.name",
+        "",
+        "--trainer.logger.version",
+        "",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     return cmd
 
 
@@ -131,8 +159,12 @@ def execute(spec: dict, run: Run, out: Path, threads: int) -> dict:
         shutil.rmtree(run_dir)  # an unfinished or failed earlier attempt
     run_dir.mkdir(parents=True)
     cmd = command(spec, run, run_dir)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+    }
     start = time.perf_counter()
     with (run_dir / "run.log").open("w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -143,11 +175,18 @@ def execute(spec: dict, run: Run, out: Path, threads: int) -> dict:
         tail = (run_dir / "run.log").read_text().strip().splitlines()[-3:]
         error = " | ".join(tail)[-500:]
     status = {
-        "setting": run.setting, "method": run.method, "seed": run.seed,
-        "status": "ok" if rc == 0 and row else "failed", "rc": rc,
-        "epochs": row.get("epoch", 0), "seconds": round(seconds, 2),
-        "test_acc": row.get("test/acc"), "g_L": row.get("g_L"), "growth": row.get("growth"),
-        "run_dir": str(run_dir), "error": error or ("" if row else "no diagnostics rows"),
+        "setting": run.setting,
+        "method": run.method,
+        "seed": run.seed,
+        "status": "ok" if rc == 0 and row else "failed",
+        "rc": rc,
+        "epochs": row.get("epoch", 0),
+        "seconds": round(seconds, 2),
+        "test_acc": row.get("test/acc"),
+        "g_L": row.get("g_L"),
+        "growth": row.get("growth"),
+        "run_dir": str(run_dir),
+        "error": error or ("" if row else "no diagnostics rows"),
         "cmd": cmd,
     }
     (run_dir / "status.json").write_text(json.dumps(status, indent=1))
@@ -167,20 +206,29 @@ def write_results(out: Path, runs: list[Run]) -> Path:
         writer.writeheader()
         for run in runs:
             status = read_status(run.dir(out)) or {
-                "setting": run.setting, "method": run.method, "seed": run.seed,
-                "status": "missing", "run_dir": str(run.dir(out))}
+                "setting": run.setting,
+                "method": run.method,
+                "seed": run.seed,
+                "status": "missing",
+                "run_dir": str(run.dir(out)),
+            }
             writer.writerow(status)
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("spec", type=Path, help="the sweep YAML")
     parser.add_argument("--out", type=Path, required=True, help="the sweep directory")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
-    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1,
-                        help="cores to share out (threads per job = cores // jobs)")
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="cores to share out (threads per job = cores // jobs)",
+    )
     parser.add_argument("--dry_run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -188,16 +236,34 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_spec(args.spec)
     runs = plan(spec)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sweep.json").write_text(json.dumps({
-        "spec": str(args.spec), "base": spec.get("base"), "seeds": spec["seeds"],
-        "methods": sorted({r.method for r in runs}), "settings": sorted({r.setting for r in runs}),
-        "runs": [{"setting": r.setting, "method": r.method, "seed": r.seed,
-                  "run_dir": str(r.dir(args.out))} for r in runs],
-    }, indent=1))
+    (args.out / "sweep.json").write_text(
+        json.dumps(
+            {
+                "spec": str(args.spec),
+                "base": spec.get("base"),
+                "seeds": spec["seeds"],
+                "methods": sorted({r.method for r in runs}),
+                "settings": sorted({r.setting for r in runs}),
+                "runs": [
+                    {
+                        "setting": r.setting,
+                        "method": r.method,
+                        "seed": r.seed,
+                        "run_dir": str(r.dir(args.out)),
+                    }
+                    for r in runs
+                ],
+            },
+            indent=1,
+        )
+    )
     todo = [r for r in runs if (read_status(r.dir(args.out)) or {}).get("status") != "ok"]
     threads = max(1, args.cores // args.jobs)
-    print(f"[sweep] {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to "
-          f"run as {args.jobs} jobs × {threads} threads", flush=True)
+    print(
+        f"[sweep] {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to "
+        f"run as {args.jobs} jobs × {threads} threads",
+        flush=True,
+    )
     if args.dry_run:
         for r in todo:
             print(" ".join(command(spec, r, r.dir(args.out))))
@@ -208,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     def one(run: Run) -> dict:
         status = execute(spec, run, args.out, threads)
         with lock:
-            print(f"[sweep] {status['status']:<6} {run.setting}/{run.method}/seed{run.seed}: "
-                  f"{status['epochs']} epochs in {status['seconds']:.1f} s, test acc "
-                  f"{status['test_acc']}" + (f"  ({status['error']})" if status["error"] else ""),
-                  flush=True)
+            print(
+                f"[sweep] {status['status']:<6} {run.setting}/{run.method}/seed{run.seed}: "
+                f"{status['epochs']} epochs in {status['seconds']:.1f} s, test acc "
+                f"{status['test_acc']}" + (f"  ({status['error']})" if status["error"] else ""),
+                flush=True,
+            )
         return status
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -221,10 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     failed = [s for s in done if s["status"] != "ok"]
     results = write_results(args.out, runs)
     rate = epochs / wall if wall > 0 else 0.0
-    print(f"[sweep] {len(done) - len(failed)} ok, {len(failed)} failed; {epochs} seed-epochs in "
-          f"{wall:.1f} s = {rate:.3f} seed-epochs/s ({args.jobs} jobs × {threads} threads)\n"
-          f"[sweep] results: {results}\n[sweep] report: python tools/report.py {args.out}",
-          flush=True)
+    print(
+        f"[sweep] {len(done) - len(failed)} ok, {len(failed)} failed; {epochs} seed-epochs in "
+        f"{wall:.1f} s = {rate:.3f} seed-epochs/s ({args.jobs} jobs × {threads} threads)\n"
+        f"[sweep] results: {results}\n[sweep] report: python tools/report.py {args.out}",
+        flush=True,
+    )
     return 1 if failed else 0
 
 

@@ -29,8 +29,11 @@ def protocol_metrics(row: dict[str, Any]) -> dict[str, float]:
     for layer, v in enumerate(rho["rho"]):
         out[f"protocol/rho/l{layer}"] = v
     deep = slice(1, None)
-    for name, values in (("rho_deep", rho["rho"]), ("rho_positive_deep", rho["positive"]),
-                         ("rho_negative_deep", rho["negative_mean"])):
+    for name, values in (
+        ("rho_deep", rho["rho"]),
+        ("rho_positive_deep", rho["positive"]),
+        ("rho_negative_deep", rho["negative_mean"]),
+    ):
         vals = values[deep]
         out[f"protocol/{name}"] = sum(vals) / len(vals) if vals else math.nan
     if row.get("stability"):
@@ -75,8 +78,11 @@ class Protocol(Callback):
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.settings = ProtocolSettings(
-            null_draws=null_draws, directions=directions, epsilon=epsilon,
-            negative_draws=negative_draws, stability_batches=stability_batches,
+            null_draws=null_draws,
+            directions=directions,
+            epsilon=epsilon,
+            negative_draws=negative_draws,
+            stability_batches=stability_batches,
             stability_batch_size=stability_batch_size,
         )
         self.verbose = verbose
@@ -111,8 +117,7 @@ class Protocol(Callback):
         if trainer.logger is not None:
             trainer.logger.log_metrics(protocol_metrics(row), step=trainer.global_step)
 
-    def _measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int
-                 ) -> dict[str, Any]:
+    def _measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> dict[str, Any]:
         x, y = trainer.datamodule.probe(pl_module.device)
         row = {"epoch": epoch, "step": trainer.global_step}
         row.update(run_protocol(pl_module, x, y, self.settings))
@@ -135,21 +140,29 @@ class Protocol(Callback):
         sec = row["seconds"]
         total = sum(sec.values())
         per_epoch = row["epoch_seconds"]
-        ratio = f" = {total / per_epoch:.2f} epochs of {per_epoch:.2f} s" \
-            if math.isfinite(per_epoch) and per_epoch > 0 else ""
+        ratio = (
+            f" = {total / per_epoch:.2f} epochs of {per_epoch:.2f} s"
+            if math.isfinite(per_epoch) and per_epoch > 0
+            else ""
+        )
         m = protocol_metrics(row)
         parts = [f"[faeval] protocol at epoch {row['epoch']}:"]
         if row.get("null") is not None:
             n = row["null"]
-            parts.append(f"deep cos {n['deep']:+.3f} vs null {n['deep_mean']:+.3f} ± "
-                         f"{n['deep_std']:.3f}")
+            parts.append(
+                f"deep cos {n['deep']:+.3f} vs null {n['deep_mean']:+.3f} ± {n['deep_std']:.3f}"
+            )
         else:
             parts.append("null band n/a (no feedback draw)")
-        parts.append(f"ρ deep {m['protocol/rho_deep']:+.3f} (a=g "
-                     f"{m['protocol/rho_positive_deep']:+.3f}, random "
-                     f"{m['protocol/rho_negative_deep']:+.3f})")
+        parts.append(
+            f"ρ deep {m['protocol/rho_deep']:+.3f} (a=g "
+            f"{m['protocol/rho_positive_deep']:+.3f}, random "
+            f"{m['protocol/rho_negative_deep']:+.3f})"
+        )
         if row.get("stability"):
             parts.append(f"stability {row['stability']['credit']:+.3f}")
-        cost = (f"  cost {total:.2f} s (null {sec['null']:.2f}, ρ {sec['rho']:.2f}, "
-                f"stability {sec['stability']:.2f}){ratio}")
+        cost = (
+            f"  cost {total:.2f} s (null {sec['null']:.2f}, ρ {sec['rho']:.2f}, "
+            f"stability {sec['stability']:.2f}){ratio}"
+        )
         return "  ".join(parts) + "\n" + cost

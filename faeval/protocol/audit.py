@@ -46,8 +46,9 @@ def find_checkpoint(path: str | Path) -> Path:
         raise FileNotFoundError(f"no checkpoint or run directory at {path}")
     found = sorted(path.glob("checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"no checkpoints/*.ckpt under {path}; was it trained with "
-                                "checkpointing off?")
+        raise FileNotFoundError(
+            f"no checkpoints/*.ckpt under {path}; was it trained with checkpointing off?"
+        )
     last = [p for p in found if p.name == "last.ckpt"]
     return (last or found)[-1]
 
@@ -69,12 +70,17 @@ def frozen_accuracy(path: str | Path) -> tuple[float, int | None]:
         FileNotFoundError: no diagnostics rows with a test accuracy there.
     """
     path = Path(path)
-    rows_file = path if path.suffix == ".jsonl" else (
-        path / ROWS_FILE if path.is_dir() else run_dir_of(path) / ROWS_FILE)
+    rows_file = (
+        path
+        if path.suffix == ".jsonl"
+        else (path / ROWS_FILE if path.is_dir() else run_dir_of(path) / ROWS_FILE)
+    )
     rows = [r for r in read_rows(rows_file) if r.get("test/acc") is not None]
     if not rows:
-        raise FileNotFoundError(f"no test accuracy in {rows_file}; pass the directory of a "
-                                "finished FrozenBlocks run, or --train_frozen true")
+        raise FileNotFoundError(
+            f"no test accuracy in {rows_file}; pass the directory of a "
+            "finished FrozenBlocks run, or --train_frozen true"
+        )
     return float(rows[-1]["test/acc"]), rows[-1].get("epoch")
 
 
@@ -88,16 +94,36 @@ def fit_frozen_baseline(config: Path, out: Path, epochs: int) -> Path:
     """
     if frozen_done(out, epochs):
         return out
-    cmd = [sys.executable, "-m", "faeval", "fit", "--config", str(config),
-           "--model", FROZEN, "--trainer.max_epochs", str(epochs),
-           "--trainer.logger", "TensorBoardLogger", "--trainer.logger.save_dir", str(out),
-           "--trainer.logger.name", "", "--trainer.logger.version", "",
-           "--trainer.enable_progress_bar", "false", "--diagnostics.verbose", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "faeval",
+        "fit",
+        "--config",
+        str(config),
+        "--model",
+        FROZEN,
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.logger",
+        "TensorBoardLogger",
+        "--trainer.logger.save_dir",
+        str(out),
+        "--trainer.logger.name",
+        "",
+        "--trainer.logger.version",
+        "",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--diagnostics.verbose",
+        "false",
+    ]
     print(f"[faeval] training the FrozenBlocks baseline: {' '.join(cmd)}", flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"the FrozenBlocks baseline failed (exit {done.returncode}):\n"
-                           f"{done.stderr[-2000:]}")
+        raise RuntimeError(
+            f"the FrozenBlocks baseline failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
+        )
     return out
 
 
@@ -179,14 +205,21 @@ class FaevalTrainer(Trainer):
             RuntimeError: the checkpoint lacks its credit source (feedback, helper nets).
         """
         if ckpt_path is None:
-            raise ValueError("faeval audit needs a checkpoint: faeval audit RUN_DIR_OR_CKPT, or "
-                             "--ckpt_path CKPT with the run's --config")
-        thresholds = Thresholds(growth_threshold, grad_floor, stability_threshold, margin,
-                                null_sigmas)
-        settings = ProtocolSettings(null_draws=null_draws, directions=directions,
-                                    epsilon=epsilon, negative_draws=negative_draws,
-                                    stability_batches=stability_batches,
-                                    stability_batch_size=stability_batch_size)
+            raise ValueError(
+                "faeval audit needs a checkpoint: faeval audit RUN_DIR_OR_CKPT, or "
+                "--ckpt_path CKPT with the run's --config"
+            )
+        thresholds = Thresholds(
+            growth_threshold, grad_floor, stability_threshold, margin, null_sigmas
+        )
+        settings = ProtocolSettings(
+            null_draws=null_draws,
+            directions=directions,
+            epsilon=epsilon,
+            negative_draws=negative_draws,
+            stability_batches=stability_batches,
+            stability_batch_size=stability_batch_size,
+        )
         ckpt_file = Path(ckpt_path)
         ckpt = load_checkpoint(ckpt_file, weights_only=weights_only is not False)
         run_dir = run_dir_of(ckpt_file)
@@ -201,12 +234,22 @@ class FaevalTrainer(Trainer):
         load_method_state(model, ckpt, ckpt_file)
         fig = measure(model, x, y)
         acc = test_accuracy(model, datamodule, device)
-        history = [r for r in read_rows(run_dir / ROWS_FILE)
-                   if r.get("step", 0) <= ckpt.get("global_step", 0)]
-        epoch = history[-1]["epoch"] if history and history[-1].get("step") == \
-            ckpt.get("global_step") else ckpt.get("epoch", -1) + 1
-        row = {"epoch": epoch, "step": ckpt.get("global_step"), "test/acc": acc,
-               **summarize(fig, init_h or init.h_norm, grad_floor)}
+        history = [
+            r
+            for r in read_rows(run_dir / ROWS_FILE)
+            if r.get("step", 0) <= ckpt.get("global_step", 0)
+        ]
+        epoch = (
+            history[-1]["epoch"]
+            if history and history[-1].get("step") == ckpt.get("global_step")
+            else ckpt.get("epoch", -1) + 1
+        )
+        row = {
+            "epoch": epoch,
+            "step": ckpt.get("global_step"),
+            "test/acc": acc,
+            **summarize(fig, init_h or init.h_norm, grad_floor),
+        }
         if not history:
             history = [{"epoch": 0, **summarize(init, init.h_norm, grad_floor)}]
         elif history[-1]["epoch"] == epoch:
@@ -218,23 +261,34 @@ class FaevalTrainer(Trainer):
         method = type(model).__name__
         if method != FROZEN:
             if frozen is None and train_frozen:
-                frozen = str(fit_frozen_baseline(run_dir / "config.yaml", run_dir / FROZEN_DIR,
-                                                     epoch))
+                frozen = str(
+                    fit_frozen_baseline(run_dir / "config.yaml", run_dir / FROZEN_DIR, epoch)
+                )
             if frozen is not None:
                 frozen_acc, frozen_epoch = frozen_accuracy(frozen)
         seed = torch.initial_seed() % 2**31
         verdict = judge_run([*history, row], proto, method, frozen_acc, thresholds, seed)
         text = run_text(verdict)
         if frozen_epoch is not None and frozen_epoch != epoch:
-            text += (f"\n  note: the frozen run ran {frozen_epoch} epochs, this run {epoch}: (d) "
-                     "compares different budgets")
+            text += (
+                f"\n  note: the frozen run ran {frozen_epoch} epochs, this run {epoch}: (d) "
+                "compares different budgets"
+            )
         cost = proto["seconds"]
-        text += (f"\n  cost: diagnostics and accuracy {seconds_diag:.2f} s, null band "
-                 f"{cost['null']:.2f} s, ρ {cost['rho']:.2f} s, stability "
-                 f"{cost['stability']:.2f} s")
-        record = {"checkpoint": str(ckpt_file), "run_dir": str(run_dir), "diagnostics": row,
-                  "protocol": proto, "verdict": verdict.as_dict(), "frozen": frozen,
-                  "frozen_epoch": frozen_epoch}
+        text += (
+            f"\n  cost: diagnostics and accuracy {seconds_diag:.2f} s, null band "
+            f"{cost['null']:.2f} s, ρ {cost['rho']:.2f} s, stability "
+            f"{cost['stability']:.2f} s"
+        )
+        record = {
+            "checkpoint": str(ckpt_file),
+            "run_dir": str(run_dir),
+            "diagnostics": row,
+            "protocol": proto,
+            "verdict": verdict.as_dict(),
+            "frozen": frozen,
+            "frozen_epoch": frozen_epoch,
+        }
         out = Path(out_dir) if out_dir else ckpt_file.parent
         out.mkdir(parents=True, exist_ok=True)
         json_file = out / f"{ckpt_file.stem}.audit.json"

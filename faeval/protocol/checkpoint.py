@@ -35,8 +35,10 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
             "the run directory itself"
         )
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a torch checkpoint (not the zip format torch.save "
-                         "writes: corrupt, truncated or another kind of file)")
+        raise ValueError(
+            f"{path} is not a torch checkpoint (not the zip format torch.save "
+            "writes: corrupt, truncated or another kind of file)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:
@@ -46,17 +48,23 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
                 f"{str(err).splitlines()[-1][:200]}. If you trust the file, pass "
                 "--weights_only false"
             ) from None
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt or not a torch file): "
-                         f"{err}") from None
+        raise ValueError(
+            f"{path} is not a readable checkpoint (corrupt or not a torch file): {err}"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt or not a torch file): "
-                         f"{str(err).splitlines()[0][:200]}") from None
+        raise ValueError(
+            f"{path} is not a readable checkpoint (corrupt or not a torch file): "
+            f"{str(err).splitlines()[0][:200]}"
+        ) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict); audit a .ckpt "
-                         "that `faeval fit` wrote")
+        raise ValueError(
+            f"{path} is not a Lightning checkpoint (no state_dict); audit a .ckpt "
+            "that `faeval fit` wrote"
+        )
     class_path = str(ckpt.get("hyper_parameters", {}).get("_class_path", ""))
     if not class_path.startswith("faeval.") or not any(
-            k.startswith("backbone.") for k in ckpt["state_dict"]):
+        k.startswith("backbone.") for k in ckpt["state_dict"]
+    ):
         raise ValueError(
             f"{path} is not a faeval checkpoint (model class {class_path or 'unknown'!r}, no "
             "backbone.* weights); audit a checkpoint that `faeval fit` wrote"
@@ -90,8 +98,11 @@ def load_method_state(model: nn.Module, ckpt: dict[str, Any], path: str | Path) 
     unexpected = [k for k in state if k not in own]
     if missing:
         credit = [k for k in missing if not k.startswith("backbone.")]
-        what = "its credit source (" + ", ".join(credit[:6]) + ")" if credit else \
-            "backbone weights (" + ", ".join(missing[:6]) + ")"
+        what = (
+            "its credit source (" + ", ".join(credit[:6]) + ")"
+            if credit
+            else "backbone weights (" + ", ".join(missing[:6]) + ")"
+        )
         raise RuntimeError(
             f"{path} lacks {what}: the {saved} credit cannot be computed, and it never falls "
             "back to the true gradient (Γ would read 1.0). Audit a complete checkpoint written "

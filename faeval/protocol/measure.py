@@ -40,8 +40,9 @@ class ProtocolSettings:
     seed: int = 0
 
 
-def run_protocol(method, x: torch.Tensor, y: torch.Tensor,
-                 settings: ProtocolSettings = ProtocolSettings()) -> dict[str, Any]:
+def run_protocol(
+    method, x: torch.Tensor, y: torch.Tensor, settings: ProtocolSettings = ProtocolSettings()
+) -> dict[str, Any]:
     """The null band, ρ with its controls and diagnostic (c), with the seconds each took.
 
     Runs in float32 with autocast off and BatchNorm in eval mode (ρ in float64), whatever the
@@ -72,21 +73,30 @@ def run_protocol(method, x: torch.Tensor, y: torch.Tensor,
         row["seconds"]["null"] = time.perf_counter() - start
         row["null"] = None if band is None else band.as_dict()
         if band is None:
-            row["null_note"] = (f"not applicable: {type(method).__name__} has no random feedback "
-                                "draw to redraw")
+            row["null_note"] = (
+                f"not applicable: {type(method).__name__} has no random feedback draw to redraw"
+            )
 
         start = time.perf_counter()
         rho = perturbation_correlation(
-            backbone, trace.states, y, credits, grads, settings.epsilon, settings.directions,
-            settings.negative_draws, settings.seed,
+            backbone,
+            trace.states,
+            y,
+            credits,
+            grads,
+            settings.epsilon,
+            settings.directions,
+            settings.negative_draws,
+            settings.seed,
         )
         row["seconds"]["rho"] = time.perf_counter() - start
         row["rho"] = rho.as_dict()
 
         start = time.perf_counter()
         try:
-            stab = direction_stability(method, h0, y, settings.stability_batch_size,
-                                       settings.stability_batches)
+            stab = direction_stability(
+                method, h0, y, settings.stability_batch_size, settings.stability_batches
+            )
             row["stability"] = stab.as_dict()
         except ValueError as err:
             row["stability"] = None

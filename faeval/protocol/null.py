@@ -60,8 +60,9 @@ def _deep(values: list[float]) -> float:
     return sum(values[1:]) / (len(values) - 1) if len(values) > 1 else math.nan
 
 
-def null_band(method, trace: Trace, grads: list[Tensor], y: Tensor, draws: int = 8,
-              seed: int = NULL_SEED) -> NullBand | None:
+def null_band(
+    method, trace: Trace, grads: list[Tensor], y: Tensor, draws: int = 8, seed: int = NULL_SEED
+) -> NullBand | None:
     """The null band of ``method`` on a probe batch, or None when it has no feedback draw.
 
     The method's ``feedback`` is swapped for each fresh draw (``draw_feedback(seed + k)``)

@@ -58,16 +58,18 @@ def pearson(u: Tensor, v: Tensor) -> float:
     return ((u * v).sum() / torch.sqrt((u * u).sum() * (v * v).sum())).item()
 
 
-def unit_directions(shape: torch.Size, generator: torch.Generator, dtype: torch.dtype,
-                    device: torch.device) -> Tensor:
+def unit_directions(
+    shape: torch.Size, generator: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> Tensor:
     """Random unit vectors, one per sample over its flattened state. (B, ...) like ``shape``."""
     d = torch.randn(shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
     return d / torch.linalg.vector_norm(d.flatten(1), dim=1).view(-1, *[1] * (d.dim() - 1))
 
 
 @torch.no_grad()
-def loss_changes(backbone: LayeredBackbone, layer: int, h: Tensor, y: Tensor, deltas: Tensor,
-                 epsilon: float) -> Tensor:
+def loss_changes(
+    backbone: LayeredBackbone, layer: int, h: Tensor, y: Tensor, deltas: Tensor, epsilon: float
+) -> Tensor:
     """ℓ_i(h + εδ_m,i) − ℓ_i(h) for every direction m and sample i. (M, B).
 
     Args:
@@ -79,10 +81,13 @@ def loss_changes(backbone: LayeredBackbone, layer: int, h: Tensor, y: Tensor, de
         epsilon: ε.
     """
     base = F.cross_entropy(backbone.forward_from(layer, h), y, reduction="none")  # (B,)
-    return torch.stack([
-        F.cross_entropy(backbone.forward_from(layer, h + epsilon * d), y, reduction="none") - base
-        for d in deltas
-    ])
+    return torch.stack(
+        [
+            F.cross_entropy(backbone.forward_from(layer, h + epsilon * d), y, reduction="none")
+            - base
+            for d in deltas
+        ]
+    )
 
 
 def perturbation_correlation(
@@ -123,8 +128,9 @@ def perturbation_correlation(
     rho, positive, neg_mean, neg_std = [], [], [], []
     for layer, (h, a, g) in enumerate(zip(states, credits, grads, strict=True)):
         h64 = h.detach().double()
-        deltas = torch.stack([unit_directions(h64.shape, gen, h64.dtype, h64.device)
-                              for _ in range(directions)])  # (M, B, ...)
+        deltas = torch.stack(
+            [unit_directions(h64.shape, gen, h64.dtype, h64.device) for _ in range(directions)]
+        )  # (M, B, ...)
         true = loss_changes(net, layer, h64, y, deltas, epsilon)  # (M, B)
 
         def predicted(c: Tensor, deltas: Tensor = deltas) -> Tensor:
@@ -134,8 +140,12 @@ def perturbation_correlation(
         rho.append(pearson(predicted(a), true))
         positive.append(pearson(predicted(g), true))
         negatives = [
-            pearson(predicted(torch.randn(h64.shape, generator=gen, dtype=torch.float64)
-                              .to(h64.device)), true)
+            pearson(
+                predicted(
+                    torch.randn(h64.shape, generator=gen, dtype=torch.float64).to(h64.device)
+                ),
+                true,
+            )
             for _ in range(negative_draws)
         ]
         neg = torch.tensor(negatives, dtype=torch.float64)

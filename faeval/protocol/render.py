@@ -28,9 +28,11 @@ def pair_line(rv: RunVerdict) -> str:
     """The standard pair, with layer 0 apart and the margin over FrozenBlocks."""
     p = rv.pair
     margin = "n/a" if p["margin"] is None else f"{100 * p['margin']:+.2f} pp"
-    return (f"standard pair: acc {_num(p['acc'])}, Γ {_num(p['gamma'], '{:+.3f}')}  "
-            f"(cos layer 0 {_num(p['cos_l0'], '{:+.3f}')}, deep {_num(p['cos_deep'], '{:+.3f}')})"
-            f"  frozen acc {_num(p['frozen_acc'])}, margin {margin}")
+    return (
+        f"standard pair: acc {_num(p['acc'])}, Γ {_num(p['gamma'], '{:+.3f}')}  "
+        f"(cos layer 0 {_num(p['cos_l0'], '{:+.3f}')}, deep {_num(p['cos_deep'], '{:+.3f}')})"
+        f"  frozen acc {_num(p['frozen_acc'])}, margin {margin}"
+    )
 
 
 def run_text(rv: RunVerdict) -> str:
@@ -41,21 +43,32 @@ def run_text(rv: RunVerdict) -> str:
         lines.append(f"  {v.name:<26} {v.status:<12} {figure(key, v.figure):>11}   {v.rule}")
         lines.append(f"  {'':<26} {v.detail}")
     lines.append("  " + pair_line(rv))
-    lines.append("  thresholds: " + ", ".join(f"{k}={v:g}" for k, v in
-                                              rv.thresholds.as_dict().items()))
+    lines.append(
+        "  thresholds: " + ", ".join(f"{k}={v:g}" for k, v in rv.thresholds.as_dict().items())
+    )
     return "\n".join(lines)
 
 
 def run_markdown(rv: RunVerdict) -> str:
     """The Markdown verdict of one run: a table of diagnostics and the standard pair."""
     seed = "" if rv.seed is None else f", seed {rv.seed}"
-    lines = [f"## Verdict: {rv.method}{seed}, epoch {rv.epoch}", "",
-             "| diagnostic | verdict | figure | rule | figures |", "|---|---|---|---|---|"]
+    lines = [
+        f"## Verdict: {rv.method}{seed}, epoch {rv.epoch}",
+        "",
+        "| diagnostic | verdict | figure | rule | figures |",
+        "|---|---|---|---|---|",
+    ]
     for key, v in rv.verdicts.items():
-        lines.append(f"| {v.name} | **{v.status}** | {figure(key, v.figure)} | {v.rule} | "
-                     f"{v.detail} |")
-    lines += ["", pair_line(rv), "", "Thresholds: " + ", ".join(
-        f"`{k}={v:g}`" for k, v in rv.thresholds.as_dict().items()), ""]
+        lines.append(
+            f"| {v.name} | **{v.status}** | {figure(key, v.figure)} | {v.rule} | {v.detail} |"
+        )
+    lines += [
+        "",
+        pair_line(rv),
+        "",
+        "Thresholds: " + ", ".join(f"`{k}={v:g}`" for k, v in rv.thresholds.as_dict().items()),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -63,8 +76,10 @@ def seed_cell(sv: SeedVerdict) -> str:
     """``**FIRES** (s0 ×206, s1 ×190)``: the cross-seed verdict with per-seed figures."""
     if sv.status == "N/A":
         return "N/A"
-    per = ", ".join(f"s{s}: {figure(sv.key, f)}" + ("" if st in ("PASS", "FIRES") else f" {st}")
-                    for s, st, f in sv.seeds)
+    per = ", ".join(
+        f"s{s}: {figure(sv.key, f)}" + ("" if st in ("PASS", "FIRES") else f" {st}")
+        for s, st, f in sv.seeds
+    )
     return f"**{sv.status}** ({per})"
 
 

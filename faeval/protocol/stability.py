@@ -53,8 +53,9 @@ def pairwise_stability(directions: Tensor) -> float:
     return sample_cosines(directions[i], directions[j]).mean().item()  # (P,) -> mean
 
 
-def direction_stability(method, h0: Tensor, y: Tensor, batch_size: int = 128,
-                        num_batches: int = 8) -> StabilityFigures:
+def direction_stability(
+    method, h0: Tensor, y: Tensor, batch_size: int = 128, num_batches: int = 8
+) -> StabilityFigures:
     """Diagnostic (c) on the first ``num_batches × batch_size`` probe samples.
 
     Args:

@@ -156,9 +156,11 @@ def judge_growth(rows: list[dict], threshold: float) -> Verdict:
     ratios = [v for r in rows for v in (r.get("h_ratio") or []) if v is not None]
     ratio = max((v if _finite(v) else math.inf for v in ratios), default=None)
     last = rows[-1]
-    detail = (f"max growth ×{figure:.3g} (epoch {rows[worst].get('epoch')}); ‖h_L‖ "
-              f"{_g(rows[0].get('h_L'))} at init -> {_g(last.get('h_L'))} at epoch "
-              f"{last.get('epoch')}; largest per-block ratio ‖h_l‖/‖h_l-1‖ ×{_g(ratio)}")
+    detail = (
+        f"max growth ×{figure:.3g} (epoch {rows[worst].get('epoch')}); ‖h_L‖ "
+        f"{_g(rows[0].get('h_L'))} at init -> {_g(last.get('h_L'))} at epoch "
+        f"{last.get('epoch')}; largest per-block ratio ‖h_l‖/‖h_l-1‖ ×{_g(ratio)}"
+    )
     status: Status = "FIRES" if figure > threshold else "PASS"
     return Verdict("a", status, figure, rule, detail)
 
@@ -174,8 +176,10 @@ def judge_floor(rows: list[dict], floor: float) -> Verdict:
 
     last = rows[-1]
     first = next((r.get("epoch") for r in rows if hit(r)), None)
-    detail = f"‖g_L‖ {_g(rows[0].get('g_L'))} at init -> {_g(last.get('g_L'))} at epoch " \
-             f"{last.get('epoch')}"
+    detail = (
+        f"‖g_L‖ {_g(rows[0].get('g_L'))} at init -> {_g(last.get('g_L'))} at epoch "
+        f"{last.get('epoch')}"
+    )
     if first is not None:
         detail += f"; first under the floor at epoch {first}"
     if hit(last):
@@ -189,20 +193,22 @@ def judge_stability(protocol: dict | None, threshold: float) -> Verdict:
     rule = f"reads FIRES when stability < {threshold:g} (advisory)"
     stab = (protocol or {}).get("stability")
     if not stab:
-        note = (protocol or {}).get("stability_note") or "no protocol row (add the Protocol " \
-            "callback or run faeval audit)"
+        note = (protocol or {}).get(
+            "stability_note"
+        ) or "no protocol row (add the Protocol callback or run faeval audit)"
         return Verdict("c", "UNMEASURABLE", None, rule, note, advisory=True)
     value = stab["credit"]
-    detail = (f"layer {stab['layer']}: credit {_g(value)}, true gradient {_g(stab['gradient'])} "
-              f"({stab['batches']} batches of {stab['batch_size']})")
+    detail = (
+        f"layer {stab['layer']}: credit {_g(value)}, true gradient {_g(stab['gradient'])} "
+        f"({stab['batches']} batches of {stab['batch_size']})"
+    )
     if not _finite(value):
         return Verdict("c", "UNMEASURABLE", None, rule, detail, advisory=True)
     status: Status = "FIRES" if value < threshold else "PASS"
     return Verdict("c", status, value, rule, detail, advisory=True)
 
 
-def judge_depth(method: str, acc: float | None, frozen_acc: float | None, margin: float
-                ) -> Verdict:
+def judge_depth(method: str, acc: float | None, frozen_acc: float | None, margin: float) -> Verdict:
     """(d): test accuracy minus the FrozenBlocks accuracy (same backbone, data, seed, budget)."""
     rule = f"fires when acc − frozen acc < {100 * margin:g} pp"
     if method == FROZEN:
@@ -210,9 +216,14 @@ def judge_depth(method: str, acc: float | None, frozen_acc: float | None, margin
     if not _finite(acc):
         return Verdict("d", "UNMEASURABLE", None, rule, "no test accuracy logged")
     if not _finite(frozen_acc):
-        return Verdict("d", "UNMEASURABLE", None, rule,
-                       "no FrozenBlocks accuracy (audit: --frozen RUN_DIR or --train_frozen "
-                       "true; sweeps include it)")
+        return Verdict(
+            "d",
+            "UNMEASURABLE",
+            None,
+            rule,
+            "no FrozenBlocks accuracy (audit: --frozen RUN_DIR or --train_frozen "
+            "true; sweeps include it)",
+        )
     diff = acc - frozen_acc
     detail = f"acc {acc:.4f} − frozen {frozen_acc:.4f} = {100 * diff:+.2f} pp"
     status: Status = "FIRES" if diff < margin - 1e-12 else "PASS"
@@ -228,24 +239,38 @@ def judge_mode2(protocol: dict | None, floor: Verdict, sigmas: float) -> Verdict
     """
     rule = f"fires when deep cos <= null mean + {sigmas:g}·std"
     if floor.status == "FIRES":
-        return Verdict("mode2", "UNMEASURABLE", None, rule,
-                       "(b) fires: every cosine against g is numerically meaningless")
+        return Verdict(
+            "mode2",
+            "UNMEASURABLE",
+            None,
+            rule,
+            "(b) fires: every cosine against g is numerically meaningless",
+        )
     if not protocol:
-        return Verdict("mode2", "UNMEASURABLE", None, rule,
-                       "no null band logged (add the Protocol callback or run faeval audit)")
+        return Verdict(
+            "mode2",
+            "UNMEASURABLE",
+            None,
+            rule,
+            "no null band logged (add the Protocol callback or run faeval audit)",
+        )
     null = protocol.get("null")
     rho = protocol.get("rho") or {}
     rho_txt = ""
     if rho.get("rho"):
         deep_rho = _mean(rho["rho"][1:])
-        rho_txt = (f"; ρ deep {_g(deep_rho)}, l0 {_g(rho['rho'][0])} (controls: a=g "
-                   f"{_g(_mean(rho['positive'][1:]))}, random a "
-                   f"{_g(_mean(rho['negative_mean'][1:]))})")
+        rho_txt = (
+            f"; ρ deep {_g(deep_rho)}, l0 {_g(rho['rho'][0])} (controls: a=g "
+            f"{_g(_mean(rho['positive'][1:]))}, random a "
+            f"{_g(_mean(rho['negative_mean'][1:]))})"
+        )
     if null is not None:
         deep, band = null["deep"], null["deep_mean"] + sigmas * null["deep_std"]
-        detail = (f"deep cos {_g(deep)} vs null {null['deep_mean']:+.3f} ± "
-                  f"{null['deep_std']:.3f} ({null['draws']} fresh draws); l0 cos "
-                  f"{_g(null['cos'][0])}{rho_txt}")
+        detail = (
+            f"deep cos {_g(deep)} vs null {null['deep_mean']:+.3f} ± "
+            f"{null['deep_std']:.3f} ({null['draws']} fresh draws); l0 cos "
+            f"{_g(null['cos'][0])}{rho_txt}"
+        )
         if not _finite(deep):
             return Verdict("mode2", "UNMEASURABLE", None, rule, detail)
         return Verdict("mode2", "PASS" if deep > band else "FIRES", deep, rule, detail)
@@ -254,8 +279,11 @@ def judge_mode2(protocol: dict | None, floor: Verdict, sigmas: float) -> Verdict
         return Verdict("mode2", "UNMEASURABLE", None, rule, "no ρ logged")
     deep = _mean(rho["rho"][1:])
     band = _mean(rho["negative_mean"][1:]) + sigmas * _mean(rho["negative_std"][1:])
-    detail = ("null band not applicable (" + str(protocol.get("null_note", "no feedback draw"))
-              + f"); judged on ρ{rho_txt}")
+    detail = (
+        "null band not applicable ("
+        + str(protocol.get("null_note", "no feedback draw"))
+        + f"); judged on ρ{rho_txt}"
+    )
     if not _finite(deep):
         return Verdict("mode2", "UNMEASURABLE", None, rule, detail)
     return Verdict("mode2", "PASS" if deep > band else "FIRES", deep, rule, detail)
@@ -266,9 +294,14 @@ def _mean(values: list[float | None]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def judge_run(rows: list[dict], protocol: dict | None, method: str,
-              frozen_acc: float | None = None, thresholds: Thresholds = Thresholds(),
-              seed: int | None = None) -> RunVerdict:
+def judge_run(
+    rows: list[dict],
+    protocol: dict | None,
+    method: str,
+    frozen_acc: float | None = None,
+    thresholds: Thresholds = Thresholds(),
+    seed: int | None = None,
+) -> RunVerdict:
     """Every verdict of one run from its logged rows.
 
     Args:

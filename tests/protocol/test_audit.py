@@ -14,8 +14,9 @@ from tests.protocol.cli_args import AUDIT, TINY, protocol_args
 
 
 def fit(root: Path, model: str) -> Path:
-    cli = run(["fit", "--model", model, *TINY, *protocol_args(), "--trainer.default_root_dir",
-               str(root)])
+    cli = run(
+        ["fit", "--model", model, *TINY, *protocol_args(), "--trainer.default_root_dir", str(root)]
+    )
     return Path(cli.trainer.log_dir)
 
 
@@ -52,8 +53,9 @@ def test_audit_reproduces_the_last_logged_epoch(runs, capsys):
     # The heavier pieces match what the Protocol callback logged at the same epoch.
     proto = jsonl(dfa / "protocol.jsonl")[-1]
     assert proto["epoch"] == 2
-    assert rec["protocol"]["null"]["deep_mean"] == pytest.approx(proto["null"]["deep_mean"],
-                                                                 abs=1e-6)
+    assert rec["protocol"]["null"]["deep_mean"] == pytest.approx(
+        proto["null"]["deep_mean"], abs=1e-6
+    )
     assert rec["protocol"]["rho"]["rho"] == pytest.approx(proto["rho"]["rho"], abs=1e-6)
     # (d) against the frozen run's own last accuracy.
     d = rec["verdict"]["verdicts"]["d"]

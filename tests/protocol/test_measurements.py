@@ -48,8 +48,9 @@ def test_rho_matches_a_direct_finite_difference_correlation(tiny_ladder):
     method = DFA(tiny_ladder.input_shape, tiny_ladder.num_classes, backbone=SMALL)
     trace, grads, y = probe_of(method, tiny_ladder)
     credits = method.credits(trace, y)
-    rho = perturbation_correlation(method.backbone, trace.states, y, credits, grads,
-                                   directions=4, negative_draws=2, seed=3)
+    rho = perturbation_correlation(
+        method.backbone, trace.states, y, credits, grads, directions=4, negative_draws=2, seed=3
+    )
     net = method.backbone.double()
     gen = torch.Generator().manual_seed(3)
     true, pred = [], []
@@ -71,15 +72,25 @@ def test_rho_matches_a_direct_finite_difference_correlation(tiny_ladder):
 
 def test_dfa_null_band_is_centred_at_init_and_cleared_after_training(tiny_ladder):
     L.seed_everything(0, verbose=False)
-    method = DFA(tiny_ladder.input_shape, tiny_ladder.num_classes, backbone=SMALL,
-                 optimizer=partial(torch.optim.Adam, lr=1e-2))
+    method = DFA(
+        tiny_ladder.input_shape,
+        tiny_ladder.num_classes,
+        backbone=SMALL,
+        optimizer=partial(torch.optim.Adam, lr=1e-2),
+    )
     trained_feedback = method.feedback
     trace, grads, y = probe_of(method, tiny_ladder)
     band = null_band(method, trace, grads, y, draws=8)
     assert abs(band.deep_mean) < 0.05 and band.deep_std < 0.15
     assert method.feedback is trained_feedback  # restored after the fresh draws
-    L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, num_sanity_val_steps=0).fit(method, tiny_ladder)
+    L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    ).fit(method, tiny_ladder)
     method.eval()
     trace, grads, y = probe_of(method, tiny_ladder)
     band = null_band(method, trace, grads, y, draws=8)
@@ -118,8 +129,10 @@ def test_direction_stability_matches_pairwise_cosines_of_batch_gradients(tiny_la
         h1.retain_grad()
         F.cross_entropy(method.backbone.forward_from(1, h1), y[part]).backward()
         dirs.append(h1.grad.double().mean(0))
-    cos = [F.cosine_similarity(dirs[i], dirs[j], dim=0).item()
-           for i, j in itertools.combinations(range(4), 2)]
+    cos = [
+        F.cosine_similarity(dirs[i], dirs[j], dim=0).item()
+        for i, j in itertools.combinations(range(4), 2)
+    ]
     assert stab.gradient == pytest.approx(sum(cos) / len(cos), abs=1e-6)  # float32 grads
     assert stab.credit == pytest.approx(stab.gradient, abs=1e-9)  # BP's credit is g
     with pytest.raises(ValueError, match="probe_size"):
@@ -129,11 +142,13 @@ def test_direction_stability_matches_pairwise_cosines_of_batch_gradients(tiny_la
 def test_run_protocol_reports_every_piece_and_notes_what_does_not_apply(tiny_ladder):
     x, y = tiny_ladder.probe()
     settings = ProtocolSettings(null_draws=2, directions=2, negative_draws=2)
-    row = run_protocol(BP(tiny_ladder.input_shape, tiny_ladder.num_classes, backbone=SMALL),
-                       x, y, settings)
+    row = run_protocol(
+        BP(tiny_ladder.input_shape, tiny_ladder.num_classes, backbone=SMALL), x, y, settings
+    )
     assert row["null"] is None and "not applicable" in row["null_note"]
     assert row["stability"] is None and "probe" in row["stability_note"]  # 128 < 8 × 128
     assert set(row["seconds"]) == {"null", "rho", "stability"}
-    row = run_protocol(DFA(tiny_ladder.input_shape, tiny_ladder.num_classes, backbone=SMALL),
-                       x, y, settings)
+    row = run_protocol(
+        DFA(tiny_ladder.input_shape, tiny_ladder.num_classes, backbone=SMALL), x, y, settings
+    )
     assert row["null"]["draws"] == 2 and len(row["rho"]["rho"]) == 3

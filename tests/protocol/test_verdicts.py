@@ -11,29 +11,57 @@ from faeval.protocol import Thresholds, combine_runs, judge_run, run_markdown, r
 T = Thresholds()
 
 
-def row(epoch: int, growth: float = 1.0, g_l: float = 1e-3, acc: float | None = 0.5,
-        cos: tuple[float, ...] = (0.4, 0.2, 0.1)) -> dict:
+def row(
+    epoch: int,
+    growth: float = 1.0,
+    g_l: float = 1e-3,
+    acc: float | None = 0.5,
+    cos: tuple[float, ...] = (0.4, 0.2, 0.1),
+) -> dict:
     """A diagnostics row as the callback writes it (cosines None under the floor)."""
     floor = not g_l >= T.grad_floor
     cos_out = [None if floor else c for c in cos]
     return {
-        "epoch": epoch, "test/acc": acc if epoch else None, "growth": growth,
-        "h_L": 3.0 * growth, "g_L": g_l, "h_ratio": [1.0, 1.0], "floor_hit": floor,
-        "cos": cos_out, "cos_l0": cos_out[0],
+        "epoch": epoch,
+        "test/acc": acc if epoch else None,
+        "growth": growth,
+        "h_L": 3.0 * growth,
+        "g_L": g_l,
+        "h_ratio": [1.0, 1.0],
+        "floor_hit": floor,
+        "cos": cos_out,
+        "cos_l0": cos_out[0],
         "cos_deep": None if floor else sum(cos[1:]) / 2,
         "gamma": None if floor else sum(cos) / 3,
     }
 
 
-def protocol(deep: float = 0.3, null_mean: float = 0.0, null_std: float = 0.05,
-             stability: float = 0.5) -> dict:
+def protocol(
+    deep: float = 0.3, null_mean: float = 0.0, null_std: float = 0.05, stability: float = 0.5
+) -> dict:
     return {
-        "null": {"cos": [0.4, deep, deep], "null_mean": [0, 0, 0], "null_std": [0.05] * 3,
-                 "deep": deep, "deep_mean": null_mean, "deep_std": null_std, "draws": 8},
-        "rho": {"rho": [0.3, 0.2, 0.2], "positive": [1, 1, 1], "negative_mean": [0, 0, 0],
-                "negative_std": [0.01] * 3},
-        "stability": {"credit": stability, "gradient": 0.6, "layer": 1, "batches": 8,
-                      "batch_size": 128},
+        "null": {
+            "cos": [0.4, deep, deep],
+            "null_mean": [0, 0, 0],
+            "null_std": [0.05] * 3,
+            "deep": deep,
+            "deep_mean": null_mean,
+            "deep_std": null_std,
+            "draws": 8,
+        },
+        "rho": {
+            "rho": [0.3, 0.2, 0.2],
+            "positive": [1, 1, 1],
+            "negative_mean": [0, 0, 0],
+            "negative_std": [0.01] * 3,
+        },
+        "stability": {
+            "credit": stability,
+            "gradient": 0.6,
+            "layer": 1,
+            "batches": 8,
+            "batch_size": 128,
+        },
     }
 
 

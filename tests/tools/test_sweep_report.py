@@ -31,12 +31,34 @@ sweep, report = load_tool("sweep"), load_tool("report")
 SPEC = {
     "seeds": [0, 1],
     "methods": ["DFA"],  # FrozenBlocks joins automatically: 2 methods × 2 seeds
-    "args": ["--data", "SyntheticLadder", "--data.input_dim", "8", "--data.num_classes", "3",
-             "--data.n_train", "128", "--data.n_test", "64", "--data.batch_size", "32",
-             "--data.probe_size", "64", "--model.backbone.d_hidden", "8",
-             "--model.backbone.num_blocks", "2", "--trainer.max_epochs", "1",
-             "--trainer.log_every_n_steps", "1", "--diagnostics.verbose", "false",
-             "--trainer.enable_model_summary", "false"],
+    "args": [
+        "--data",
+        "SyntheticLadder",
+        "--data.input_dim",
+        "8",
+        "--data.num_classes",
+        "3",
+        "--data.n_train",
+        "128",
+        "--data.n_test",
+        "64",
+        "--data.batch_size",
+        "32",
+        "--data.probe_size",
+        "64",
+        "--model.backbone.d_hidden",
+        "8",
+        "--model.backbone.num_blocks",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--diagnostics.verbose",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ],
     "protocol": {"every_n_epochs": 1, **CHEAP},
     "settings": {"tiny": {"model.backbone.w2_std": 0.01}},
 }
@@ -46,8 +68,12 @@ SPEC = {
 def swept(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    assert sweep.main([str(root / "spec.yaml"), "--out", str(root / "out"), "--jobs", "2",
-                       "--cores", "2"]) == 0
+    assert (
+        sweep.main(
+            [str(root / "spec.yaml"), "--out", str(root / "out"), "--jobs", "2", "--cores", "2"]
+        )
+        == 0
+    )
     return root
 
 
@@ -55,7 +81,11 @@ def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
     with (swept / "out" / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert sorted((r["method"], r["seed"]) for r in rows) == [
-        ("DFA", "0"), ("DFA", "1"), ("FrozenBlocks", "0"), ("FrozenBlocks", "1")]
+        ("DFA", "0"),
+        ("DFA", "1"),
+        ("FrozenBlocks", "0"),
+        ("FrozenBlocks", "1"),
+    ]
     assert all(r["status"] == "ok" and r["epochs"] == "1" for r in rows)
     run_dir = swept / "out" / "runs" / "tiny" / "DFA" / "seed1"
     for name in ("config.yaml", "diagnostics.jsonl", "protocol.jsonl", "status.json"):
@@ -67,23 +97,36 @@ def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
     assert "4 already finished, 0 to run" in capsys.readouterr().out
 
 
-def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path,
-                                                                              monkeypatch):
+def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     spec = {"seeds": [0, 1], "methods": ["DFA"]}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     seen = []
 
     def fake(spec, run, run_dir):  # a process that fails for seed 0 and succeeds for seed 1
-        code = ("import os, sys, json, pathlib; "
-                f"print(os.environ['OMP_NUM_THREADS']); d = pathlib.Path({str(run_dir)!r}); "
-                "(d / 'diagnostics.jsonl').write_text(json.dumps({'epoch': 1}) + '\\n'); "
-                f"sys.exit({3 if run.seed == 0 else 0})")
+        code = (
+            "import os, sys, json, pathlib; "
+            f"print(os.environ['OMP_NUM_THREADS']); d = pathlib.Path({str(run_dir)!r}); "
+            "(d / 'diagnostics.jsonl').write_text(json.dumps({'epoch': 1}) + '\\n'); "
+            f"sys.exit({3 if run.seed == 0 else 0})"
+        )
         seen.append(run)
         return [sys.executable, "-c", code]
 
     monkeypatch.setattr(sweep, "command", fake)
-    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"), "--jobs",
-                       "2", "--cores", "4"]) == 1
+    assert (
+        sweep.main(
+            [
+                str(tmp_path / "spec.yaml"),
+                "--out",
+                str(tmp_path / "out"),
+                "--jobs",
+                "2",
+                "--cores",
+                "4",
+            ]
+        )
+        == 1
+    )
     assert len(seen) == 4
     with (tmp_path / "out" / "results.csv").open() as fh:
         rows = {(r["method"], r["seed"]): r for r in csv.DictReader(fh)}
@@ -108,29 +151,32 @@ def test_report_writes_tables_and_plots_of_the_expected_size(swept):
     runs = {(r["method"], r["seed"]): r for r in data["settings"]["tiny"]["runs"]}
     for seed in (0, 1):
         margin = runs[("DFA", seed)]["pair"]["margin"]
-        assert margin == pytest.approx(runs[("DFA", seed)]["pair"]["acc"]
-                                       - runs[("FrozenBlocks", seed)]["pair"]["acc"])
+        assert margin == pytest.approx(
+            runs[("DFA", seed)]["pair"]["acc"] - runs[("FrozenBlocks", seed)]["pair"]["acc"]
+        )
     for name, (w, h) in report.SIZES.items():
         image = matplotlib.image.imread(out / f"tiny_{name}.png")
         assert image.shape[:2] == (round(h * report.DPI), round(w * report.DPI)), name
         assert f"tiny_{name}.png" in md
 
 
-def test_report_on_partial_mixed_and_empty_sweeps_says_what_is_missing(swept, tmp_path,
-                                                                      capsys):
+def test_report_on_partial_mixed_and_empty_sweeps_says_what_is_missing(swept, tmp_path, capsys):
     partial = tmp_path / "partial"
     shutil.copytree(swept / "out", partial)
     shutil.rmtree(partial / "runs" / "tiny" / "DFA" / "seed1")
     status = partial / "runs" / "tiny" / "FrozenBlocks" / "seed1" / "status.json"
-    status.write_text(json.dumps({**json.loads(status.read_text()), "status": "failed",
-                                  "error": "boom"}))
+    status.write_text(
+        json.dumps({**json.loads(status.read_text()), "status": "failed", "error": "boom"})
+    )
     assert report.main([str(partial)]) == 0
     md = (partial / "report.md").read_text()
     assert "tiny/DFA/seed1: **missing**" in md
     assert "tiny/FrozenBlocks/seed1: **failed** (boom)" in md
     data = json.loads((partial / "report.json").read_text())
     assert {(r["method"], r["seed"]) for r in data["settings"]["tiny"]["runs"]} == {
-        ("DFA", 0), ("FrozenBlocks", 0)}
+        ("DFA", 0),
+        ("FrozenBlocks", 0),
+    }
     empty = tmp_path / "empty"
     empty.mkdir()
     assert report.main([str(empty)]) == 0
