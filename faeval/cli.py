@@ -1,8 +1,8 @@
 """``faeval``: LightningCLI over the methods, the data sets and the diagnostics callback.
 
-    faeval fit --model DFA --data CIFAR10
-    faeval fit --config configs/resmlp_d256_l4_dfa.yaml
-    faeval audit lightning_logs/version_0          # or a .ckpt file: the protocol's verdict
+faeval fit --model DFA --data CIFAR10
+faeval fit --config configs/resmlp_d256_l4_dfa.yaml
+faeval audit lightning_logs/version_0          # or a .ckpt file: the protocol's verdict
 """
 
 from __future__ import annotations
@@ -43,9 +43,13 @@ def audit_arguments(path: str) -> list[str]:
 
 
 def _subclasses(module, base: type) -> list[str]:
-    return sorted(name for name in module.__all__
-                  if isinstance(cls := getattr(module, name), type)
-                  and issubclass(cls, base) and cls is not base)
+    return sorted(
+        name
+        for name in module.__all__
+        if isinstance(cls := getattr(module, name), type)
+        and issubclass(cls, base)
+        and cls is not base
+    )
 
 
 def known_names() -> dict[str, list[str]]:
@@ -63,8 +67,11 @@ class FaevalParser(LightningArgumentParser):
     @override
     def error(self, message: str, ex: Exception | None = None):
         names = known_names()
-        key = ("model.backbone" if "key='backbone'" in message else
-               next((k for k in ("model", "data") if f'Parser key "{k}"' in message), None))
+        key = (
+            "model.backbone"
+            if "key='backbone'" in message
+            else next((k for k in ("model", "data") if f'Parser key "{k}"' in message), None)
+        )
         if key is not None:
             message += f"\n  --{key} takes one of: {', '.join(names[key])} (or a class path)"
         super().error(message, ex)
@@ -82,10 +89,12 @@ class FaevalCLI(LightningCLI):
             default=False,
             help="Stop the run once ‖g_L‖ < diagnostics.grad_floor (diagnostic (b)).",
         )
-        parser.link_arguments("data.input_shape", "model.init_args.input_shape",
-                              apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes",
-                              apply_on="instantiate")
+        parser.link_arguments(
+            "data.input_shape", "model.init_args.input_shape", apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
+        )
 
     @staticmethod
     @override
@@ -95,8 +104,12 @@ class FaevalCLI(LightningCLI):
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         raw = sys.argv[1:] if args is None else args
-        if isinstance(raw, list) and raw[:1] == ["audit"] and len(raw) > 1 \
-                and not str(raw[1]).startswith("-"):
+        if (
+            isinstance(raw, list)
+            and raw[:1] == ["audit"]
+            and len(raw) > 1
+            and not str(raw[1]).startswith("-")
+        ):
             self.config = parser.parse_args(["audit", *audit_arguments(raw[1]), *raw[2:]])
             return
         super().parse_arguments(parser, args)
@@ -112,8 +125,9 @@ class FaevalCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         run_dir = self._resumed_run_dir()
         if run_dir is not None:  # continue the run's own logs instead of starting version_N+1
-            kwargs["logger"] = TensorBoardLogger(save_dir=run_dir.parent.parent,
-                                                 name=run_dir.parent.name, version=run_dir.name)
+            kwargs["logger"] = TensorBoardLogger(
+                save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name
+            )
             self.save_config_kwargs["config_filename"] = "config.resumed.yaml"
         trainer = super().instantiate_trainer(**kwargs)
         if self._get(self.config_init, "floor_stop", default=False):

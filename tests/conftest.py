@@ -24,8 +24,9 @@ def _single_thread_and_seed():
     torch.set_num_threads(threads)
 
 
-def write_fake_cifar(root: Path, n_train: int = 100, n_test: int = 50, num_classes: int = 10,
-                     seed: int = 0) -> Path:
+def write_fake_cifar(
+    root: Path, n_train: int = 100, n_test: int = 50, num_classes: int = 10, seed: int = 0
+) -> Path:
     """Writes a format-faithful ``cifar-10-batches-py`` (or ``cifar-100-python``) folder.
 
     The same pickled dicts that torchvision reads (str keys, as the Python 2 pickles load;
@@ -70,8 +71,18 @@ def fake_cifar(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_ladder() -> SyntheticLadder:
     """A learnable synthetic task small enough for a few CPU epochs in a second."""
-    return SyntheticLadder(input_dim=16, num_classes=4, alpha=0.5, depth=2, width=32,
-                           n_train=512, n_test=256, batch_size=64, probe_size=128, seed=0)
+    return SyntheticLadder(
+        input_dim=16,
+        num_classes=4,
+        alpha=0.5,
+        depth=2,
+        width=32,
+        n_train=512,
+        n_test=256,
+        batch_size=64,
+        probe_size=128,
+        seed=0,
+    )
 
 
 requires_fmnist = pytest.mark.skipif(

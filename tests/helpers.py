@@ -14,8 +14,9 @@ from faeval.backbones import LayeredBackbone
 class LinearNet(LayeredBackbone):
     """h_0 = W_e x; h_l = h_{l-1} + W_l h_{l-1} (or W_l h_{l-1}); logits = W_h h_L. No LN."""
 
-    def __init__(self, input_shape=(6,), num_classes=3, d=5, num_blocks=3,
-                 residual_add: bool = True) -> None:
+    def __init__(
+        self, input_shape=(6,), num_classes=3, d=5, num_blocks=3, residual_add: bool = True
+    ) -> None:
         super().__init__(input_shape, num_classes)
         self.residual_add = residual_add
         self.embed = nn.Linear(input_shape[0], d)
@@ -47,15 +48,27 @@ class GradRecorder(Callback):
         self.grads: list[dict[str, Tensor]] = []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.grads.append({n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
-                           if p.grad is not None})
+        self.grads.append(
+            {
+                n: p.grad.detach().clone()
+                for n, p in pl_module.named_parameters()
+                if p.grad is not None
+            }
+        )
 
 
 def quiet_trainer(tmp_path, **kwargs) -> Trainer:
     """A CPU trainer without progress bar, summary or checkpoints, logging under tmp_path."""
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, enable_checkpointing=False,
-                    default_root_dir=str(tmp_path), num_sanity_val_steps=0)
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+        num_sanity_val_steps=0,
+    )
     defaults.update(kwargs)
     return Trainer(**defaults)
 

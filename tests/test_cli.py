@@ -3,9 +3,8 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
-
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,17 +15,50 @@ from faeval.callbacks import FloorStopping
 from faeval.cli import run
 from tests.conftest import requires_fmnist
 
-TINY = ["--data", "SyntheticLadder", "--data.input_dim", "8", "--data.num_classes", "3",
-        "--data.n_train", "128", "--data.n_test", "64", "--data.batch_size", "32",
-        "--data.probe_size", "32", "--model.backbone.d_hidden", "8",
-        "--model.backbone.num_blocks", "2", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--diagnostics.verbose", "false",
-        "--trainer.log_every_n_steps", "1"]
+TINY = [
+    "--data",
+    "SyntheticLadder",
+    "--data.input_dim",
+    "8",
+    "--data.num_classes",
+    "3",
+    "--data.n_train",
+    "128",
+    "--data.n_test",
+    "64",
+    "--data.batch_size",
+    "32",
+    "--data.probe_size",
+    "32",
+    "--model.backbone.d_hidden",
+    "8",
+    "--model.backbone.num_blocks",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--diagnostics.verbose",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+]
 
 
 def fit(tmp_path: Path, *args: str, model: str = "DFA", epochs: int = 1):
-    return run(["fit", "--model", model, *TINY, "--trainer.max_epochs", str(epochs),
-                "--trainer.default_root_dir", str(tmp_path), *args])
+    return run(
+        [
+            "fit",
+            "--model",
+            model,
+            *TINY,
+            "--trainer.max_epochs",
+            str(epochs),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            *args,
+        ]
+    )
 
 
 def rows(cli) -> list[dict]:
@@ -42,8 +74,7 @@ def test_each_method_runs_by_short_name_and_writes_rows(tmp_path, model):
     assert [r["epoch"] for r in got] == [0, 1, 2]
     assert all(len(r["h_norm"]) == len(r["g_norm"]) == len(r["cos"]) == 3 for r in got)
     assert got[-1]["test/acc"] is not None and got[0]["test/acc"] is None
-    assert got[-1]["train/loss"] == pytest.approx(float(cli.trainer.callback_metrics[
-        "train/loss"]))
+    assert got[-1]["train/loss"] == pytest.approx(float(cli.trainer.callback_metrics["train/loss"]))
     if model in ("BP", "FrozenBlocks"):
         assert all(abs(c - 1) < 1e-5 for c in got[-1]["cos"])
     config = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
@@ -51,14 +82,40 @@ def test_each_method_runs_by_short_name_and_writes_rows(tmp_path, model):
 
 
 def test_options_reach_the_backbone_data_method_and_optimizer(tmp_path):
-    cli = run(["fit", "--model", "DFA", *TINY, "--trainer.max_epochs", "1",
-               "--trainer.default_root_dir", str(tmp_path),
-               "--model.backbone.d_hidden", "12", "--model.backbone.num_blocks", "3",
-               "--model.backbone.residual_add", "false", "--model.backbone.w2_std", "0.5",
-               "--model.backbone.terminal_ln", "false", "--model.penalty", "0.01",
-               "--data.random_targets", "true", "--data.batch_size", "16",
-               "--seed_everything", "5", "--model.optimizer", "SGD",
-               "--model.optimizer.lr", "0.05"])
+    cli = run(
+        [
+            "fit",
+            "--model",
+            "DFA",
+            *TINY,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--model.backbone.d_hidden",
+            "12",
+            "--model.backbone.num_blocks",
+            "3",
+            "--model.backbone.residual_add",
+            "false",
+            "--model.backbone.w2_std",
+            "0.5",
+            "--model.backbone.terminal_ln",
+            "false",
+            "--model.penalty",
+            "0.01",
+            "--data.random_targets",
+            "true",
+            "--data.batch_size",
+            "16",
+            "--seed_everything",
+            "5",
+            "--model.optimizer",
+            "SGD",
+            "--model.optimizer.lr",
+            "0.05",
+        ]
+    )
     bb = cli.model.backbone
     assert bb.num_blocks == 3 and bb.blocks[0].w1.out_features == 12
     assert not bb.residual_add and isinstance(bb.out_ln, torch.nn.Identity)
@@ -94,12 +151,18 @@ def _last_ckpt(cli) -> Path:
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 @pytest.mark.parametrize("model", ["DFA", "FA"])
 def test_resume_is_bit_exact_and_feedback_never_changes(tmp_path, model):
-    straight = fit(tmp_path / "straight", "--data.random_targets", "true", model=model,
-                   epochs=4)
+    straight = fit(tmp_path / "straight", "--data.random_targets", "true", model=model, epochs=4)
     half = fit(tmp_path / "half", "--data.random_targets", "true", model=model, epochs=2)
     half_ckpt = torch.load(_last_ckpt(half), weights_only=False)
-    resumed = fit(tmp_path / "half", "--data.random_targets", "true", "--ckpt_path",
-                  str(_last_ckpt(half)), model=model, epochs=4)
+    resumed = fit(
+        tmp_path / "half",
+        "--data.random_targets",
+        "true",
+        "--ckpt_path",
+        str(_last_ckpt(half)),
+        model=model,
+        epochs=4,
+    )
     assert resumed.trainer.current_epoch == 4
     assert resumed.trainer.log_dir == half.trainer.log_dir  # the same run continues
     assert [r["epoch"] for r in rows(resumed)] == [0, 1, 2, 3, 4]
@@ -123,9 +186,10 @@ def test_missing_feedback_in_a_checkpoint_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match=r"Missing key.*feedback\.B2"):
         model.load_state_dict(state)
     del model.feedback._buffers["B2"]
-    with pytest.raises(RuntimeError, match="B2 is missing.*cannot be computed"):
-        model.credits(model.backbone.trace(torch.randn(4, 8)).detached(),
-                      torch.zeros(4, dtype=torch.long))
+    with pytest.raises(RuntimeError, match=r"B2 is missing.*cannot be computed"):
+        model.credits(
+            model.backbone.trace(torch.randn(4, 8)).detached(), torch.zeros(4, dtype=torch.long)
+        )
 
 
 def test_floor_stop_switch_stops_the_run_when_g_L_is_under_the_floor(tmp_path, capsys):
@@ -150,8 +214,19 @@ def test_unknown_names_list_the_choices(capsys):
 
 def test_cifar_without_files_names_the_folder_and_flag(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py; pass --data.download"):
-        run(["fit", "--model", "DFA", "--data", "CIFAR10", "--data.data_dir",
-             str(tmp_path / "nothing"), "--trainer.default_root_dir", str(tmp_path)])
+        run(
+            [
+                "fit",
+                "--model",
+                "DFA",
+                "--data",
+                "CIFAR10",
+                "--data.data_dir",
+                str(tmp_path / "nothing"),
+                "--trainer.default_root_dir",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_a_backbone_built_for_other_data_is_refused_before_training(tmp_path):
@@ -162,16 +237,25 @@ def test_a_backbone_built_for_other_data_is_refused_before_training(tmp_path):
 
     model = DFA((10,), 3, backbone=partial(ResMLP, d_hidden=8, num_blocks=1))
     dm = SyntheticLadder(input_dim=8, num_classes=3, n_train=64, n_test=32, probe_size=16)
-    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
-                      default_root_dir=str(tmp_path), enable_progress_bar=False)
+    trainer = Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+    )
     with pytest.raises(ValueError, match=r"built for inputs \(10,\).*data gives \(8,\)"):
         trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 0
 
 
 def test_console_script_help_runs():
-    out = subprocess.run([sys.executable, "-m", "faeval", "fit", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "faeval", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--floor_stop" in out and "--diagnostics.grad_floor" in out
 
 
@@ -183,17 +267,48 @@ def test_every_shipped_config_runs_with_a_tiny_budget(tmp_path, fake_cifar):
         data = yaml.safe_load(config.read_text())["data"]["class_path"]
         extra = []
         if "CIFAR" in data:
-            extra = ["--data.data_dir", str(fake_cifar), "--data.probe_size", "16",
-                     "--data.batch_size", "32"]
+            extra = [
+                "--data.data_dir",
+                str(fake_cifar),
+                "--data.probe_size",
+                "16",
+                "--data.batch_size",
+                "32",
+            ]
         elif "SyntheticLadder" in data:
-            extra = ["--data.n_train", "128", "--data.n_test", "64", "--data.probe_size", "32",
-                     "--data.batch_size", "32"]
+            extra = [
+                "--data.n_train",
+                "128",
+                "--data.n_test",
+                "64",
+                "--data.probe_size",
+                "32",
+                "--data.batch_size",
+                "32",
+            ]
         else:
             extra = ["--data.probe_size", "64"]
-        cli = run(["fit", "--config", str(config), *extra, "--trainer.max_epochs", "1",
-                   "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-                   "--trainer.log_every_n_steps", "1",
-                   "--trainer.enable_progress_bar", "false", "--diagnostics.verbose", "false",
-                   "--trainer.default_root_dir", str(tmp_path / config.stem)])
+        cli = run(
+            [
+                "fit",
+                "--config",
+                str(config),
+                *extra,
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "2",
+                "--trainer.limit_val_batches",
+                "1",
+                "--trainer.log_every_n_steps",
+                "1",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--diagnostics.verbose",
+                "false",
+                "--trainer.default_root_dir",
+                str(tmp_path / config.stem),
+            ]
+        )
         assert cli.trainer.global_step == 2, config.name
         assert len(rows(cli)) == 2, config.name

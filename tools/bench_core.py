@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from faeval.backbones import ResMLP
 from faeval.data import InMemoryDataModule
 from faeval.diagnostics import measure
 from faeval.methods import BP, DFA
@@ -69,9 +68,17 @@ def faeval_epoch(cls, dm: RandomCIFAR) -> tuple[float, float]:
     torch.manual_seed(0)
     model = cls(dm.input_shape, dm.num_classes)
     timer = EpochTimer()
-    trainer = Trainer(max_epochs=1, limit_val_batches=0, logger=False, accelerator="cpu",
-                      enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
+    trainer = Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        accelerator="cpu",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=dm)
     x, y = dm.probe()
     start = time.perf_counter()
@@ -85,8 +92,11 @@ def plain_epoch(cls, dm: RandomCIFAR, research: bool) -> float:
     model = cls(dm.input_shape, dm.num_classes)  # only for its backbone and feedback
     bb = model.backbone
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=1e-3) if research else torch.optim.Adam(
-        params, lr=1e-3, fused=True)
+    opt = (
+        torch.optim.Adam(params, lr=1e-3)
+        if research
+        else torch.optim.Adam(params, lr=1e-3, fused=True)
+    )
     x_all, y_all = dm.splits["train"]
     start = time.perf_counter()
     if research:
@@ -129,20 +139,25 @@ def main() -> None:
             times.setdefault(f"{name} diag", []).append(diag)
             times.setdefault(f"{name} fastest", []).append(plain_epoch(cls, dm, research=False))
             times.setdefault(f"{name} research", []).append(plain_epoch(cls, dm, research=True))
-        print(f"rep {rep + 1}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
-              flush=True)
+        print(
+            f"rep {rep + 1}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
+            flush=True,
+        )
     print(f"\nthreads {torch.get_num_threads()}, N = {args.n}, batch 128, ResMLP d=256 L=4")
     print(f"{'configuration':<16}{'median s':>10}")
     for key, values in times.items():
         print(f"{key:<16}{statistics.median(values):>10.3f}")
     print(f"\n{'ratio (median over reps)':<34}{'BP':>8}{'DFA':>8}  target")
-    for label, num, den, target in (("faeval / fastest plain loop", "faeval", "fastest", "<= 1.05"),
-                                    ("faeval / research loop", "faeval", "research", "<= 0.75"),
-                                    ("diagnostics pass / epoch", "diag", "faeval", "<= 0.01")):
+    for label, num, den, target in (
+        ("faeval / fastest plain loop", "faeval", "fastest", "<= 1.05"),
+        ("faeval / research loop", "faeval", "research", "<= 0.75"),
+        ("diagnostics pass / epoch", "diag", "faeval", "<= 0.01"),
+    ):
         cells = []
         for name in ("BP", "DFA"):
-            ratios = [a / b for a, b in zip(times[f"{name} {num}"], times[f"{name} {den}"],
-                                            strict=True)]
+            ratios = [
+                a / b for a, b in zip(times[f"{name} {num}"], times[f"{name} {den}"], strict=True)
+            ]
             cells.append(f"{statistics.median(ratios):8.3f}")
         print(f"{label:<34}{''.join(cells)}  {target}")
 

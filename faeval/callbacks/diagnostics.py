@@ -42,8 +42,10 @@ def summarize(fig: LayerFigures, init_h_norm: list[float], grad_floor: float) ->
     """
     g_last = fig.g_norm[-1]
     floor_hit = not (math.isfinite(g_last) and g_last >= grad_floor)
-    cos = [None if floor_hit or not g >= grad_floor else c
-           for c, g in zip(fig.cos, fig.g_norm, strict=True)]
+    cos = [
+        None if floor_hit or not g >= grad_floor else c
+        for c, g in zip(fig.cos, fig.g_norm, strict=True)
+    ]
     growth = [h / h0 for h, h0 in zip(fig.h_norm, init_h_norm, strict=True)]
     deep = [c for c in cos[1:] if c is not None]
     measured = [c for c in cos if c is not None]
@@ -150,12 +152,16 @@ class Diagnostics(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.verbose and trainer.is_global_zero:
             path = self.rows_path(trainer)
-            print(f"[faeval] run folder {path.parent}: {ROWS_FILE} (one row per epoch), "
-                  f"config.yaml, checkpoints/; TensorBoard: tensorboard --logdir "
-                  f"{path.parent.parent}", flush=True)
+            print(
+                f"[faeval] run folder {path.parent}: {ROWS_FILE} (one row per epoch), "
+                f"config.yaml, checkpoints/; TensorBoard: tensorboard --logdir "
+                f"{path.parent.parent}",
+                flush=True,
+            )
 
-    def _row(self, trainer: Trainer, pl_module: LightningModule, fig: LayerFigures,
-             epoch: int) -> dict[str, Any]:
+    def _row(
+        self, trainer: Trainer, pl_module: LightningModule, fig: LayerFigures, epoch: int
+    ) -> dict[str, Any]:
         # The method logs its epoch means after this callback runs: ask it for them directly.
         metrics = {**trainer.callback_metrics, **getattr(pl_module, "epoch_means", dict)()}
         row = {"epoch": epoch, "step": trainer.global_step}
@@ -206,8 +212,7 @@ class Diagnostics(Callback):
             "  layer   " + "".join(f"{l:>9d}" for l in layers),
             "  ‖h_l‖   " + "".join(" " + _fmt(v) for v in row["h_norm"]),
             "  ‖g_l‖   " + "".join(" " + _fmt(v) for v in row["g_norm"]),
-            "  cos     " + "".join(
-                "      n/a" if v is None else f" {v:+8.4f}" for v in row["cos"]),
+            "  cos     " + "".join("      n/a" if v is None else f" {v:+8.4f}" for v in row["cos"]),
         ]
         if row["epoch"] == 0:
             lines.append(f"  rows: {path}   TensorBoard: tensorboard --logdir {path.parent.parent}")

@@ -97,8 +97,11 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
-                            ("probe_size", probe_size)):
+        for name, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("probe_size", probe_size),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         self.batch_size = batch_size
@@ -138,7 +141,12 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
     def train_dataloader(self) -> TensorBatches:
         x, y = self.splits["train"]
         return TensorBatches(
-            x, y, self.batch_size, shuffle=True, seed=self.seed, epoch=self._epoch,
+            x,
+            y,
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            epoch=self._epoch,
             random_targets=self.num_classes if self.random_targets else 0,
         )
 

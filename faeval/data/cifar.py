@@ -67,7 +67,8 @@ class _CIFAR(InMemoryDataModule):
                     "--data.download true to fetch them, or --data.data_dir to point at the "
                     "folder that holds them"
                 ) from err
-            x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+            # (N, 32, 32, 3) -> (N, 3, 32, 32)
+            x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
             splits[split] = (x, torch.as_tensor(ds.targets, dtype=torch.long))
         return splits
 

@@ -83,7 +83,8 @@ class FashionMNIST(InMemoryDataModule):
         """
         splits = {}
         for split, (images, labels) in FILES.items():
-            x = torch.from_numpy(read_idx(self._find(images)).copy()).unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
+            # (N, 28, 28) -> (N, 1, 28, 28)
+            x = torch.from_numpy(read_idx(self._find(images)).copy()).unsqueeze(1)
             y = torch.from_numpy(read_idx(self._find(labels)).astype(np.int64))
             splits[split] = (x, y)
         return splits

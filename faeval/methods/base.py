@@ -60,11 +60,15 @@ def _fuse(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     if optimizer.defaults.get("fused", False) is not None:
         return optimizer  # no fused option, or the user chose
     groups = optimizer.param_groups
-    if not all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
-               for group in groups for p in group["params"]):
+    if not all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda")
+        for group in groups
+        for p in group["params"]
+    ):
         return optimizer
-    return type(optimizer)([{**g, "fused": True} for g in groups],
-                           **{**optimizer.defaults, "fused": True})
+    return type(optimizer)(
+        [{**g, "fused": True} for g in groups], **{**optimizer.defaults, "fused": True}
+    )
 
 
 class CreditMethod(LightningModule, abc.ABC):
@@ -190,4 +194,3 @@ class CreditMethod(LightningModule, abc.ABC):
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return _fuse(self.optimizer_factory(self.parameter_groups()))
-

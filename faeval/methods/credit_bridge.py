@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from faeval.backbones import ResMLP, Trace
 from faeval.methods.base import BackboneFactory, CreditMethod, output_error
-from faeval.methods.feedback import FeedbackMatrices
+from faeval.methods.feedback import FeedbackMatrices, resolve_seed
 from faeval.methods.state_bridge import helper_nets
 
 
@@ -77,14 +77,11 @@ class CreditBridge(CreditMethod):
         self.value_lr = value_lr
         self.lam = lam
         self.warmup_epochs = warmup_epochs
-        run_seed = torch.initial_seed() % 2**31
         dims = [math.prod(s) for s in self.backbone.state_shapes()]
         self.feedback = FeedbackMatrices(
-            [(num_classes, d) for d in dims], run_seed if feedback_seed is None else feedback_seed
+            [(num_classes, d) for d in dims], resolve_seed(feedback_seed)
         )
-        self.values = helper_nets(
-            dims, 1, value_width, value_depth, run_seed if value_seed is None else value_seed
-        )
+        self.values = helper_nets(dims, 1, value_width, value_depth, resolve_seed(value_seed))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.residuals = (float("nan"), float("nan"))
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from faeval.backbones import ResMLP, Trace
 from faeval.methods.base import BackboneFactory, CreditMethod, output_error
-from faeval.methods.feedback import FeedbackMatrices
+from faeval.methods.feedback import FeedbackMatrices, resolve_seed
 
 
 class DFA(CreditMethod):
@@ -34,8 +34,7 @@ class DFA(CreditMethod):
         feedback_seed: int | None = None,
     ) -> None:
         super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
-        seed = torch.initial_seed() % 2**31 if feedback_seed is None else feedback_seed
-        self.feedback = self.draw_feedback(seed)
+        self.feedback = self.draw_feedback(resolve_seed(feedback_seed))
 
     def draw_feedback(self, seed: int) -> FeedbackMatrices:
         """A fresh set of feedback matrices shaped for this backbone."""
@@ -44,7 +43,5 @@ class DFA(CreditMethod):
 
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         e = output_error(trace.logits, y)
-        return [
-            (e @ self.feedback[l]).view_as(h)  # (B, C) @ (C, |h_l|) -> (B, |h_l|): e·B_l plays ∂ℓ/∂h_l
-            for l, h in enumerate(trace.states)
-        ]
+        # (B, C) @ (C, |h_l|) -> (B, |h_l|): e·B_l plays ∂ℓ/∂h_l
+        return [(e @ self.feedback[l]).view_as(h) for l, h in enumerate(trace.states)]

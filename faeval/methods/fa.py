@@ -10,7 +10,7 @@ from torch import Tensor
 
 from faeval.backbones import ResMLP, Trace
 from faeval.methods.base import BackboneFactory, CreditMethod, output_error
-from faeval.methods.feedback import FeedbackMatrices
+from faeval.methods.feedback import FeedbackMatrices, resolve_seed
 
 
 class FA(CreditMethod):
@@ -37,8 +37,7 @@ class FA(CreditMethod):
         feedback_seed: int | None = None,
     ) -> None:
         super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
-        seed = torch.initial_seed() % 2**31 if feedback_seed is None else feedback_seed
-        self.feedback = self.draw_feedback(seed)
+        self.feedback = self.draw_feedback(resolve_seed(feedback_seed))
 
     def draw_feedback(self, seed: int) -> FeedbackMatrices:
         """A fresh set: B_0 is C×|h_L| (top), B_l is |h_l|×|h_{l-1}| for l = 1..L."""

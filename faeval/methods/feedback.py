@@ -8,6 +8,11 @@ import torch
 from torch import Tensor, nn
 
 
+def resolve_seed(seed: int | None) -> int:
+    """``seed``, or the run's seed (the one ``seed_everything`` set) when it is None."""
+    return torch.initial_seed() % 2**31 if seed is None else seed
+
+
 class FeedbackMatrices(nn.Module):
     """Matrices B_0..B_{n-1}, entries N(0, 1/rows), drawn once from a seeded generator.
 

@@ -30,6 +30,7 @@ from typing_extensions import override
 
 from faeval.backbones import ResMLP, Trace
 from faeval.methods.base import BackboneFactory, CreditMethod
+from faeval.methods.feedback import resolve_seed
 
 
 def mlp(d_in: int, d_out: int, width: int, depth: int) -> nn.Sequential:
@@ -99,7 +100,7 @@ class StateBridge(CreditMethod):
                 f"{bridge_width}, {bridge_depth}, {bridge_lr}"
             )
         self.bridge_lr = bridge_lr
-        seed = torch.initial_seed() % 2**31 if bridge_seed is None else bridge_seed
+        seed = resolve_seed(bridge_seed)
         dims = [math.prod(s) for s in self.backbone.state_shapes()]
         nets = helper_nets(dims[:-1], dims[-1], bridge_width, bridge_depth, seed)
         self.bridges = nn.ModuleList(

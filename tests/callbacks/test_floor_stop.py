@@ -33,11 +33,16 @@ class Scripted(Callback):
     ],
 )
 def test_stops_once_g_L_is_under_the_floor(tmp_path, values, epochs_run):
-    dm = SyntheticLadder(input_dim=4, num_classes=3, n_train=32, n_test=16, batch_size=32,
-                         probe_size=16, seed=0)
+    dm = SyntheticLadder(
+        input_dim=4, num_classes=3, n_train=32, n_test=16, batch_size=32, probe_size=16, seed=0
+    )
     model = BP((4,), 3, backbone=partial(ResMLP, d_hidden=4, num_blocks=1))
-    trainer = quiet_trainer(tmp_path, max_epochs=len(values), limit_val_batches=0,
-                            log_every_n_steps=1,
-                            callbacks=[Scripted(values), FloorStopping(grad_floor=1e-7)])
+    trainer = quiet_trainer(
+        tmp_path,
+        max_epochs=len(values),
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        callbacks=[Scripted(values), FloorStopping(grad_floor=1e-7)],
+    )
     trainer.fit(model, datamodule=dm)
     assert trainer.current_epoch == epochs_run

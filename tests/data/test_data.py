@@ -68,8 +68,9 @@ def test_uint8_batches_are_normalised_per_channel_after_transfer(fake_cifar):
     dm.setup()
     x, y = next(iter(dm.val_dataloader()))
     xn, yn = dm.on_after_batch_transfer((x, y), 0)
-    want = (x.float() / 255 - torch.tensor(dm.mean).view(1, 3, 1, 1)) / torch.tensor(
-        dm.std).view(1, 3, 1, 1)
+    want = (x.float() / 255 - torch.tensor(dm.mean).view(1, 3, 1, 1)) / torch.tensor(dm.std).view(
+        1, 3, 1, 1
+    )
     torch.testing.assert_close(xn, want)
     assert yn is y
 
@@ -87,8 +88,15 @@ def test_batches_cover_every_sample_once_and_repeat_per_epoch():
 
 
 def test_random_targets_are_uniform_redrawn_and_leave_test_labels_true():
-    dm = SyntheticLadder(input_dim=4, num_classes=5, n_train=20000, n_test=100, probe_size=50,
-                         random_targets=True, seed=0)
+    dm = SyntheticLadder(
+        input_dim=4,
+        num_classes=5,
+        n_train=20000,
+        n_test=100,
+        probe_size=50,
+        random_targets=True,
+        seed=0,
+    )
     dm.setup()
     loader = dm.train_dataloader()
     labels0 = torch.cat([b[1] for b in loader])

@@ -34,15 +34,23 @@ def _fa_credits(method, states, e):
 @pytest.mark.parametrize("penalty", [0.0, 0.3])
 @pytest.mark.parametrize("residual_add", [True, False])
 def test_each_parameter_gets_the_vjp_of_its_module_with_its_credit(
-        tmp_path, cls, credit_rule, penalty, residual_add):
-    dm = SyntheticLadder(input_dim=10, num_classes=4, n_train=64, n_test=32, batch_size=16,
-                         probe_size=16, seed=3)
-    method = cls((10,), 4, optimizer=sgd(0.0), penalty=penalty, feedback_seed=7,
-                 backbone=partial(ResMLP, d_hidden=8, num_blocks=3, w2_std=0.5,
-                                  residual_add=residual_add))
+    tmp_path, cls, credit_rule, penalty, residual_add
+):
+    dm = SyntheticLadder(
+        input_dim=10, num_classes=4, n_train=64, n_test=32, batch_size=16, probe_size=16, seed=3
+    )
+    method = cls(
+        (10,),
+        4,
+        optimizer=sgd(0.0),
+        penalty=penalty,
+        feedback_seed=7,
+        backbone=partial(ResMLP, d_hidden=8, num_blocks=3, w2_std=0.5, residual_add=residual_add),
+    )
     recorder = GradRecorder()
     quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[recorder]).fit(
-        method, datamodule=dm)
+        method, datamodule=dm
+    )
     got = recorder.grads[0]
 
     loader = dm.train_dataloader()
