@@ -34,6 +34,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from faeval.protocol.render import verdict_table
 from faeval.protocol.verdicts import (
@@ -201,6 +202,7 @@ def plot_norms(judged, floor: float, path: Path) -> None:
             ax.axhline(floor, color="k", ls="--", lw=1, label=f"floor {floor:g} (b)")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -231,6 +233,7 @@ def plot_cosine(judged, path: Path) -> None:
         )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("layer l (0 = embedding)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("cos(a_l, g_l) at the last epoch")
     ax.set_title("Per-layer credit cosine (mean ± std over seeds)")
     ax.legend(fontsize=8)

@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"[sweep] {status['status']:<6} {run.setting}/{run.method}/seed{run.seed}: "
                 f"{status['epochs']} epochs in {status['seconds']:.1f} s, test acc "
-                f"{status['test_acc']}" + (f"  ({status['error']})" if status["error"] else ""),
+                + ("n/a" if status["test_acc"] is None else f"{status['test_acc']:.4f}")
+                + (f"  ({status['error']})" if status["error"] else ""),
                 flush=True,
             )
         return status

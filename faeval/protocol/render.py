@@ -90,7 +90,10 @@ def verdict_table(methods: dict[str, dict[str, SeedVerdict]]) -> str:
     lines = [head, "|---" * (len(keys) + 1) + "|"]
     for method, table in methods.items():
         lines.append(f"| {method} | " + " | ".join(seed_cell(table[k]) for k in keys) + " |")
-    rules = next(iter(methods.values()), {})
-    if rules:
-        lines += ["", "Rules: " + "; ".join(f"{DIAGNOSTICS[k]}: {rules[k].rule}" for k in keys)]
+    if methods:  # a rule can differ by method (Mode 2 uses ρ where there is no feedback)
+        rules = {k: list(dict.fromkeys(t[k].rule for t in methods.values())) for k in keys}
+        lines += [
+            "",
+            "Rules: " + "; ".join(f"{DIAGNOSTICS[k]}: {' / '.join(rules[k])}" for k in keys),
+        ]
     return "\n".join(lines)
