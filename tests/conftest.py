@@ -1,4 +1,8 @@
-"""Shared fixtures: offline data only (synthetic in memory, a fake CIFAR folder, real FMNIST)."""
+"""Shared fixtures: offline data only (synthetic in memory, a fake CIFAR folder, real FMNIST).
+
+Tests that read Fashion-MNIST need Debian's dataset-fashion-mnist (tools/install.sh installs
+it); without it they fail with the loader's error, which names the package.
+"""
 
 from __future__ import annotations
 
@@ -83,9 +87,3 @@ def tiny_ladder() -> SyntheticLadder:
         probe_size=128,
         seed=0,
     )
-
-
-requires_fmnist = pytest.mark.skipif(
-    not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason="Debian's dataset-fashion-mnist is not installed (tools/install.sh installs it)",
-)

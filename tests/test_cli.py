@@ -13,7 +13,6 @@ import yaml
 from faeval.backbones import ResMLP
 from faeval.callbacks import FloorStopping
 from faeval.cli import run
-from tests.conftest import requires_fmnist
 
 TINY = [
     "--data",
@@ -259,7 +258,6 @@ def test_console_script_help_runs():
     assert "--floor_stop" in out and "--diagnostics.grad_floor" in out
 
 
-@requires_fmnist
 def test_every_shipped_config_runs_with_a_tiny_budget(tmp_path, fake_cifar):
     configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
     assert len(configs) >= 12

@@ -7,7 +7,7 @@ import torch
 
 from faeval.data import CIFAR10, CIFAR100, FashionMNIST, SyntheticLadder, TensorBatches
 from faeval.data.fashion_mnist import read_idx
-from tests.conftest import FMNIST_DIR, requires_fmnist, write_fake_cifar
+from tests.conftest import FMNIST_DIR, write_fake_cifar
 
 
 def test_cifar10_reads_the_fake_folder_as_uint8_chw(fake_cifar):
@@ -41,7 +41,6 @@ def test_missing_fashion_mnist_names_the_package_and_the_option(tmp_path):
         FashionMNIST(data_dir=str(tmp_path)).setup()
 
 
-@requires_fmnist
 def test_fashion_mnist_reads_the_debian_files():
     dm = FashionMNIST(probe_size=1024)
     dm.setup()
