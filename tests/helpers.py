@@ -10,6 +10,24 @@ from torch import Tensor, nn
 
 from faeval.backbones import LayeredBackbone
 
+#: Command-line flags for a quiet run: no progress bar, summary or per-epoch table.
+QUIET = [
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--diagnostics.verbose", "false",
+    "--trainer.log_every_n_steps", "1",
+]  # fmt: skip
+
+#: Command-line flags for a run on a tiny synthetic task (seconds on one core).
+TINY_RUN = [
+    "--data", "SyntheticLadder",
+    "--data.input_dim", "8", "--data.num_classes", "3",
+    "--data.n_train", "128", "--data.n_test", "64",
+    "--data.batch_size", "32", "--data.probe_size", "64",
+    "--model.backbone.d_hidden", "8", "--model.backbone.num_blocks", "2",
+    *QUIET,
+]  # fmt: skip
+
 
 class LinearNet(LayeredBackbone):
     """h_0 = W_e x; h_l = h_{l-1} + W_l h_{l-1} (or W_l h_{l-1}); logits = W_h h_L. No LN."""

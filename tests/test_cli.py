@@ -13,35 +13,9 @@ import yaml
 from faeval.backbones import ResMLP
 from faeval.callbacks import FloorStopping
 from faeval.cli import run
+from tests.helpers import TINY_RUN
 
-TINY = [
-    "--data",
-    "SyntheticLadder",
-    "--data.input_dim",
-    "8",
-    "--data.num_classes",
-    "3",
-    "--data.n_train",
-    "128",
-    "--data.n_test",
-    "64",
-    "--data.batch_size",
-    "32",
-    "--data.probe_size",
-    "32",
-    "--model.backbone.d_hidden",
-    "8",
-    "--model.backbone.num_blocks",
-    "2",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
-    "--diagnostics.verbose",
-    "false",
-    "--trainer.log_every_n_steps",
-    "1",
-]
+TINY = TINY_RUN
 
 
 def fit(tmp_path: Path, *args: str, model: str = "DFA", epochs: int = 1):

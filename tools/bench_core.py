@@ -13,6 +13,8 @@ median is printed:
   tensor, ``Adam(fused=True)``, normalisation per batch;
 - research: the loop research code usually has: ``DataLoader(TensorDataset)``, default
   Adam;
+- barebones: the same ``Trainer.fit`` with ``barebones=True`` (Lightning without logging,
+  callbacks or checks, timed around ``fit``): Lightning's own floor for this loop;
 - diag: one diagnostics pass (1024 probe samples) as a fraction of faeval's epoch.
 
 Targets: faeval / fastest <= 1.05, faeval / research <= 0.75, diag / epoch <= 1%.
@@ -86,6 +88,23 @@ def faeval_epoch(cls, dm: RandomCIFAR) -> tuple[float, float]:
     return timer.seconds, time.perf_counter() - start
 
 
+def barebones_epoch(cls, dm: RandomCIFAR) -> float:
+    """Seconds of ``Trainer(barebones=True).fit`` for one epoch (setup included)."""
+    torch.manual_seed(0)
+    model = cls(dm.input_shape, dm.num_classes)
+    trainer = Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        barebones=True,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        logger=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    return time.perf_counter() - start
+
+
 def plain_epoch(cls, dm: RandomCIFAR, research: bool) -> float:
     """Seconds of one epoch of the same update written as a plain loop."""
     torch.manual_seed(0)
@@ -139,6 +158,7 @@ def main() -> None:
             times.setdefault(f"{name} diag", []).append(diag)
             times.setdefault(f"{name} fastest", []).append(plain_epoch(cls, dm, research=False))
             times.setdefault(f"{name} research", []).append(plain_epoch(cls, dm, research=True))
+            times.setdefault(f"{name} barebones", []).append(barebones_epoch(cls, dm))
         print(
             f"rep {rep + 1}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
             flush=True,
@@ -151,6 +171,7 @@ def main() -> None:
     for label, num, den, target in (
         ("faeval / fastest plain loop", "faeval", "fastest", "<= 1.05"),
         ("faeval / research loop", "faeval", "research", "<= 0.75"),
+        ("Lightning barebones / fastest", "barebones", "fastest", "(floor)"),
         ("diagnostics pass / epoch", "diag", "faeval", "<= 0.01"),
     ):
         cells = []

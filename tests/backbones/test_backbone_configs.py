@@ -11,20 +11,10 @@ import yaml
 import faeval.methods
 from faeval.backbones import SmallCNN, StudentNet, ViTMini
 from faeval.cli import run
+from tests.helpers import QUIET
 
 CONFIGS = Path(__file__).parents[2] / "configs"
-TINY = [
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.log_every_n_steps",
-    "1",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
-    "--diagnostics.verbose",
-    "false",
-]
+TINY = ["--trainer.max_epochs", "1", *QUIET]
 TINY_LADDER = ["--data.n_train", "128", "--data.n_test", "64", "--data.probe_size", "64"]
 
 

@@ -2,36 +2,9 @@
 
 from __future__ import annotations
 
-TINY = [
-    "--data",
-    "SyntheticLadder",
-    "--data.input_dim",
-    "8",
-    "--data.num_classes",
-    "3",
-    "--data.n_train",
-    "128",
-    "--data.n_test",
-    "64",
-    "--data.batch_size",
-    "32",
-    "--data.probe_size",
-    "64",
-    "--model.backbone.d_hidden",
-    "8",
-    "--model.backbone.num_blocks",
-    "2",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
-    "--diagnostics.verbose",
-    "false",
-    "--trainer.log_every_n_steps",
-    "1",
-    "--trainer.max_epochs",
-    "2",
-]
+from tests.helpers import TINY_RUN
+
+TINY = [*TINY_RUN, "--trainer.max_epochs", "2"]
 
 #: The protocol's pieces at test size (the probe of 64 holds 4 stability batches of 16).
 CHEAP = {

@@ -13,6 +13,7 @@ import matplotlib.image
 import pytest
 import yaml
 
+from tests.helpers import TINY_RUN
 from tests.protocol.cli_args import CHEAP
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
@@ -31,34 +32,7 @@ sweep, report = load_tool("sweep"), load_tool("report")
 SPEC = {
     "seeds": [0, 1],
     "methods": ["DFA"],  # FrozenBlocks joins automatically: 2 methods × 2 seeds
-    "args": [
-        "--data",
-        "SyntheticLadder",
-        "--data.input_dim",
-        "8",
-        "--data.num_classes",
-        "3",
-        "--data.n_train",
-        "128",
-        "--data.n_test",
-        "64",
-        "--data.batch_size",
-        "32",
-        "--data.probe_size",
-        "64",
-        "--model.backbone.d_hidden",
-        "8",
-        "--model.backbone.num_blocks",
-        "2",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.log_every_n_steps",
-        "1",
-        "--diagnostics.verbose",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-    ],
+    "args": [*TINY_RUN, "--trainer.max_epochs", "1"],
     "protocol": {"every_n_epochs": 1, **CHEAP},
     "settings": {"tiny": {"model.backbone.w2_std": 0.01}},
 }
