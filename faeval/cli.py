@@ -8,6 +8,7 @@ faeval audit lightning_logs/version_0          # or a .ckpt file: the protocol's
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -153,6 +154,8 @@ def run(args: list[str] | None = None) -> FaevalCLI:
     Args:
         args: replaces ``sys.argv[1:]`` (for tests and scripts).
     """
+    # lightning 2.6 calls a torch 2.14 API that warns on every run; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     return FaevalCLI(
         CreditMethod,
         InMemoryDataModule,

@@ -11,6 +11,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from tqdm import tqdm
 from typing_extensions import override
 
 from faeval.diagnostics.probe import LayerFigures, measure
@@ -152,11 +153,10 @@ class Diagnostics(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.verbose and trainer.is_global_zero:
             path = self.rows_path(trainer)
-            print(
+            tqdm.write(
                 f"[faeval] run folder {path.parent}: {ROWS_FILE} (one row per epoch), "
                 f"config.yaml, checkpoints/; TensorBoard: tensorboard --logdir "
-                f"{path.parent.parent}",
-                flush=True,
+                f"{path.parent.parent}"
             )
 
     def _row(
@@ -192,9 +192,9 @@ class Diagnostics(Callback):
         with path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         if self.verbose:
-            self._print(row, path)
+            tqdm.write(self._table(row, path))  # above any progress bar, not through it
 
-    def _print(self, row: dict[str, Any], path: Path) -> None:
+    def _table(self, row: dict[str, Any], path: Path) -> str:
         acc = row["test/acc"]
         head = f"[faeval] epoch {row['epoch']}" + (" (init)" if row["epoch"] == 0 else "")
         if acc is not None:
@@ -216,4 +216,4 @@ class Diagnostics(Callback):
         ]
         if row["epoch"] == 0:
             lines.append(f"  rows: {path}   TensorBoard: tensorboard --logdir {path.parent.parent}")
-        print("\n".join(lines), flush=True)
+        return "\n".join(lines)
