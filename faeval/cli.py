@@ -7,6 +7,7 @@ faeval audit lightning_logs/version_0          # or a .ckpt file: the protocol's
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 from pathlib import Path
@@ -49,7 +50,7 @@ def _subclasses(module, base: type) -> list[str]:
         for name in module.__all__
         if isinstance(cls := getattr(module, name), type)
         and issubclass(cls, base)
-        and cls is not base
+        and not inspect.isabstract(cls)
     )
 
 

@@ -6,7 +6,7 @@ from faeval.methods.credit_bridge import CreditBridge
 from faeval.methods.dfa import DFA
 from faeval.methods.ep import EP
 from faeval.methods.fa import FA
-from faeval.methods.feedback import FeedbackMatrices
+from faeval.methods.feedback import FeedbackMatrices, FeedbackMethod
 from faeval.methods.frozen import FrozenBlocks
 from faeval.methods.state_bridge import StateBridge
 
@@ -18,6 +18,7 @@ __all__ = [
     "CreditBridge",
     "CreditMethod",
     "FeedbackMatrices",
+    "FeedbackMethod",
     "FrozenBlocks",
     "StateBridge",
 ]

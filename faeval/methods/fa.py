@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 
-import torch
-from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from faeval.backbones import ResMLP, Trace
-from faeval.methods.base import BackboneFactory, CreditMethod, output_error
-from faeval.methods.feedback import FeedbackMatrices, resolve_seed
+from faeval.backbones import Trace
+from faeval.methods.base import output_error
+from faeval.methods.feedback import FeedbackMatrices, FeedbackMethod
 
 
-class FA(CreditMethod):
+class FA(FeedbackMethod):
     """Feedback alignment: credits travel down the network through fixed random matrices.
 
     a_L = e·B_top with B_top a fixed random C×|h_L| matrix (in place of the readout's
@@ -22,22 +20,8 @@ class FA(CreditMethod):
     (a_{l-1} = a_l·B_l when the residual add is off). The identity path is exact, so deep
     credits inherit the top credit's alignment.
 
-    Args:
-        feedback_seed: seed of the feedback draw; default the run's seed.
-        input_shape, num_classes, backbone, optimizer, penalty: see ``CreditMethod``.
+    See ``FeedbackMethod`` for the arguments.
     """
-
-    def __init__(
-        self,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        backbone: BackboneFactory = ResMLP,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        penalty: float = 0.0,
-        feedback_seed: int | None = None,
-    ) -> None:
-        super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
-        self.feedback = self.draw_feedback(resolve_seed(feedback_seed))
 
     def draw_feedback(self, seed: int) -> FeedbackMatrices:
         """A fresh set: B_0 is C×|h_L| (top), B_l is |h_l|×|h_{l-1}| for l = 1..L."""

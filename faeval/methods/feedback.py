@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
+
+from faeval.backbones import ResMLP
+from faeval.methods.base import BackboneFactory, CreditMethod
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -47,3 +52,33 @@ class FeedbackMatrices(nn.Module):
                 f"feedback matrix B{i} is missing (have {sorted(self._buffers)}); the credit "
                 "cannot be computed. Load a complete faeval checkpoint or rebuild the method."
             ) from None
+
+
+class FeedbackMethod(CreditMethod):
+    """Base of the methods whose credits go through fixed random feedback matrices.
+
+    The matrices are drawn once, at construction, from ``feedback_seed`` (default: the
+    run's seed), and live in ``self.feedback`` as buffers: they never train, they are in
+    every checkpoint, and the protocol's null band redraws them with other seeds through
+    ``draw_feedback``.
+
+    Args:
+        feedback_seed: seed of the feedback draw; default the run's seed.
+        input_shape, num_classes, backbone, optimizer, penalty: see ``CreditMethod``.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        backbone: BackboneFactory = ResMLP,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        penalty: float = 0.0,
+        feedback_seed: int | None = None,
+    ) -> None:
+        super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
+        self.feedback = self.draw_feedback(resolve_seed(feedback_seed))
+
+    @abc.abstractmethod
+    def draw_feedback(self, seed: int) -> FeedbackMatrices:
+        """A fresh set of feedback matrices shaped for this backbone, drawn from ``seed``."""
