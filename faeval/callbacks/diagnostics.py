@@ -68,6 +68,13 @@ def summarize(fig: LayerFigures, init_h_norm: list[float], grad_floor: float) ->
     }
 
 
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Appends one JSON row to a run's ``.jsonl`` file (creating the folder if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
 def _fmt(v: float | None) -> str:
     return "    n/a " if v is None else f"{v:8.1e}"
 
@@ -188,9 +195,7 @@ class Diagnostics(Callback):
     @rank_zero_only
     def _write(self, trainer: Trainer, row: dict[str, Any]) -> None:
         path = self.rows_path(trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_row(path, row)
         if self.verbose:
             tqdm.write(self._table(row, path))  # above any progress bar, not through it
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -10,8 +9,10 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+from tqdm import tqdm
 from typing_extensions import override
 
+from faeval.callbacks.diagnostics import append_row
 from faeval.protocol.measure import ProtocolSettings, run_protocol
 
 PROTOCOL_FILE = "protocol.jsonl"
@@ -128,12 +129,9 @@ class Protocol(Callback):
 
     @rank_zero_only
     def _write(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        path = self.rows_path(trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_row(self.rows_path(trainer), row)
         if self.verbose:
-            print(self._summary(row), flush=True)
+            tqdm.write(self._summary(row))  # above any progress bar
 
     @staticmethod
     def _summary(row: dict[str, Any]) -> str:

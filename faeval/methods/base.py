@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
@@ -125,9 +125,22 @@ class CreditMethod(LightningModule, abc.ABC):
         """
         return 0.0
 
+    def trained_helpers(self) -> tuple[nn.Module, float] | None:
+        """The method's own trained nets (bridges, value nets) and their learning rate."""
+        return None
+
     def parameter_groups(self) -> list[dict]:
-        """Optimizer parameter groups; one group of every trainable parameter by default."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        """Optimizer parameter groups: the network's, then the helpers' at their own rate."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        helpers = self.trained_helpers()
+        if helpers is None:
+            return [{"params": trainable}]
+        nets, lr = helpers
+        ids = {id(p) for p in nets.parameters()}
+        return [
+            {"params": [p for p in trainable if id(p) not in ids]},
+            {"params": list(nets.parameters()), "lr": lr},
+        ]
 
     @override
     def setup(self, stage: str) -> None:

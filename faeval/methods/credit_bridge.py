@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones import ResMLP, Trace
@@ -116,10 +116,8 @@ class CreditBridge(CreditMethod):
         return terminal.pow(2).mean() / 2 + self.lam * sum(b.pow(2).mean() / 2 for b in bridge)
 
     @override
-    def parameter_groups(self) -> list[dict]:
-        value_ids = {id(p) for p in self.values.parameters()}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in value_ids]
-        return [{"params": rest}, {"params": list(self.values.parameters()), "lr": self.value_lr}]
+    def trained_helpers(self) -> tuple[nn.Module, float]:
+        return self.values, self.value_lr
 
     @override
     def on_train_epoch_start(self) -> None:

@@ -141,10 +141,8 @@ class StateBridge(CreditMethod):
         return loss
 
     @override
-    def parameter_groups(self) -> list[dict]:
-        bridge_ids = {id(p) for p in self.bridges.parameters()}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in bridge_ids]
-        return [{"params": rest}, {"params": list(self.bridges.parameters()), "lr": self.bridge_lr}]
+    def trained_helpers(self) -> tuple[nn.Module, float]:
+        return self.bridges, self.bridge_lr
 
     @override
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
