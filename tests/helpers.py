@@ -75,6 +75,16 @@ class GradRecorder(Callback):
         )
 
 
+class EpochMetric(Callback):
+    """Records a method's epoch mean of ``name`` at every epoch end."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.values = name, []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.values.append(pl_module.epoch_means()[self.name])  # logged after this hook
+
+
 def quiet_trainer(tmp_path, **kwargs) -> Trainer:
     """A CPU trainer without progress bar, summary or checkpoints, logging under tmp_path."""
     defaults = dict(
@@ -86,6 +96,7 @@ def quiet_trainer(tmp_path, **kwargs) -> Trainer:
         enable_checkpointing=False,
         default_root_dir=str(tmp_path),
         num_sanity_val_steps=0,
+        limit_val_batches=0,
     )
     defaults.update(kwargs)
     return Trainer(**defaults)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 
 import torch
-from lightning.pytorch import Callback, Trainer
 
 from faeval.backbones import ResMLP
 from faeval.methods import DFA, CreditBridge
+from tests.helpers import EpochMetric, quiet_trainer
 
 BACKBONE = functools.partial(ResMLP, d_hidden=16, num_blocks=2)
 
@@ -21,19 +21,6 @@ def make_cb(**kwargs) -> CreditBridge:
 def batch(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     return torch.randn(n, 8, generator=gen), torch.randint(0, 3, (n,), generator=gen)
-
-
-def quiet_trainer(tmp_path, **kwargs) -> Trainer:
-    defaults = dict(
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(tmp_path),
-    )
-    return Trainer(**{**defaults, **kwargs})
 
 
 def test_warmup_credits_are_dfa_credits():
@@ -63,14 +50,6 @@ def test_credits_after_warmup_are_value_gradients():
         with torch.no_grad():
             fd = (values(h + eps * d) - values(h - eps * d)).squeeze(1) / (2 * eps)  # (B,)
         torch.testing.assert_close((a * d).sum(1), fd, rtol=1e-6, atol=1e-9)
-
-
-class EpochMetric(Callback):
-    def __init__(self, name: str) -> None:
-        self.name, self.values = name, []
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.values.append(pl_module.epoch_means()[self.name])  # logged after this hook
 
 
 def test_one_step_trains_backbone_and_values_not_feedback(tiny_ladder, tmp_path):

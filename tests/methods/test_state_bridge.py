@@ -6,27 +6,11 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, Trainer
-from torch import Tensor, nn
+from torch import Tensor
 
 from faeval.backbones import LayeredBackbone, ResMLP
 from faeval.methods import StateBridge
-
-
-class LinearNet(LayeredBackbone):
-    """h_0 = W_e x; h_l = h_{l-1} + W_l h_{l-1}; logits = W_h h_L: no LN, no nonlinearity."""
-
-    def __init__(self, input_shape=(8,), num_classes=3, d=6, num_blocks=3) -> None:
-        super().__init__(input_shape, num_classes)
-        self.residual_add = True
-        self.embed = nn.Linear(input_shape[0], d)
-        self.blocks = nn.ModuleList(nn.Linear(d, d) for _ in range(num_blocks))
-        for block in self.blocks:
-            nn.init.normal_(block.weight, std=0.3)
-        self.head = nn.Linear(d, num_classes)
-
-    def readout(self, h: Tensor) -> Tensor:
-        return self.head(h)
+from tests.helpers import EpochMetric, LinearNet, quiet_trainer
 
 
 def autograd_credits(backbone: LayeredBackbone, x: Tensor, y: Tensor) -> list[Tensor]:
@@ -55,7 +39,13 @@ def test_top_credit_is_exact_through_terminal_ln():
 
 def test_linear_bridges_fitted_to_convergence_give_backprop_gradients():
     torch.manual_seed(0)
-    method = StateBridge((8,), 3, backbone=LinearNet, bridge_depth=1, bridge_skip=False)
+    method = StateBridge(
+        (8,),
+        3,
+        backbone=functools.partial(LinearNet, d=6),
+        bridge_depth=1,
+        bridge_skip=False,
+    )
     x, y = torch.randn(256, 8), torch.randint(0, 3, (256,))
     trace = method.backbone.trace(x).detached()
     before = [
@@ -85,27 +75,6 @@ def test_linear_bridges_fitted_to_convergence_give_backprop_gradients():
     ]
     assert min(after) > 0.95, (before, after)
     assert min(before[:-1]) < 0.9, before  # random linear bridges do not match by chance
-
-
-class EpochMetric(Callback):
-    def __init__(self, name: str) -> None:
-        self.name, self.values = name, []
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.values.append(pl_module.epoch_means()[self.name])  # logged after this hook
-
-
-def quiet_trainer(tmp_path, **kwargs) -> Trainer:
-    return Trainer(
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(tmp_path),
-        **kwargs,
-    )
 
 
 def test_bridge_loss_falls_and_one_step_trains_backbone_and_bridges(tiny_ladder, tmp_path):
