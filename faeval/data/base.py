@@ -110,6 +110,7 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
         self.random_targets = random_targets
         self.seed = torch.initial_seed() % 2**31 if seed is None else seed
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self._affine_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     @abc.abstractmethod
     def load(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -160,16 +161,27 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
         return self.val_dataloader()
 
     def normalize(self, x: Tensor) -> Tensor:
-        """Floats for the network: uint8 inputs scaled to [0, 1] and standardised per channel."""
+        """Floats for the network: uint8 inputs scaled to [0, 1] and standardised per channel.
+
+        One fused pass, x·scale + shift, with scale = 1/(255·std) and shift = −mean/std
+        kept on the batch's device.
+        """
         if x.is_floating_point():
             return x
-        x = x.float().div_(255)
-        if self.mean is None:
-            return x
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        mean = torch.tensor(self.mean, device=x.device).view(shape)
-        std = torch.tensor(self.std, device=x.device).view(shape)
-        return x.sub_(mean).div_(std)
+        scale, shift = self._affine(x.device, x.dim())
+        return torch.addcmul(shift, x.float(), scale)
+
+    def _affine(self, device: torch.device, ndim: int) -> tuple[Tensor, Tensor]:
+        key = (device, ndim)
+        if key not in self._affine_cache:
+            mean = torch.tensor(self.mean or (0.0,))
+            std = torch.tensor(self.std or (1.0,))
+            shape = (1, -1) + (1,) * (ndim - 2)  # per channel: (1, C, 1, 1) for images
+            self._affine_cache[key] = (
+                (1 / (255 * std)).view(shape).to(device),
+                (-mean / std).view(shape).to(device),
+            )
+        return self._affine_cache[key]
 
     @override
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int):
