@@ -15,7 +15,8 @@ The YAML:
 
 Each run lives in DIR/runs/<setting>/<method>/seed<S>/ (config.yaml, diagnostics.jsonl,
 protocol.jsonl, checkpoints/, run.log, status.json). The sweep is resumable: a run whose
-status.json says "ok" is skipped; any other is started again from scratch. A failed run is
+status.json says "ok" is skipped; any other is started again from scratch, its earlier folder
+kept as DIR/attempts/<setting>/<method>/seed<S>-<time>/. A failed run is
 recorded (status "failed", exit code, the end of its log) and the sweep goes on. Runs go side
 by side as ``--jobs`` processes with cores // jobs threads each (OMP_NUM_THREADS); on two
 cores two single-thread runs gave 1.4-1.6× the throughput of one two-thread run.
@@ -155,8 +156,11 @@ def last_row(run_dir: Path) -> dict:
 def execute(spec: dict, run: Run, out: Path, threads: int) -> dict:
     """Runs one training process and records its status (never raises for a failed run)."""
     run_dir = run.dir(out)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished or failed earlier attempt
+    if run_dir.exists():  # an unfinished or failed earlier attempt: keep it, out of the way
+        kept = Path(out) / "attempts" / run_dir.relative_to(Path(out) / "runs")
+        kept = kept.with_name(f"{kept.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(run_dir, kept)
     run_dir.mkdir(parents=True)
     cmd = command(spec, run, run_dir)
     env = {

@@ -109,6 +109,14 @@ def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_
     log = (tmp_path / "out" / "runs" / "default" / "DFA" / "seed1" / "run.log").read_text()
     assert log.strip() == "2"  # 4 cores shared by 2 jobs
 
+    # Again: the finished runs are skipped, the failed ones retried, and nothing is lost:
+    # each earlier attempt's folder is kept under attempts/.
+    args = [str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"), "--cores", "4"]
+    assert sweep.main(args) == 1
+    assert len(seen) == 6 and {r.seed for r in seen[4:]} == {0}
+    kept = sorted((tmp_path / "out" / "attempts" / "default").glob("*/seed0-*/run.log"))
+    assert [p.parts[-3] for p in kept] == ["DFA", "FrozenBlocks"]
+
 
 def test_report_writes_tables_and_plots_of_the_expected_size(swept):
     out = swept / "report"
