@@ -19,6 +19,7 @@ from lightning.pytorch import Trainer
 
 from faeval.callbacks.diagnostics import ROWS_FILE, summarize
 from faeval.diagnostics.probe import full_precision, measure
+from faeval.methods.feedback import resolve_seed
 from faeval.protocol.checkpoint import load_checkpoint, load_method_state
 from faeval.protocol.measure import ProtocolSettings, run_protocol
 from faeval.protocol.render import run_markdown, run_text
@@ -229,16 +230,17 @@ class FaevalTrainer(Trainer):
         x, y = datamodule.probe(device)
         start = time.perf_counter()
 
-        init = measure(model, x, y)  # the config's seed rebuilds the run's initialisation
-        init_h = ckpt.get("callbacks", {}).get("Diagnostics", {}).get("init_h_norm")
-        load_method_state(model, ckpt, ckpt_file)
-        fig = measure(model, x, y)
-        acc = test_accuracy(model, datamodule, device)
         history = [
             r
             for r in read_rows(run_dir / ROWS_FILE)
             if r.get("step", 0) <= ckpt.get("global_step", 0)
         ]
+        init_h = ckpt.get("callbacks", {}).get("Diagnostics", {}).get("init_h_norm")
+        # Only when the run left no record of it: the config's seed rebuilds the initialisation.
+        init = measure(model, x, y) if init_h is None or not history else None
+        load_method_state(model, ckpt, ckpt_file)
+        fig = measure(model, x, y)
+        acc = test_accuracy(model, datamodule, device)
         epoch = (
             history[-1]["epoch"]
             if history and history[-1].get("step") == ckpt.get("global_step")
@@ -266,7 +268,7 @@ class FaevalTrainer(Trainer):
                 )
             if frozen is not None:
                 frozen_acc, frozen_epoch = frozen_accuracy(frozen)
-        seed = torch.initial_seed() % 2**31
+        seed = resolve_seed(None)
         verdict = judge_run([*history, row], proto, method, frozen_acc, thresholds, seed)
         text = run_text(verdict)
         if frozen_epoch is not None and frozen_epoch != epoch:
