@@ -22,8 +22,9 @@ import faeval.methods
 from faeval.callbacks import Diagnostics, FloorStopping
 from faeval.data import InMemoryDataModule
 from faeval.methods import CreditMethod
-from faeval.protocol.audit import FaevalTrainer, find_checkpoint, run_dir_of
+from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
+from faeval.trainer import FaevalTrainer
 
 
 def audit_arguments(path: str) -> list[str]:

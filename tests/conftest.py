@@ -7,13 +7,17 @@ it); without it they fail with the loader's error, which names the package.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Trainer
 
 from faeval.data import SyntheticLadder
+from tests.helpers import quiet_trainer as build_quiet_trainer
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -87,3 +91,9 @@ def tiny_ladder() -> SyntheticLadder:
         probe_size=128,
         seed=0,
     )
+
+
+@pytest.fixture
+def quiet_trainer(tmp_path) -> Callable[..., Trainer]:
+    """Builds CPU trainers without logger, progress bar, summary, checkpoints or validation."""
+    return partial(build_quiet_trainer, tmp_path)

@@ -12,10 +12,13 @@ import yaml
 
 from faeval.backbones import ResMLP
 from faeval.callbacks import FloorStopping
-from faeval.cli import run
+from faeval.cli import known_names, run
+from faeval.runlog import DEPTH_BASELINE
 from tests.helpers import TINY_RUN
 
 TINY = TINY_RUN
+METHODS = known_names()["model"]
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
 
 
 def fit(tmp_path: Path, *args: str, model: str = "DFA", epochs: int = 1):
@@ -39,7 +42,11 @@ def rows(cli) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("model", ["BP", "FA", "DFA", "FrozenBlocks"])
+def test_the_command_line_knows_every_method_of_the_package():
+    assert {"BP", "FA", "DFA", "FrozenBlocks", "EP", "StateBridge", "CreditBridge"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("model", METHODS)
 def test_each_method_runs_by_short_name_and_writes_rows(tmp_path, model):
     cli = fit(tmp_path, model=model, epochs=2)
     assert type(cli.model).__name__ == model
@@ -48,10 +55,22 @@ def test_each_method_runs_by_short_name_and_writes_rows(tmp_path, model):
     assert all(len(r["h_norm"]) == len(r["g_norm"]) == len(r["cos"]) == 3 for r in got)
     assert got[-1]["test/acc"] is not None and got[0]["test/acc"] is None
     assert got[-1]["train/loss"] == pytest.approx(float(cli.trainer.callback_metrics["train/loss"]))
+    assert {r["method"] for r in got} == {model} and {r["seed"] for r in got} == {0}
+    assert {r["role"] for r in got} == {cli.model.role}
+    assert (cli.model.role == DEPTH_BASELINE) == (model == "FrozenBlocks")
     if model in ("BP", "FrozenBlocks"):
         assert all(abs(c - 1) < 1e-5 for c in got[-1]["cos"])
     config = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
     assert config["model"]["class_path"].endswith(model)
+
+
+@pytest.mark.parametrize("model", METHODS)
+def test_each_method_offers_the_base_arguments_it_forwards(model, capsys):
+    with pytest.raises(SystemExit):
+        run(["fit", "--model.help", model])
+    out = capsys.readouterr().out
+    for option in ("--model.backbone", "--model.optimizer", "--model.penalty"):
+        assert option in out, option
 
 
 def test_options_reach_the_backbone_data_method_and_optimizer(tmp_path):
@@ -232,55 +251,25 @@ def test_console_script_help_runs():
     assert "--floor_stop" in out and "--diagnostics.grad_floor" in out
 
 
-def test_every_shipped_config_runs_with_a_tiny_budget(tmp_path, fake_cifar):
-    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
-    assert len(configs) >= 12
-    for config in configs:
-        data = yaml.safe_load(config.read_text())["data"]["class_path"]
-        extra = []
-        if "CIFAR" in data:
-            extra = [
-                "--data.data_dir",
-                str(fake_cifar),
-                "--data.probe_size",
-                "16",
-                "--data.batch_size",
-                "32",
-            ]
-        elif "SyntheticLadder" in data:
-            extra = [
-                "--data.n_train",
-                "128",
-                "--data.n_test",
-                "64",
-                "--data.probe_size",
-                "32",
-                "--data.batch_size",
-                "32",
-            ]
-        else:
-            extra = ["--data.probe_size", "64"]
-        cli = run(
-            [
-                "fit",
-                "--config",
-                str(config),
-                *extra,
-                "--trainer.max_epochs",
-                "1",
-                "--trainer.limit_train_batches",
-                "2",
-                "--trainer.limit_val_batches",
-                "1",
-                "--trainer.log_every_n_steps",
-                "1",
-                "--trainer.enable_progress_bar",
-                "false",
-                "--diagnostics.verbose",
-                "false",
-                "--trainer.default_root_dir",
-                str(tmp_path / config.stem),
-            ]
-        )
-        assert cli.trainer.global_step == 2, config.name
-        assert len(rows(cli)) == 2, config.name
+def test_configs_are_shipped():
+    assert len(CONFIGS) >= 12
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_runs_with_a_tiny_budget(tmp_path, fake_cifar, config):
+    data = yaml.safe_load(config.read_text())["data"]["class_path"]
+    if "CIFAR" in data:
+        extra = ["--data.data_dir", str(fake_cifar), "--data.probe_size", "16",
+                 "--data.batch_size", "32"]  # fmt: skip
+    elif "SyntheticLadder" in data:
+        extra = ["--data.n_train", "128", "--data.n_test", "64", "--data.probe_size", "32",
+                 "--data.batch_size", "32"]  # fmt: skip
+    else:
+        extra = ["--data.probe_size", "64"]
+    budget = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+              "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+              "--trainer.enable_progress_bar", "false", "--diagnostics.verbose", "false",
+              "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    cli = run(["fit", "--config", str(config), *extra, *budget])
+    assert cli.trainer.global_step == 2
+    assert len(rows(cli)) == 2

@@ -29,10 +29,13 @@ from collections.abc import Callable
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
+from typing_extensions import override
 
+import faeval.methods
 from faeval.backbones import ResMLP
+from faeval.cli import known_names
 from faeval.data import TensorBatches
-from faeval.methods import BP, DFA, EP, FA, CreditBridge, CreditMethod, StateBridge
+from faeval.methods import EP, CreditMethod
 
 
 class EpochTimer(Callback):
@@ -46,29 +49,37 @@ class EpochTimer(Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
 
+    @override
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._sync(pl_module)
         self._start = time.perf_counter()
 
+    @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._sync(pl_module)
         self.seconds.append(time.perf_counter() - self._start)
 
 
+#: Options a method is benchmarked with beyond its defaults (helper nets as wide as the
+#: backbone; CreditBridge past its DFA warmup). EP is benchmarked per relaxation length below.
+OPTIONS = {
+    "StateBridge": lambda args: {"bridge_width": args.d_hidden},
+    "CreditBridge": lambda args: {"value_width": args.d_hidden, "warmup_epochs": 0},
+}
+SKIP = {"EP", "FrozenBlocks"}  # EP per K below; FrozenBlocks costs less than BP's step
+
+
 def candidates(args) -> dict[str, Callable[[], CreditMethod]]:
-    """Name -> builder of every method benchmarked."""
+    """Name -> builder of every method the command line knows, BP first."""
     shape, classes = (3, 32, 32), 10
     backbone = functools.partial(ResMLP, d_hidden=args.d_hidden, num_blocks=args.num_blocks)
     common = dict(input_shape=shape, num_classes=classes, backbone=backbone)
-    width = dict(bridge_width=args.d_hidden)
+    names = sorted(set(known_names()["model"]) - SKIP, key=lambda n: (n != "BP", n))
     out: dict[str, Callable[[], CreditMethod]] = {
-        "BP": functools.partial(BP, **common),
-        "FA": functools.partial(FA, **common),
-        "DFA": functools.partial(DFA, **common),
-        "StateBridge": functools.partial(StateBridge, **common, **width),
-        "CreditBridge": functools.partial(
-            CreditBridge, **common, value_width=args.d_hidden, warmup_epochs=0
-        ),
+        name: functools.partial(
+            getattr(faeval.methods, name), **common, **OPTIONS.get(name, lambda _: {})(args)
+        )
+        for name in names
     }
     for k in args.ks:
         out[f"EP K={k}"] = functools.partial(EP, **common, steps=k, tol=0.0)

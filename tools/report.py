@@ -37,23 +37,12 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 from faeval.protocol.render import verdict_table
-from faeval.protocol.verdicts import (
-    DIAGNOSTICS,
-    FROZEN,
-    RunVerdict,
-    Thresholds,
-    combine_runs,
-    judge_run,
-)
+from faeval.protocol.settings import Thresholds
+from faeval.protocol.verdicts import DIAGNOSTICS, RunVerdict, judge_run, judge_seeds
+from faeval.runlog import DEPTH_BASELINE, RunLog, is_depth_baseline, mean_std
 
 DPI = 100
 SIZES = {"norms": (12.0, 4.5), "cosine": (7.0, 4.5), "accuracy": (7.0, 4.5)}  # inches
-
-
-def jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def discover(sweep: Path) -> tuple[list[dict], list[dict]]:
@@ -78,7 +67,7 @@ def discover(sweep: Path) -> tuple[list[dict], list[dict]]:
             json.loads((d / "status.json").read_text()) if (d / "status.json").is_file() else None
         )
         if status is None:
-            state = "unfinished" if (d / "diagnostics.jsonl").is_file() else "missing"
+            state = "unfinished" if RunLog(d).rows_path.is_file() else "missing"
         else:
             state = "ok" if status["status"] == "ok" else "failed"
         runs.append(
@@ -96,37 +85,27 @@ def discover(sweep: Path) -> tuple[list[dict], list[dict]]:
 
 def judge_setting(runs: list[dict], thresholds: Thresholds) -> list[tuple[dict, RunVerdict]]:
     """Each finished run's verdict, (d) against the FrozenBlocks run of the same seed."""
-    frozen = {}
     for r in runs:
-        if r["method"] == FROZEN:
-            rows = jsonl(r["run_dir"] / "diagnostics.jsonl")
-            if rows and rows[-1].get("test/acc") is not None:
-                frozen[r["seed"]] = rows[-1]["test/acc"]
-    out = []
-    for r in runs:
-        r["rows"] = jsonl(r["run_dir"] / "diagnostics.jsonl")
-        protocol = jsonl(r["run_dir"] / "protocol.jsonl")
-        out.append(
-            (
-                r,
-                judge_run(
-                    r["rows"],
-                    protocol[-1] if protocol else None,
-                    r["method"],
-                    frozen.get(r["seed"]),
-                    thresholds,
-                    r["seed"],
-                ),
-            )
+        r["rows"] = RunLog(r["run_dir"]).rows()
+    frozen = {
+        r["seed"]: r["rows"][-1]["test/acc"]
+        for r in runs
+        if is_depth_baseline(r["rows"]) and r["rows"][-1].get("test/acc") is not None
+    }
+    return [
+        (
+            r,
+            judge_run(
+                r["rows"],
+                RunLog(r["run_dir"]).last_protocol(),
+                r["method"],
+                frozen.get(r["seed"]),
+                thresholds,
+                r["seed"],
+            ),
         )
-    return out
-
-
-def mean_std(values: list[float]) -> tuple[float, float] | None:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+        for r in runs
+    ]
 
 
 def pm(ms: tuple[float, float] | None, scale: float = 1.0, fmt: str = "{:.4f}") -> str:
@@ -152,7 +131,8 @@ def pair_table(by_method: dict[str, list[RunVerdict]]) -> tuple[str, dict]:
         gamma = pm(nums["gamma"], fmt="{:+.3f}")
         if unmeasured:
             gamma += f" ({unmeasured}/{len(rvs)} unmeasurable)"
-        margin = "n/a (baseline)" if method == FROZEN else pm(nums["margin"], 100, "{:+.2f}")
+        baseline = rvs[0].role == DEPTH_BASELINE
+        margin = "n/a (baseline)" if baseline else pm(nums["margin"], 100, "{:+.2f}")
         lines.append(
             f"| {method} | {len(rvs)} | {pm(nums['acc'])} | {gamma} | "
             f"{pm(nums['cos_l0'], fmt='{:+.3f}')} | {pm(nums['cos_deep'], fmt='{:+.3f}')}"
@@ -204,10 +184,7 @@ def plot_norms(judged, floor: float, path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_cosine(judged, path: Path) -> None:
@@ -236,17 +213,16 @@ def plot_cosine(judged, path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("cos(a_l, g_l) at the last epoch")
     ax.set_title("Per-layer credit cosine (mean ± std over seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_accuracy(judged, margin: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=SIZES["accuracy"], dpi=DPI)
     methods = list(group(judged))
     frozen = [
-        rv.pair["acc"] for _, rv in judged if rv.method == FROZEN and rv.pair["acc"] is not None
+        rv.pair["acc"]
+        for _, rv in judged
+        if rv.role == DEPTH_BASELINE and rv.pair["acc"] is not None
     ]
     if frozen:
         f = statistics.fmean(frozen)
@@ -266,7 +242,13 @@ def plot_accuracy(judged, margin: float, path: Path) -> None:
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel("test accuracy")
     ax.set_title("Accuracy per seed against FrozenBlocks (d)")
-    ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def save(fig, path: Path) -> None:
+    """Legends on every axis, tight layout, written at ``DPI``, closed."""
+    for ax in fig.axes:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -276,7 +258,8 @@ def group(judged) -> dict[str, list]:
     out: dict[str, list] = defaultdict(list)
     for r, rv in judged:
         out[r["method"]].append((r, rv))
-    return dict(sorted(out.items(), key=lambda kv: (kv[0] == FROZEN, kv[0])))
+    # The depth baseline last, the methods by name.
+    return dict(sorted(out.items(), key=lambda kv: (kv[1][0][1].role == DEPTH_BASELINE, kv[0])))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     for setting in sorted({r["setting"] for r in finished}):
         judged = judge_setting([r for r in finished if r["setting"] == setting], thresholds)
         by_method = {m: [rv for _, rv in v] for m, v in group(judged).items()}
-        seeds = {m: combine_runs(rvs) for m, rvs in by_method.items()}
+        seeds = {m: judge_seeds(rvs) for m, rvs in by_method.items()}
         pairs, numbers = pair_table(by_method)
         names = {k: f"{setting}_{k}.png" for k in SIZES}
         plot_norms(judged, thresholds.grad_floor, out / names["norms"])

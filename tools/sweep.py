@@ -11,7 +11,7 @@ The YAML:
     settings:                            # optional; one setting "default" without it
       d256: {model.backbone.d_hidden: 256}
     args: ["--trainer.max_epochs", "5"]  # optional, passed to every run
-    protocol: {every_n_epochs: 5}        # Protocol callback options; false leaves it off
+    protocol: {every_n_epochs: 5, settings: {null_draws: 8}}  # Protocol callback; false: off
 
 Each run lives in DIR/runs/<setting>/<method>/seed<S>/ (config.yaml, diagnostics.jsonl,
 protocol.jsonl, checkpoints/, run.log, status.json). The sweep is resumable: a run whose
@@ -43,6 +43,8 @@ from pathlib import Path
 
 import yaml
 
+from faeval.runlog import RunLog
+
 FROZEN = "FrozenBlocks"
 COLUMNS = [
     "setting",
@@ -71,6 +73,17 @@ class Run:
 
     def dir(self, out: Path) -> Path:
         return out / "runs" / self.setting / self.method / f"seed{self.seed}"
+
+
+def flat_options(options: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested option dicts as dotted keys: {"settings": {"a": 1}} -> [("settings.a", 1)]."""
+    out = []
+    for key, value in options.items():
+        if isinstance(value, dict):
+            out += flat_options(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def cli_value(value: object) -> str:
@@ -126,7 +139,7 @@ def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
     protocol = spec.get("protocol", {})
     if protocol is not False:
         cmd += ["--trainer.callbacks+=Protocol"]
-        for key, value in (protocol or {}).items():
+        for key, value in flat_options(protocol or {}):
             cmd += [f"--trainer.callbacks.{key}", cli_value(value)]
     cmd += [
         "--trainer.default_root_dir",
@@ -143,14 +156,6 @@ def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
         "false",
     ]
     return cmd
-
-
-def last_row(run_dir: Path) -> dict:
-    path = run_dir / "diagnostics.jsonl"
-    if not path.is_file():
-        return {}
-    lines = [x for x in path.read_text().splitlines() if x.strip()]
-    return json.loads(lines[-1]) if lines else {}
 
 
 def execute(spec: dict, run: Run, out: Path, threads: int) -> dict:
@@ -173,7 +178,7 @@ def execute(spec: dict, run: Run, out: Path, threads: int) -> dict:
     with (run_dir / "run.log").open("w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     seconds = time.perf_counter() - start
-    row = last_row(run_dir)
+    row = RunLog(run_dir).last_row() or {}
     error = ""
     if rc:
         tail = (run_dir / "run.log").read_text().strip().splitlines()[-3:]

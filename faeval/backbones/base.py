@@ -1,6 +1,6 @@
 """The layered interface every backbone exposes, so one method can train any of them.
 
-Notation (DESIGN.md): h_0 = embed(x); for l = 1..L: f_l = F_l(h_{l-1}),
+Notation (docs/notation.md): h_0 = embed(x); for l = 1..L: f_l = F_l(h_{l-1}),
 h_l = combine(h_{l-1}, f_l) (h_{l-1} + f_l, or f_l with the residual add off);
 logits = readout(h_L).
 """
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 
 @dataclass
@@ -68,27 +69,24 @@ class LayeredBackbone(nn.Module, abc.ABC):
         """Logits from h_L (terminal normalisation and head)."""
         raise NotImplementedError
 
-    def forward_from(self, layer: int, h: Tensor) -> Tensor:
-        """Logits from the hidden state h_layer, running blocks layer+1..L."""
-        for block in self.blocks[layer:]:
-            h = self.combine(h, block(h))
-        return self.readout(h)
+    def trace_from(self, h: Tensor, layer: int = 0, detach: bool = False) -> Trace:
+        """Runs blocks layer+1..L and the readout from the hidden state h_layer.
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_from(0, self.embed(x))
-
-    def trace(self, x: Tensor, detach: bool = False) -> Trace:
-        """Forward pass keeping every state and block output.
+        The one block loop of every backbone: the forward pass, the trace of the training
+        step, the true gradients of the diagnostics and ρ's perturbed passes all run it.
 
         Args:
-            x: a batch of inputs.
+            h: the hidden state h_layer of a batch.
+            layer: the index of ``h`` (0: the embedding output).
             detach: cut the graph at every block input and before the readout, so that each
                 block sees ``F_l(h_{l-1}.detach())`` and the readout sees ``h_L.detach()``:
                 the graph then reaches each module's parameters only through its own output.
+
+        Returns:
+            States h_layer..h_L, outputs f_{layer+1}..f_L and the logits.
         """
-        h = self.embed(x)
         states, outputs = [h], []
-        for block in self.blocks:
+        for block in self.blocks[layer:]:
             h_in = h.detach() if detach else h
             f = block(h_in)
             h = self.combine(h_in, f)
@@ -96,6 +94,23 @@ class LayeredBackbone(nn.Module, abc.ABC):
             outputs.append(f)
         logits = self.readout(h.detach() if detach else h)
         return Trace(states, outputs, logits)
+
+    def forward_from(self, layer: int, h: Tensor) -> Tensor:
+        """Logits from the hidden state h_layer, running blocks layer+1..L."""
+        return self.trace_from(h, layer).logits
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        return self.trace_from(self.embed(x)).logits
+
+    def trace(self, x: Tensor, detach: bool = False) -> Trace:
+        """Forward pass from the input, keeping every state h_0..h_L and block output.
+
+        Args:
+            x: a batch of inputs.
+            detach: see ``trace_from``.
+        """
+        return self.trace_from(self.embed(x), 0, detach)
 
     @torch.no_grad()
     def state_shapes(self) -> list[tuple[int, ...]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from torch import Tensor, nn
+from typing_extensions import override
 
 from faeval.backbones.base import LayeredBackbone
 
@@ -21,6 +22,7 @@ class ResMLPBlock(nn.Module):
         nn.init.normal_(self.w2.weight, std=w2_std)
         nn.init.zeros_(self.w2.bias)
 
+    @override
     def forward(self, h: Tensor) -> Tensor:
         return self.w2(self.act(self.w1(self.ln(h))))
 
@@ -60,5 +62,6 @@ class ResMLP(LayeredBackbone):
         self.out_ln = nn.LayerNorm(d_hidden) if terminal_ln else nn.Identity()
         self.head = nn.Linear(d_hidden, num_classes)
 
+    @override
     def readout(self, h: Tensor) -> Tensor:
         return self.head(self.out_ln(h))

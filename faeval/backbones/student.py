@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones.base import LayeredBackbone
-from faeval.data.synthetic import ladder_activation
+from faeval.ladder import ladder_activation
 
 
 def _teacher_init(linear: nn.Linear) -> nn.Linear:
@@ -26,6 +26,7 @@ class LadderBlock(nn.Module):
         self.alpha = alpha
         self.linear = _teacher_init(nn.Linear(width, width))
 
+    @override
     def forward(self, h: Tensor) -> Tensor:
         return self.linear(ladder_activation(h, self.alpha))  # (B, w) -> (B, w)
 
@@ -34,7 +35,7 @@ class StudentNet(LayeredBackbone):
     """h_0 = W_0·x + b_0; h_l = W_l·φ_α(h_{l-1}) + b_l for l = 1..depth−1; logits = head(h_L).
 
     The states are pre-activations, φ_α(z) = (1 − α)·z + α·tanh(z) is the teacher's own
-    nonlinearity (``faeval.data.synthetic.ladder_activation``), and there is no residual add
+    nonlinearity (``faeval.ladder.ladder_activation``), and there is no residual add
     and no terminal normalisation. A ``SyntheticLadder`` teacher with the same ``depth``,
     ``alpha`` and a width no larger than ``width`` applies depth − 1 nonlinearities between
     depth linear maps; the student applies the same number, so the teacher is exactly one

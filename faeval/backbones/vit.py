@@ -36,6 +36,7 @@ class PatchEmbed(nn.Module):
         if self.cls is not None:
             nn.init.trunc_normal_(self.cls, std=init_std)
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         tokens = self.proj(x).flatten(2).transpose(1, 2)  # (B, d, R, C) -> (B, R·C, d)
         if self.cls is not None:
@@ -52,6 +53,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
+    @override
     def forward(self, h: Tensor) -> Tensor:
         b, t, d = h.shape
         qkv = self.qkv(h).view(b, t, 3, self.num_heads, d // self.num_heads)  # (B, T, 3, H, d/H)
@@ -79,6 +81,7 @@ class TransformerBlock(nn.Module):
             nn.Linear(mlp_ratio * d_model, d_model),
         )
 
+    @override
     def forward(self, h: Tensor) -> Tensor:
         a = self.attn(self.ln1(h))  # (B, T, d): the attention branch
         return a + self.mlp(self.ln2(h + a))  # (B, T, d): both branches, without h itself

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +12,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 from typing_extensions import override
 
-from faeval.diagnostics.probe import LayerFigures, measure
-
-ROWS_FILE = "diagnostics.jsonl"
+from faeval.diagnostics.layers import LayerFigures, measure_layers
+from faeval.protocol.settings import DEFAULT_THRESHOLDS
+from faeval.runlog import METHOD, ROWS_FILE, EpochRow, RunLog, epoch_scalars, summarize
+from faeval.seeding import resolve_seed
 
 # TensorBoard custom-scalar layout: each family, all layers, in one chart.
 LAYOUT = {
@@ -32,47 +31,6 @@ LAYOUT = {
         "‖h_l‖ / ‖h_{l-1}‖": ["Multiline", [r"diag/h_ratio/l\d+"]],
     },
 }
-
-
-def summarize(fig: LayerFigures, init_h_norm: list[float], grad_floor: float) -> dict[str, Any]:
-    """The epoch's row: per-layer figures plus the derived flags (pure function).
-
-    Cosines are replaced by None where they cannot be trusted: every layer while the
-    gradient floor (diagnostic (b), ‖g_L‖ < grad_floor or non-finite) fires, and any layer
-    whose own ‖g_l‖ is under the floor.
-    """
-    g_last = fig.g_norm[-1]
-    floor_hit = not (math.isfinite(g_last) and g_last >= grad_floor)
-    cos = [
-        None if floor_hit or not g >= grad_floor else c
-        for c, g in zip(fig.cos, fig.g_norm, strict=True)
-    ]
-    growth = [h / h0 for h, h0 in zip(fig.h_norm, init_h_norm, strict=True)]
-    deep = [c for c in cos[1:] if c is not None]
-    measured = [c for c in cos if c is not None]
-    return {
-        "h_norm": fig.h_norm,
-        "g_norm": fig.g_norm,
-        "cos": cos,
-        "h_ratio": [h / hp for hp, h in zip(fig.h_norm[:-1], fig.h_norm[1:], strict=True)],
-        "growth": max(growth, key=lambda v: v if math.isfinite(v) else math.inf),
-        "h_L": fig.h_norm[-1],
-        "g_L": g_last,
-        "floor_hit": floor_hit,
-        "nonfinite": not all(math.isfinite(v) for v in fig.h_norm + fig.g_norm),
-        "cos_l0": cos[0],
-        "cos_deep": sum(deep) / len(deep) if len(deep) == len(cos) - 1 else None,
-        "gamma": sum(measured) / len(measured) if len(measured) == len(cos) else None,
-        "probe_loss": fig.loss,
-        "probe_acc": fig.acc,
-    }
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Appends one JSON row to a run's ``.jsonl`` file (creating the folder if needed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
 
 
 def _fmt(v: float | None) -> str:
@@ -100,8 +58,8 @@ class Diagnostics(Callback):
 
     def __init__(
         self,
-        grad_floor: float = 1e-7,
-        growth_threshold: float = 50.0,
+        grad_floor: float = DEFAULT_THRESHOLDS.grad_floor,
+        growth_threshold: float = DEFAULT_THRESHOLDS.growth_threshold,
         every_n_epochs: int = 1,
         verbose: bool = True,
     ) -> None:
@@ -116,6 +74,7 @@ class Diagnostics(Callback):
         self.verbose = verbose
         self.init_h_norm: list[float] | None = None
         self.last_seconds = 0.0
+        self.seed: int | None = None
         self._probe = None
 
     @override
@@ -126,20 +85,23 @@ class Diagnostics(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.init_h_norm = state_dict["init_h_norm"]
 
-    def rows_path(self, trainer: Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir) / ROWS_FILE
+    @staticmethod
+    def run_log(trainer: Trainer) -> RunLog:
+        """The run folder's log: the logger's folder, else the trainer's root."""
+        return RunLog(Path(trainer.log_dir or trainer.default_root_dir))
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.seed = resolve_seed(None)
         self._probe = trainer.datamodule.probe(pl_module.device)
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             trainer.logger.experiment.add_custom_scalars(LAYOUT)
         if self.init_h_norm is None:  # a fresh run; a resumed one restored it
-            fig = measure(pl_module, *self._probe)
+            fig = measure_layers(pl_module, *self._probe)
             self.init_h_norm = fig.h_norm
             row = self._row(trainer, pl_module, fig, epoch=0)
             if trainer.logger is not None:
-                trainer.logger.log_metrics(self._metrics(row), step=0)
+                trainer.logger.log_metrics(epoch_scalars(row), step=0)
             self._write(trainer, row)
 
     @override
@@ -149,29 +111,35 @@ class Diagnostics(Callback):
         if epoch % self.every_n_epochs and not last:
             return
         start = time.perf_counter()
-        fig = measure(pl_module, *self._probe)
+        fig = measure_layers(pl_module, *self._probe)
         self.last_seconds = time.perf_counter() - start
         row = self._row(trainer, pl_module, fig, epoch)
-        for name, value in self._metrics(row).items():
+        for name, value in epoch_scalars(row).items():
             pl_module.log(name, value)
         self._write(trainer, row)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.verbose and trainer.is_global_zero:
-            path = self.rows_path(trainer)
+            run_dir = self.run_log(trainer).dir
             tqdm.write(
-                f"[faeval] run folder {path.parent}: {ROWS_FILE} (one row per epoch), "
+                f"[faeval] run folder {run_dir}: {ROWS_FILE} (one row per epoch), "
                 f"config.yaml, checkpoints/; TensorBoard: tensorboard --logdir "
-                f"{path.parent.parent}"
+                f"{run_dir.parent}"
             )
 
     def _row(
         self, trainer: Trainer, pl_module: LightningModule, fig: LayerFigures, epoch: int
-    ) -> dict[str, Any]:
+    ) -> EpochRow:
         # The method logs its epoch means after this callback runs: ask it for them directly.
         metrics = {**trainer.callback_metrics, **getattr(pl_module, "epoch_means", dict)()}
-        row = {"epoch": epoch, "step": trainer.global_step}
+        row: EpochRow = {
+            "epoch": epoch,
+            "step": trainer.global_step,
+            "method": type(pl_module).__name__,
+            "role": getattr(pl_module, "role", METHOD),
+            "seed": self.seed,
+        }
         for key in ("train/loss", "test/acc", "test/loss"):
             row[key] = float(metrics[key]) if key in metrics and epoch > 0 else None
         row.update(summarize(fig, self.init_h_norm or fig.h_norm, self.grad_floor))
@@ -179,27 +147,14 @@ class Diagnostics(Callback):
         row["seconds"] = self.last_seconds
         return row
 
-    @staticmethod
-    def _metrics(row: dict[str, Any]) -> dict[str, float]:
-        out = {}
-        for family in ("h_norm", "g_norm", "cos"):
-            for l, v in enumerate(row[family]):
-                out[f"diag/{family}/l{l}"] = math.nan if v is None else v
-        for l, v in enumerate(row["h_ratio"], start=1):
-            out[f"diag/h_ratio/l{l}"] = v
-        for key in ("h_L", "g_L", "growth", "probe_acc", "probe_loss"):
-            out[f"diag/{key}"] = row[key]
-        out["diag/floor"] = float(row["floor_hit"])
-        return out
-
     @rank_zero_only
-    def _write(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        path = self.rows_path(trainer)
-        append_row(path, row)
+    def _write(self, trainer: Trainer, row: EpochRow) -> None:
+        log = self.run_log(trainer)
+        log.append(row)
         if self.verbose:
-            tqdm.write(self._table(row, path))  # above any progress bar, not through it
+            tqdm.write(self._table(row, log.rows_path))  # above any progress bar, not through it
 
-    def _table(self, row: dict[str, Any], path: Path) -> str:
+    def _table(self, row: EpochRow, path: Path) -> str:
         acc = row["test/acc"]
         head = f"[faeval] epoch {row['epoch']}" + (" (init)" if row["epoch"] == 0 else "")
         if acc is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from lightning.pytorch.callbacks import EarlyStopping
+from typing_extensions import override
 
 
 class FloorStopping(EarlyStopping):
@@ -30,6 +31,7 @@ class FloorStopping(EarlyStopping):
         )
         self.grad_floor = grad_floor
 
+    @override
     def _evaluate_stopping_criteria(self, current):
         should_stop, reason = super()._evaluate_stopping_criteria(current)
         if should_stop and reason:

@@ -5,43 +5,15 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 from typing_extensions import override
 
-from faeval.callbacks.diagnostics import append_row
-from faeval.protocol.measure import ProtocolSettings, run_protocol
-
-PROTOCOL_FILE = "protocol.jsonl"
-
-
-def protocol_metrics(row: dict[str, Any]) -> dict[str, float]:
-    """The logger's view of a protocol row (pure function): ``protocol/...`` scalars."""
-    out: dict[str, float] = {}
-    null = row.get("null")
-    if null is not None:
-        out["protocol/cos_deep"] = null["deep"]
-        out["protocol/null_deep_mean"] = null["deep_mean"]
-        out["protocol/null_deep_std"] = null["deep_std"]
-    rho = row["rho"]
-    for layer, v in enumerate(rho["rho"]):
-        out[f"protocol/rho/l{layer}"] = v
-    deep = slice(1, None)
-    for name, values in (
-        ("rho_deep", rho["rho"]),
-        ("rho_positive_deep", rho["positive"]),
-        ("rho_negative_deep", rho["negative_mean"]),
-    ):
-        vals = values[deep]
-        out[f"protocol/{name}"] = sum(vals) / len(vals) if vals else math.nan
-    if row.get("stability"):
-        out["protocol/stability"] = row["stability"]["credit"]
-        out["protocol/stability_gradient"] = row["stability"]["gradient"]
-    out["protocol/seconds"] = sum(row["seconds"].values())
-    return out
+from faeval.protocol.measure import measure_protocol
+from faeval.protocol.settings import ProtocolSettings
+from faeval.runlog import ProtocolRow, RunLog, deep_mean, fmt, protocol_scalars
 
 
 class Protocol(Callback):
@@ -55,44 +27,24 @@ class Protocol(Callback):
 
     Args:
         every_n_epochs: measure every n epochs; the last epoch is always measured.
-        null_draws: K, fresh feedback draws of the null band.
-        directions: M, random directions per sample for ρ.
-        epsilon: ε, the step of ρ.
-        negative_draws: random credits of ρ's negative control.
-        stability_batches: probe batches of diagnostic (c) (the protocol asks for ≥ 8).
-        stability_batch_size: samples per batch of diagnostic (c) (128 in the protocol).
+        settings: the pieces' settings (``--trainer.callbacks.settings.null_draws 8`` …).
         verbose: print the figures and their cost every pass.
     """
 
     def __init__(
         self,
         every_n_epochs: int = 5,
-        null_draws: int = 8,
-        directions: int = 32,
-        epsilon: float = 1e-3,
-        negative_draws: int = 8,
-        stability_batches: int = 8,
-        stability_batch_size: int = 128,
+        settings: ProtocolSettings = ProtocolSettings(),
         verbose: bool = True,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
-        self.settings = ProtocolSettings(
-            null_draws=null_draws,
-            directions=directions,
-            epsilon=epsilon,
-            negative_draws=negative_draws,
-            stability_batches=stability_batches,
-            stability_batch_size=stability_batch_size,
-        )
+        self.settings = settings
         self.verbose = verbose
         self.measured_epoch: int | None = None
         self._epoch_start = 0.0
         self._epoch_seconds = math.nan
-
-    def rows_path(self, trainer: Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir) / PROTOCOL_FILE
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -106,7 +58,7 @@ class Protocol(Callback):
         if epoch % self.every_n_epochs and not last:
             return
         row = self._measure(trainer, pl_module, epoch)
-        for name, value in protocol_metrics(row).items():
+        for name, value in protocol_scalars(row).items():
             pl_module.log(name, value)
 
     @override
@@ -116,25 +68,25 @@ class Protocol(Callback):
             return
         row = self._measure(trainer, pl_module, epoch)
         if trainer.logger is not None:
-            trainer.logger.log_metrics(protocol_metrics(row), step=trainer.global_step)
+            trainer.logger.log_metrics(protocol_scalars(row), step=trainer.global_step)
 
-    def _measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> dict[str, Any]:
+    def _measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> ProtocolRow:
         x, y = trainer.datamodule.probe(pl_module.device)
-        row = {"epoch": epoch, "step": trainer.global_step}
-        row.update(run_protocol(pl_module, x, y, self.settings))
+        row: ProtocolRow = {"epoch": epoch, "step": trainer.global_step}
+        row.update(measure_protocol(pl_module, x, y, self.settings))
         row["epoch_seconds"] = self._epoch_seconds
         self.measured_epoch = epoch
         self._write(trainer, row)
         return row
 
     @rank_zero_only
-    def _write(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        append_row(self.rows_path(trainer), row)
+    def _write(self, trainer: Trainer, row: ProtocolRow) -> None:
+        RunLog(Path(trainer.log_dir or trainer.default_root_dir)).append_protocol(row)
         if self.verbose:
             tqdm.write(self._summary(row))  # above any progress bar
 
     @staticmethod
-    def _summary(row: dict[str, Any]) -> str:
+    def _summary(row: ProtocolRow) -> str:
         sec = row["seconds"]
         total = sum(sec.values())
         per_epoch = row["epoch_seconds"]
@@ -143,19 +95,20 @@ class Protocol(Callback):
             if math.isfinite(per_epoch) and per_epoch > 0
             else ""
         )
-        m = protocol_metrics(row)
         parts = [f"[faeval] protocol at epoch {row['epoch']}:"]
         if row.get("null") is not None:
             n = row["null"]
             parts.append(
-                f"deep cos {n['deep']:+.3f} vs null {n['deep_mean']:+.3f} ± {n['deep_std']:.3f}"
+                f"deep cos {fmt(n['deep'], '+.3f')} vs null {fmt(n['deep_mean'], '+.3f')} ± "
+                f"{fmt(n['deep_std'], '.3f')}"
             )
         else:
             parts.append("null band n/a (no feedback draw)")
+        rho = row["rho"]
         parts.append(
-            f"ρ deep {m['protocol/rho_deep']:+.3f} (a=g "
-            f"{m['protocol/rho_positive_deep']:+.3f}, random "
-            f"{m['protocol/rho_negative_deep']:+.3f})"
+            f"ρ deep {fmt(deep_mean(rho['rho']), '+.3f')} (a=g "
+            f"{fmt(deep_mean(rho['positive']), '+.3f')}, random "
+            f"{fmt(deep_mean(rho['negative_mean']), '+.3f')})"
         )
         if row.get("stability"):
             parts.append(f"stability {row['stability']['credit']:+.3f}")

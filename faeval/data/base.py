@@ -10,6 +10,11 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from typing_extensions import override
 
+from faeval.seeding import resolve_seed
+
+#: Samples in the diagnostics' fixed probe batch (DESIGN's 1024).
+PROBE_SIZE = 1024
+
 
 class TensorBatches:
     """Batches of an in-memory (x, y) pair by index slicing: no per-sample Python work.
@@ -68,7 +73,8 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
     """Base of every faeval data set: the whole set lives in memory as tensors.
 
     Subclasses set ``input_shape`` and ``num_classes`` (known before loading, so the CLI can
-    build the model from them) and implement ``load``. Inputs may be stored as uint8: they are
+    build the model from them) and implement ``load``; they list their own arguments and
+    forward the rest (``**kwargs``) here. Inputs may be stored as uint8: they are
     turned into normalised floats per batch, after the batch reaches the device.
 
     The test split doubles as the evaluation set reported as test accuracy; the probe set of
@@ -92,7 +98,7 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
         self,
         batch_size: int = 128,
         eval_batch_size: int = 1024,
-        probe_size: int = 1024,
+        probe_size: int = PROBE_SIZE,
         random_targets: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -108,7 +114,7 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
         self.eval_batch_size = eval_batch_size
         self.probe_size = probe_size
         self.random_targets = random_targets
-        self.seed = torch.initial_seed() % 2**31 if seed is None else seed
+        self.seed = resolve_seed(seed)
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._affine_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 

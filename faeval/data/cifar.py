@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torchvision import datasets
+from typing_extensions import override
 
 from faeval.data.base import InMemoryDataModule
 
@@ -19,10 +20,12 @@ def _present_files_only(dataset_cls: type[datasets.CIFAR10]) -> type[datasets.CI
     """
 
     class Reader(dataset_cls):
+        @override
         def _check_integrity(self) -> bool:
             root = Path(self.root) / self.base_folder
             return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
 
+        @override
         def _load_meta(self) -> None:  # class names are not used; md5-checked on download
             pass
 
@@ -30,25 +33,24 @@ def _present_files_only(dataset_cls: type[datasets.CIFAR10]) -> type[datasets.CI
 
 
 class _CIFAR(InMemoryDataModule):
-    """Shared loading of torchvision's CIFAR folders (``cifar-10-batches-py`` and friends)."""
+    """Shared loading of torchvision's CIFAR folders (``cifar-10-batches-py`` and friends).
+
+    Args:
+        data_dir: the folder that holds (or will hold) torchvision's CIFAR folder.
+        download: fetch the data set into ``data_dir`` with torchvision's downloader.
+        **kwargs: the arguments of ``InMemoryDataModule`` (``batch_size``,
+            ``eval_batch_size``, ``probe_size``, ``random_targets``, ``seed``).
+    """
 
     dataset_cls: type[datasets.CIFAR10]
     input_shape = (3, 32, 32)
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int = 1024,
-        probe_size: int = 1024,
-        random_targets: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(batch_size, eval_batch_size, probe_size, random_targets, seed)
+    def __init__(self, data_dir: str = "data", download: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.data_dir = data_dir
         self.download = download
 
+    @override
     def load(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Reads both splits.
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from faeval.data.base import InMemoryDataModule
 
@@ -43,8 +44,8 @@ class FashionMNIST(InMemoryDataModule):
     Args:
         data_dir: folder with the four IDX files (``.gz`` or not); by default where
             Debian's package ``dataset-fashion-mnist`` puts them.
-        batch_size, eval_batch_size, probe_size, random_targets, seed: see
-            ``InMemoryDataModule``.
+        **kwargs: the arguments of ``InMemoryDataModule`` (``batch_size``,
+            ``eval_batch_size``, ``probe_size``, ``random_targets``, ``seed``).
     """
 
     input_shape = (1, 28, 28)
@@ -52,16 +53,8 @@ class FashionMNIST(InMemoryDataModule):
     mean = (0.2860,)
     std = (0.3530,)
 
-    def __init__(
-        self,
-        data_dir: str = DEBIAN_DIR,
-        batch_size: int = 128,
-        eval_batch_size: int = 1024,
-        probe_size: int = 1024,
-        random_targets: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(batch_size, eval_batch_size, probe_size, random_targets, seed)
+    def __init__(self, data_dir: str = DEBIAN_DIR, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.data_dir = data_dir
 
     def _find(self, stem: str) -> Path:
@@ -75,6 +68,7 @@ class FashionMNIST(InMemoryDataModule):
             f"{DEBIAN_DIR}) or pass --data.data_dir to the folder that holds the IDX files"
         )
 
+    @override
     def load(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Reads both splits.
 

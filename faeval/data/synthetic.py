@@ -7,13 +7,10 @@ import math
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
-from faeval.data.base import InMemoryDataModule
-
-
-def ladder_activation(z: Tensor, alpha: float) -> Tensor:
-    """φ_α(z) = (1 − α)·z + α·tanh(z): α = 0 is linear, α = 1 fully nonlinear."""
-    return (1 - alpha) * z + alpha * torch.tanh(z)
+from faeval.data.base import PROBE_SIZE, InMemoryDataModule
+from faeval.ladder import ladder_activation
 
 
 class Teacher:
@@ -79,8 +76,8 @@ class SyntheticLadder(InMemoryDataModule):
         n_train: training samples.
         n_test: test samples.
         teacher_seed: seed of the teacher and of the inputs (not of the shuffling: ``seed``).
-        batch_size, eval_batch_size, probe_size, random_targets, seed: see
-            ``InMemoryDataModule``.
+        **kwargs: the arguments of ``InMemoryDataModule`` (``batch_size``,
+            ``eval_batch_size``, ``probe_size``, ``random_targets``, ``seed``).
     """
 
     def __init__(
@@ -93,11 +90,7 @@ class SyntheticLadder(InMemoryDataModule):
         n_train: int = 20000,
         n_test: int = 4096,
         teacher_seed: int = 0,
-        batch_size: int = 128,
-        eval_batch_size: int = 1024,
-        probe_size: int = 1024,
-        random_targets: bool = False,
-        seed: int | None = None,
+        **kwargs,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -107,7 +100,8 @@ class SyntheticLadder(InMemoryDataModule):
                 f"num_classes >= 2, got depth={depth}, input_dim={input_dim}, width={width}, "
                 f"n_train={n_train}, n_test={n_test}, num_classes={num_classes}"
             )
-        super().__init__(batch_size, eval_batch_size, min(probe_size, n_test), random_targets, seed)
+        kwargs["probe_size"] = min(kwargs.get("probe_size", PROBE_SIZE), n_test)
+        super().__init__(**kwargs)
         self.input_shape = (input_dim,)
         self.num_classes = num_classes
         self.n_train, self.n_test = n_train, n_test
@@ -117,6 +111,7 @@ class SyntheticLadder(InMemoryDataModule):
         self._input_stream = gen.get_state()  # the inputs continue the teacher's stream
         self.teacher_seed = teacher_seed
 
+    @override
     def load(self) -> dict[str, tuple[Tensor, Tensor]]:
         gen = torch.Generator()
         gen.set_state(self._input_stream)

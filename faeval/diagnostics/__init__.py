@@ -1,4 +1,4 @@
-"""Diagnostics: pure tensor functions (``functional``) and one diagnostic pass (``probe``)."""
+"""Diagnostics: pure tensor functions (``functional``) and one diagnostic pass (``layers``)."""
 
 from faeval.diagnostics.functional import (
     mean_cosine,
@@ -7,13 +7,14 @@ from faeval.diagnostics.functional import (
     sample_norms,
     true_gradients,
 )
-from faeval.diagnostics.probe import LayerFigures, measure
+from faeval.diagnostics.layers import LayerFigures, full_precision, measure_layers
 
 __all__ = [
     "LayerFigures",
+    "full_precision",
     "mean_cosine",
     "mean_norm",
-    "measure",
+    "measure_layers",
     "sample_cosines",
     "sample_norms",
     "true_gradients",

@@ -57,13 +57,6 @@ def true_gradients(backbone: LayeredBackbone, h0: Tensor, y: Tensor) -> tuple[Tr
         The detached forward trace from h0 and the gradients g_0..g_L.
     """
     with torch.enable_grad():
-        h = h0.detach().requires_grad_(True)
-        states, outputs = [h], []
-        for block in backbone.blocks:
-            f = block(h)
-            h = backbone.combine(h, f)
-            states.append(h)
-            outputs.append(f)
-        logits = backbone.readout(h)
-        grads = torch.autograd.grad(F.cross_entropy(logits, y), states)
-    return Trace(states, outputs, logits).detached(), list(grads)
+        trace = backbone.trace_from(h0.detach().requires_grad_(True))
+        grads = torch.autograd.grad(F.cross_entropy(trace.logits, y), trace.states)
+    return trace.detached(), list(grads)

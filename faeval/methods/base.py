@@ -1,6 +1,6 @@
 """The method template: one training step shared by every method; a method only says its credits.
 
-The update every method shares (DESIGN.md): the embedding gets ⟨h_0, a_0⟩, block l gets
+The update every method shares (docs/notation.md): the embedding gets ⟨h_0, a_0⟩, block l gets
 ⟨F_l(h_{l-1}.detach()), a_l⟩ (summed over features, averaged over the batch), the readout
 (terminal LN and head) gets its exact cross-entropy gradient with h_L detached, plus the
 optional penalty λ·Σ_l ‖f_l‖² on block outputs. One optimizer step per batch.
@@ -25,15 +25,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, ResMLP, Trace
+from faeval.runlog import METHOD
 
 BackboneFactory = Callable[[tuple[int, ...], int], LayeredBackbone]
-
-
-def output_error(logits: Tensor, y: Tensor) -> Tensor:
-    """e = softmax(logits) − onehot(y) = ∂ℓ_i/∂logits_i for cross-entropy. (B, C)."""
-    e = torch.softmax(logits.detach().float(), dim=1)
-    e[torch.arange(len(y), device=y.device), y] -= 1
-    return e
 
 
 def block_penalty(outputs: list[Tensor]) -> Tensor:
@@ -74,6 +68,9 @@ def _fuse(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
 class CreditMethod(LightningModule, abc.ABC):
     """Base of every faeval method: owns the training step, subclasses implement ``credits``.
 
+    A subclass lists its own arguments and forwards the rest (``**kwargs``) here, so the
+    arguments below are written once; ``faeval fit --model.help NAME`` lists them all.
+
     Args:
         input_shape: per-sample input shape (``faeval fit`` links it from the data).
         num_classes: C (linked from the data).
@@ -87,6 +84,9 @@ class CreditMethod(LightningModule, abc.ABC):
     #: Train blocks through the local loss ⟨f_l, a_l⟩ on a detached trace. BP-like methods set
     #: this off and backpropagate the cross-entropy through the connected graph instead.
     local: ClassVar[bool] = True
+    #: Written in every diagnostics row: ``method``, or ``depth_baseline`` for the run that
+    #: diagnostic (d) compares the others against.
+    role: ClassVar[str] = METHOD
 
     def __init__(
         self,
@@ -106,6 +106,7 @@ class CreditMethod(LightningModule, abc.ABC):
         self.penalty = penalty
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self._epoch_sums: dict[str, tuple[Tensor | float, int]] = {}
+        self._in_step = False
 
     @abc.abstractmethod
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
@@ -157,26 +158,34 @@ class CreditMethod(LightningModule, abc.ABC):
         x, y = batch
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        trace = self.backbone.trace(x, detach=self.local)
-        loss = F.cross_entropy(trace.logits, y)
-        objective = loss
-        if self.penalty:
-            objective = objective + self.penalty * block_penalty(trace.outputs)
-        if self.local:
-            detached = trace.detached()
-            objective = objective + local_objective(trace, self.credits(detached, y))
-            objective = objective + self.auxiliary_loss(detached, y)
-        self.manual_backward(objective)
-        opt.step()
-        self.accumulate("train/loss", loss)
+        self._in_step = True
+        try:
+            trace = self.backbone.trace(x, detach=self.local)
+            loss = F.cross_entropy(trace.logits, y)
+            objective = loss
+            if self.penalty:
+                objective = objective + self.penalty * block_penalty(trace.outputs)
+            if self.local:
+                detached = trace.detached()
+                objective = objective + local_objective(trace, self.credits(detached, y))
+                objective = objective + self.auxiliary_loss(detached, y)
+            self.manual_backward(objective)
+            opt.step()
+            self.accumulate("train/loss", loss)
+        finally:
+            self._in_step = False
         return loss
 
     def accumulate(self, name: str, value: Tensor | float) -> None:
         """Adds a per-step figure to its epoch mean, logged as ``name`` when the epoch ends.
 
-        Far cheaper than ``self.log`` on every step (about 1 ms a call on CPU, 15% of a
-        ResMLP step), and free of device syncs until the epoch ends.
+        Methods call it from ``credits`` or ``auxiliary_loss``; only calls made inside the
+        training step count, so the diagnostic passes (which ask for credits too) leave the
+        epoch means alone. Far cheaper than ``self.log`` on every step (about 1 ms a call on
+        CPU, 15% of a ResMLP step), and free of device syncs until the epoch ends.
         """
+        if not self._in_step:
+            return
         if isinstance(value, Tensor):
             value = value.detach()
         total, count = self._epoch_sums.get(name, (0.0, 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from torch import Tensor
+from typing_extensions import override
 
 from faeval.backbones import Trace
 from faeval.diagnostics.functional import true_gradients
@@ -22,6 +23,7 @@ class BP(CreditMethod):
 
     local: ClassVar[bool] = False
 
+    @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         # Autograd of the mean loss gives g_l = a_l / N: scale back to one sample's loss.
         _, grads = true_gradients(self.backbone, trace.states[0], y)

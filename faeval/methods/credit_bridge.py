@@ -18,18 +18,16 @@ matrix (the same draw as ``DFA`` with the same seed).
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from typing_extensions import override
 
-from faeval.backbones import ResMLP, Trace
-from faeval.methods.base import BackboneFactory, CreditMethod, output_error
-from faeval.methods.feedback import FeedbackMatrices, resolve_seed
-from faeval.methods.state_bridge import helper_nets
+from faeval.backbones import Trace
+from faeval.methods.base import CreditMethod
+from faeval.methods.common import direct_credits, direct_feedback, helper_nets, state_sizes
+from faeval.seeding import resolve_seed
 
 
 class CreditBridge(CreditMethod):
@@ -49,16 +47,12 @@ class CreditBridge(CreditMethod):
         warmup_epochs: epochs of DFA credit before the values take over.
         feedback_seed: seed of the DFA feedback draw; default the run's seed.
         value_seed: seed of the value nets' initialisation; default the run's seed.
-        input_shape, num_classes, backbone, optimizer, penalty: see ``CreditMethod``.
+        *args, **kwargs: the arguments of ``CreditMethod``.
     """
 
     def __init__(
         self,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        backbone: BackboneFactory = ResMLP,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        penalty: float = 0.0,
+        *args,
         value_width: int = 256,
         value_depth: int = 2,
         value_lr: float = 1e-3,
@@ -66,8 +60,9 @@ class CreditBridge(CreditMethod):
         warmup_epochs: int = 1,
         feedback_seed: int | None = None,
         value_seed: int | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
+        super().__init__(*args, **kwargs)
         if value_width < 1 or value_depth < 1 or value_lr <= 0 or lam < 0 or warmup_epochs < 0:
             raise ValueError(
                 f"CreditBridge needs value_width >= 1, value_depth >= 1, value_lr > 0, lam >= 0 "
@@ -77,25 +72,19 @@ class CreditBridge(CreditMethod):
         self.value_lr = value_lr
         self.lam = lam
         self.warmup_epochs = warmup_epochs
-        dims = [math.prod(s) for s in self.backbone.state_shapes()]
-        self.feedback = FeedbackMatrices(
-            [(num_classes, d) for d in dims], resolve_seed(feedback_seed)
-        )
+        self.feedback = direct_feedback(self.backbone, resolve_seed(feedback_seed))
+        dims = state_sizes(self.backbone)
         self.values = helper_nets(dims, 1, value_width, value_depth, resolve_seed(value_seed))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
-        self.residuals = (float("nan"), float("nan"))
 
     def value(self, layer: int, h: Tensor) -> Tensor:
         """V_l(h_l), one scalar per sample. (B, ...) -> (B,)."""
         return self.values[layer](h.flatten(1)).squeeze(1)
 
+    @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         if self.epoch < self.warmup_epochs:
-            e = output_error(trace.logits, y)
-            return [
-                (e @ self.feedback[i]).view_as(h)  # (B, C) @ (C, |h_l|): e·B_l plays ∂ℓ/∂h_l
-                for i, h in enumerate(trace.states)
-            ]
+            return direct_credits(self.feedback, trace, y)  # DFA's e·B_l plays ∂ℓ/∂h_l
         with torch.enable_grad():
             inputs = [h.detach().requires_grad_(True) for h in trace.states]
             # Σ_l Σ_i V_l(h_l,i): its gradient in h_l is ∇V_l at each sample's own state.
@@ -109,9 +98,9 @@ class CreditBridge(CreditMethod):
         target = F.cross_entropy(trace.logits.detach(), y, reduction="none")  # ℓ_i, (B,)
         terminal = values[-1] - target
         bridge = [v - v_next.detach() for v, v_next in itertools.pairwise(values)]
-        self.residuals = (
-            terminal.detach().abs().mean(),
-            torch.stack([b.detach().abs().mean() for b in bridge]).mean(),
+        self.accumulate("train/value_terminal", terminal.detach().abs().mean())
+        self.accumulate(
+            "train/value_bridge", torch.stack([b.detach().abs().mean() for b in bridge]).mean()
         )
         return terminal.pow(2).mean() / 2 + self.lam * sum(b.pow(2).mean() / 2 for b in bridge)
 
@@ -122,8 +111,3 @@ class CreditBridge(CreditMethod):
     @override
     def on_train_epoch_start(self) -> None:
         self.epoch.fill_(self.current_epoch)
-
-    @override
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.accumulate("train/value_terminal", self.residuals[0])
-        self.accumulate("train/value_bridge", self.residuals[1])

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
+from typing_extensions import override
 
 from faeval.backbones import Trace
-from faeval.methods.base import output_error
-from faeval.methods.feedback import FeedbackMatrices, FeedbackMethod
+from faeval.methods.common import FeedbackMatrices, direct_credits, direct_feedback
+from faeval.methods.feedback import FeedbackMethod
 
 
 class DFA(FeedbackMethod):
@@ -19,12 +18,11 @@ class DFA(FeedbackMethod):
     See ``FeedbackMethod`` for the arguments.
     """
 
+    @override
     def draw_feedback(self, seed: int) -> FeedbackMatrices:
         """B_0..B_L, each C×|h_l|."""
-        dims = [math.prod(s) for s in self.backbone.state_shapes()]
-        return FeedbackMatrices([(self.backbone.num_classes, d) for d in dims], seed)
+        return direct_feedback(self.backbone, seed)
 
+    @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
-        e = output_error(trace.logits, y)
-        # (B, C) @ (C, |h_l|) -> (B, |h_l|): e·B_l plays ∂ℓ/∂h_l
-        return [(e @ self.feedback[l]).view_as(h) for l, h in enumerate(trace.states)]
+        return direct_credits(self.feedback, trace, y)  # e·B_l plays ∂ℓ/∂h_l

@@ -31,12 +31,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from typing_extensions import override
 
-from faeval.backbones import LayeredBackbone, ResMLP, Trace
-from faeval.methods.base import BackboneFactory, CreditMethod
+from faeval.backbones import LayeredBackbone, Trace
+from faeval.methods.base import CreditMethod
 
 
 class EP(CreditMethod):
@@ -60,7 +59,7 @@ class EP(CreditMethod):
         tol: relative tolerance of the early stop (0 never stops early).
         symmetric: nudge with +β and −β and take the centred difference.
         credit: ``"error"`` for −ε_l/β, ``"displacement"`` for −(h_l^β − h_l^0)/β.
-        input_shape, num_classes, backbone, optimizer, penalty: see ``CreditMethod``.
+        *args, **kwargs: the arguments of ``CreditMethod``.
 
     Raises:
         FloatingPointError: the relaxation diverged (γ too large for the block Jacobians).
@@ -68,19 +67,16 @@ class EP(CreditMethod):
 
     def __init__(
         self,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        backbone: BackboneFactory = ResMLP,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        penalty: float = 0.0,
+        *args,
         beta: float = 0.1,
         steps: int = 50,
         step_size: float = 0.2,
         tol: float = 1e-3,
         symmetric: bool = False,
         credit: Literal["error", "displacement"] = "error",
+        **kwargs,
     ) -> None:
-        super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
+        super().__init__(*args, **kwargs)
         if beta <= 0 or steps < 0 or step_size <= 0 or tol < 0:
             raise ValueError(
                 f"EP needs beta > 0, steps >= 0, step_size > 0 and tol >= 0, got beta={beta}, "
@@ -96,17 +92,18 @@ class EP(CreditMethod):
         self.credit = credit
         self.steps_taken = 0
 
+    @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         if self.steps == 0:
-            self.steps_taken = 0
+            self._took(0)
             return [torch.zeros_like(h) for h in trace.states]
         plus, n_plus = self.relax(trace, y, self.beta)
         if self.symmetric:
             minus, n_minus = self.relax(trace, y, -self.beta)
-            self.steps_taken = max(n_plus, n_minus)
+            self._took(max(n_plus, n_minus))
             # −(ε^{+β} − ε^{−β})/(2β) (or of the states) plays ∂ℓ_i/∂h_l, bias O(β²).
             return [-(p - m) / (2 * self.beta) for p, m in zip(plus, minus, strict=True)]
-        self.steps_taken = n_plus
+        self._took(n_plus)
         if self.credit == "error":
             return [-p / self.beta for p in plus]  # −ε_l/β plays ∂ℓ_i/∂h_l, bias O(β)
         return [-(p - h) / self.beta for p, h in zip(plus, trace.states, strict=True)]
@@ -149,9 +146,10 @@ class EP(CreditMethod):
         out = errors if self.credit == "error" else states
         return [t.detach() for t in out], taken
 
-    @override
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.accumulate("train/ep_steps", float(self.steps_taken))
+    def _took(self, steps: int) -> None:
+        """Keeps the last relaxation's step count and adds it to ``train/ep_steps``."""
+        self.steps_taken = steps
+        self.accumulate("train/ep_steps", float(steps))
 
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

@@ -1,14 +1,13 @@
-"""FA: feedback alignment on the residual network."""
+"""FA: feedback alignment on the residual network (block level)."""
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
+from typing_extensions import override
 
 from faeval.backbones import Trace
-from faeval.methods.base import output_error
-from faeval.methods.feedback import FeedbackMatrices, FeedbackMethod
+from faeval.methods.common import FeedbackMatrices, output_error, state_sizes
+from faeval.methods.feedback import FeedbackMethod
 
 
 class FA(FeedbackMethod):
@@ -23,13 +22,15 @@ class FA(FeedbackMethod):
     See ``FeedbackMethod`` for the arguments.
     """
 
+    @override
     def draw_feedback(self, seed: int) -> FeedbackMatrices:
         """A fresh set: B_0 is C×|h_L| (top), B_l is |h_l|×|h_{l-1}| for l = 1..L."""
-        dims = [math.prod(s) for s in self.backbone.state_shapes()]
+        dims = state_sizes(self.backbone)
         shapes = [(self.backbone.num_classes, dims[-1])]
         shapes += [(dims[l], dims[l - 1]) for l in range(1, len(dims))]
         return FeedbackMatrices(shapes, seed)
 
+    @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         states = trace.states
         a = output_error(trace.logits, y) @ self.feedback[0]  # (B, C) @ (C, |h_L|) -> (B, |h_L|)

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import torch
-from lightning.pytorch.cli import OptimizerCallable
+from typing import ClassVar
 
-from faeval.backbones import ResMLP
-from faeval.methods.base import BackboneFactory
 from faeval.methods.bp import BP
+from faeval.runlog import DEPTH_BASELINE
 
 
 class FrozenBlocks(BP):
     """BP with every block frozen at its initialisation: only embedding and readout train.
 
     A method whose accuracy does not clear this baseline (diagnostic (d)) has not used its
-    deep layers. See ``CreditMethod`` for the arguments.
+    deep layers. Its rows carry the role ``depth_baseline``, by which the verdicts, the
+    audit and the report know it. See ``CreditMethod`` for the arguments.
     """
 
-    def __init__(
-        self,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        backbone: BackboneFactory = ResMLP,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        penalty: float = 0.0,
-    ) -> None:
-        super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
+    role: ClassVar[str] = DEPTH_BASELINE
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.backbone.blocks.requires_grad_(False)

@@ -19,36 +19,15 @@ With exact bridges (S_l the blocks' own map) this is backprop's ∂ℓ_i/∂h_l.
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from typing_extensions import override
 
-from faeval.backbones import ResMLP, Trace
-from faeval.methods.base import BackboneFactory, CreditMethod
-from faeval.methods.feedback import resolve_seed
-
-
-def mlp(d_in: int, d_out: int, width: int, depth: int) -> nn.Sequential:
-    """``depth`` linear layers d_in -> width -> … -> d_out with GELU between (depth 1: linear)."""
-    dims = [d_in] + [width] * (depth - 1) + [d_out]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(dims)):
-        if i:
-            layers.append(nn.GELU())
-        layers.append(nn.Linear(a, b))
-    return nn.Sequential(*layers)
-
-
-def helper_nets(dims: list[int], d_out: int, width: int, depth: int, seed: int) -> nn.ModuleList:
-    """One ``mlp`` per input size, initialised from ``seed`` (apart from the global stream)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.ModuleList(mlp(d, d_out, width, depth) for d in dims)
+from faeval.backbones import Trace
+from faeval.methods.base import CreditMethod
+from faeval.methods.common import helper_nets, state_sizes
+from faeval.seeding import resolve_seed
 
 
 class Bridge(nn.Module):
@@ -59,6 +38,7 @@ class Bridge(nn.Module):
         self.net = net
         self.skip = skip
 
+    @override
     def forward(self, h: Tensor) -> Tensor:
         out = self.net(h)  # (B, |h_l|) -> (B, |h_L|)
         return out + h if self.skip else out
@@ -77,23 +57,20 @@ class StateBridge(CreditMethod):
         bridge_skip: add the identity, S_l(h) = h + N_l(h), where h_l and h_L have the same
             size (in a residual network h_L = h_l + the blocks' increments).
         bridge_seed: seed of the bridges' initialisation; default the run's seed.
-        input_shape, num_classes, backbone, optimizer, penalty: see ``CreditMethod``.
+        *args, **kwargs: the arguments of ``CreditMethod``.
     """
 
     def __init__(
         self,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        backbone: BackboneFactory = ResMLP,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        penalty: float = 0.0,
+        *args,
         bridge_width: int = 256,
         bridge_depth: int = 2,
         bridge_lr: float = 1e-3,
         bridge_skip: bool = True,
         bridge_seed: int | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(input_shape, num_classes, backbone, optimizer, penalty)
+        super().__init__(*args, **kwargs)
         if bridge_width < 1 or bridge_depth < 1 or bridge_lr <= 0:
             raise ValueError(
                 f"StateBridge needs bridge_width >= 1, bridge_depth >= 1 and bridge_lr > 0, got "
@@ -101,13 +78,12 @@ class StateBridge(CreditMethod):
             )
         self.bridge_lr = bridge_lr
         seed = resolve_seed(bridge_seed)
-        dims = [math.prod(s) for s in self.backbone.state_shapes()]
+        dims = state_sizes(self.backbone)
         nets = helper_nets(dims[:-1], dims[-1], bridge_width, bridge_depth, seed)
         self.bridges = nn.ModuleList(
             Bridge(net, bridge_skip and d == dims[-1])
             for net, d in zip(nets, dims[:-1], strict=True)
         )
-        self.bridge_loss = float("nan")
 
     def top_credit(self, h_top: Tensor, y: Tensor) -> Tensor:
         """a_L = ∂ℓ_i/∂h_L through the readout: the gradient of Σ_i ℓ_i, one row per sample."""
@@ -117,6 +93,7 @@ class StateBridge(CreditMethod):
             (grad,) = torch.autograd.grad(loss, h)
         return grad
 
+    @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         states = trace.states
         top = self.top_credit(states[-1], y)
@@ -137,13 +114,9 @@ class StateBridge(CreditMethod):
             F.mse_loss(bridge(h.detach().flatten(1)), target) / 2
             for bridge, h in zip(self.bridges, trace.states[:-1], strict=True)
         )
-        self.bridge_loss = loss.detach() / len(self.bridges)
+        self.accumulate("train/bridge_loss", loss.detach() / len(self.bridges))
         return loss
 
     @override
     def trained_helpers(self) -> tuple[nn.Module, float]:
         return self.bridges, self.bridge_lr
-
-    @override
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.accumulate("train/bridge_loss", self.bridge_loss)

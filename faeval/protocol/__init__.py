@@ -1,42 +1,53 @@
-"""The diagnostic protocol: the heavier measurements and the verdicts judged from logs."""
+"""The diagnostic protocol: the heavier measurements, the audit, and verdicts judged from logs.
 
-from faeval.protocol.measure import ProtocolSettings, run_protocol
-from faeval.protocol.null import NullBand, has_feedback, null_band
-from faeval.protocol.perturbation import PerturbationFigures, pearson, perturbation_correlation
-from faeval.protocol.render import run_markdown, run_text, verdict_table
-from faeval.protocol.stability import StabilityFigures, direction_stability, stability_layer
-from faeval.protocol.verdicts import (
-    DIAGNOSTICS,
-    RunVerdict,
-    SeedVerdict,
-    Thresholds,
-    Verdict,
-    combine,
-    combine_runs,
-    judge_run,
-)
+The verdicts, their rendering and the settings are pure Python; the measurements need torch.
+Names are imported on first use (PEP 562), so ``import faeval.protocol.verdicts`` (what a
+report needs) does not load torch.
+"""
 
-__all__ = [
-    "DIAGNOSTICS",
-    "NullBand",
-    "PerturbationFigures",
-    "ProtocolSettings",
-    "RunVerdict",
-    "SeedVerdict",
-    "StabilityFigures",
-    "Thresholds",
-    "Verdict",
-    "combine",
-    "combine_runs",
-    "direction_stability",
-    "has_feedback",
-    "judge_run",
-    "null_band",
-    "pearson",
-    "perturbation_correlation",
-    "run_markdown",
-    "run_protocol",
-    "run_text",
-    "stability_layer",
-    "verdict_table",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Where each exported name lives, relative to this package.
+_EXPORTS = {
+    "audit": [
+        "AuditRecord",
+        "audit_checkpoint",
+        "audit_model",
+        "audit_markdown",
+        "audit_text",
+        "write_audit",
+    ],
+    "measure": ["measure_protocol"],
+    "null": ["NullBandFigures", "has_feedback", "null_band"],
+    "perturbation": ["PerturbationFigures", "pearson", "perturbation_correlation"],
+    "render": ["run_markdown", "run_text", "verdict_table"],
+    "settings": ["ProtocolSettings", "Thresholds"],
+    "stability": ["StabilityFigures", "direction_stability", "stability_layer"],
+    "verdicts": [
+        "DIAGNOSTICS",
+        "RunVerdict",
+        "SeedVerdict",
+        "Verdict",
+        "judge_run",
+        "judge_seeds",
+        "merge_seeds",
+    ],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,8 +1,9 @@
-"""``faeval audit``: the whole protocol, recomputed from a saved checkpoint, and its verdict.
+"""The audit: the whole protocol recomputed on a trained method, and its verdict.
 
-The Trainer subclass carries the ``audit`` method that LightningCLI turns into a subcommand
-(its parameters become options); the CLI builds the model and data from the run's
-``config.yaml`` before calling it.
+Plain functions: ``audit_model`` audits a method and its data as they are (from Python, after
+``trainer.fit``); ``audit_checkpoint`` loads a saved run's checkpoint first and judges it with
+the run's own history; ``write_audit`` and ``audit_text`` render a record. ``faeval audit``
+(``faeval.trainer.FaevalTrainer.audit``) is a thin command over them.
 """
 
 from __future__ import annotations
@@ -11,21 +12,257 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer
 
-from faeval.callbacks.diagnostics import ROWS_FILE, summarize
-from faeval.diagnostics.probe import full_precision, measure
-from faeval.methods.feedback import resolve_seed
+from faeval.diagnostics.layers import LayerFigures, full_precision, measure_layers
 from faeval.protocol.checkpoint import load_checkpoint, load_method_state
-from faeval.protocol.measure import ProtocolSettings, run_protocol
+from faeval.protocol.measure import measure_protocol
 from faeval.protocol.render import run_markdown, run_text
-from faeval.protocol.verdicts import FROZEN, Thresholds, judge_run
+from faeval.protocol.settings import ProtocolSettings, Thresholds
+from faeval.protocol.verdicts import RunVerdict, judge_run
+from faeval.runlog import (
+    DEPTH_BASELINE,
+    METHOD,
+    EpochRow,
+    ProtocolRow,
+    RunLog,
+    read_rows,
+    summarize,
+)
+from faeval.seeding import resolve_seed
 
+#: Where ``--train_frozen true`` keeps the baseline it trains, inside the audited run.
 FROZEN_DIR = "frozen_baseline"
+#: The method of the depth baseline, as the command line names it.
+FROZEN_METHOD = "FrozenBlocks"
+
+
+@dataclass
+class AuditRecord:
+    """What an audit found.
+
+    Attributes:
+        verdict: every verdict beside the standard pair.
+        diagnostics: the audited epoch's row, recomputed (as ``diagnostics.jsonl`` writes it,
+            with the test accuracy over the whole test split).
+        protocol: the heavier pieces, as ``protocol.jsonl`` writes them.
+        seconds: the cost of each part.
+        checkpoint: the audited checkpoint, when there is one.
+        run_dir: its run folder.
+        frozen: the FrozenBlocks run that (d) compared against.
+        frozen_epoch: that run's last epoch.
+    """
+
+    verdict: RunVerdict
+    diagnostics: EpochRow
+    protocol: ProtocolRow
+    seconds: dict[str, float] = field(default_factory=dict)
+    checkpoint: str | None = None
+    run_dir: str | None = None
+    frozen: str | None = None
+    frozen_epoch: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON record ``write_audit`` writes."""
+        return {
+            "checkpoint": self.checkpoint,
+            "run_dir": self.run_dir,
+            "diagnostics": self.diagnostics,
+            "protocol": self.protocol,
+            "verdict": self.verdict.as_dict(),
+            "frozen": self.frozen,
+            "frozen_epoch": self.frozen_epoch,
+            "seconds": self.seconds,
+        }
+
+
+@torch.no_grad()
+def test_accuracy(method, datamodule, device: torch.device) -> float:
+    """Accuracy over the data module's test split, in float32 with BatchNorm in eval mode."""
+    correct = total = 0
+    with full_precision(method, device.type):
+        for x, y in datamodule.val_dataloader():
+            x, y = datamodule.normalize(x.to(device)), y.to(device)
+            correct += (method(x.float()).argmax(1) == y).sum().item()
+            total += len(y)
+    return correct / total
+
+
+def init_row(fig: LayerFigures, grad_floor: float) -> EpochRow:
+    """Row 0 (the initialisation) from the figures of the untrained method."""
+    return {"epoch": 0, "step": 0, **summarize(fig, fig.h_norm, grad_floor)}
+
+
+def audit_model(
+    method,
+    datamodule,
+    history: list[EpochRow] | None = None,
+    *,
+    init_h_norm: list[float] | None = None,
+    epoch: int | None = None,
+    step: int | None = None,
+    frozen_acc: float | None = None,
+    thresholds: Thresholds = Thresholds(),
+    settings: ProtocolSettings = ProtocolSettings(),
+    seed: int | None = None,
+) -> AuditRecord:
+    """Audits a method on its data as it is now: every diagnostic, the protocol, the verdict.
+
+    Args:
+        method: a trained ``CreditMethod`` (on the device it should be measured on).
+        datamodule: its data module (faeval's, or any with ``probe``, ``normalize`` and
+            ``val_dataloader``).
+        history: the run's earlier diagnostics rows (row 0 the initialisation), e.g.
+            ``RunLog(run_dir).rows()``: (a) judges the growth over all of them and (b) says
+            when the floor was first crossed. A row of the audited epoch is replaced.
+        init_h_norm: ‖h_l‖ at initialisation (default: row 0 of ``history``; without
+            either, growth is measured against the figures now, i.e. reads ×1).
+        epoch: the audited epoch (default: one after the last row of ``history``).
+        step: the audited global step.
+        frozen_acc: test accuracy of the matching FrozenBlocks run, for (d).
+        thresholds: the verdicts' thresholds.
+        settings: the heavier pieces' settings.
+        seed: the run's seed (default: the rows' seed).
+
+    Returns:
+        The record; ``write_audit`` writes it, ``audit_text`` prints it.
+    """
+    history = list(history or [])
+    if epoch is None:
+        epoch = history[-1]["epoch"] + 1 if history else 0
+    past = [r for r in history if r.get("epoch") != epoch]
+    device = next(method.parameters()).device
+    datamodule.setup("validate")
+    x, y = datamodule.probe(device)
+    start = time.perf_counter()
+    fig = measure_layers(method, x, y)
+    init = init_h_norm or (history[0]["h_norm"] if history else fig.h_norm)
+    row: EpochRow = {
+        "epoch": epoch,
+        "step": step,
+        "method": type(method).__name__,
+        "role": getattr(method, "role", METHOD),
+        "seed": seed if seed is not None else next((r.get("seed") for r in history), None),
+        "test/acc": test_accuracy(method, datamodule, device),
+        **summarize(fig, init, thresholds.grad_floor),
+    }
+    seconds = {"diagnostics": time.perf_counter() - start}
+    protocol: ProtocolRow = {"epoch": epoch, **measure_protocol(method, x, y, settings)}
+    seconds.update(protocol["seconds"])
+    verdict = judge_run([*past, row], protocol, row["method"], frozen_acc, thresholds, row["seed"])
+    return AuditRecord(verdict, row, protocol, seconds)
+
+
+def audit_checkpoint(
+    ckpt_path: str | Path,
+    method,
+    datamodule,
+    *,
+    frozen: str | Path | None = None,
+    train_frozen: bool = False,
+    thresholds: Thresholds = Thresholds(),
+    settings: ProtocolSettings = ProtocolSettings(),
+    weights_only: bool = True,
+) -> AuditRecord:
+    """Audits a saved run at one of its checkpoints.
+
+    ``method`` and ``datamodule`` are built from the run's configuration with the run's
+    seed, so before the weights are loaded ``method`` is the run's initialisation: it is
+    measured there when the run left no record of it.
+
+    Args:
+        ckpt_path: the checkpoint.
+        method: the method built from the run's config (untrained).
+        datamodule: the data built from the run's config.
+        frozen: the matching FrozenBlocks run (its folder, a checkpoint or its rows) for (d).
+        train_frozen: train that baseline (same config, seed and budget) when ``frozen`` is
+            not given; it is kept in the run's ``frozen_baseline/``.
+        thresholds: the verdicts' thresholds.
+        settings: the heavier pieces' settings.
+        weights_only: load without running pickled code; off only for a file you trust.
+
+    Raises:
+        FileNotFoundError: no checkpoint there, or no frozen rows where ``frozen`` points.
+        ValueError: the file is not a readable faeval checkpoint, or another method's.
+        RuntimeError: the checkpoint lacks its credit source (feedback, helper nets).
+    """
+    ckpt_file = Path(ckpt_path)
+    ckpt = load_checkpoint(ckpt_file, weights_only=weights_only)
+    run = RunLog(run_dir_of(ckpt_file))
+    step = ckpt.get("global_step", 0)
+    history = [r for r in run.rows() if r.get("step", 0) <= step]
+    init_h = ckpt.get("callbacks", {}).get("Diagnostics", {}).get("init_h_norm")
+    if init_h is None or not history:
+        device = next(method.parameters()).device
+        datamodule.setup("validate")
+        init = measure_layers(method, *datamodule.probe(device))
+        init_h = init_h or init.h_norm
+        history = history or [init_row(init, thresholds.grad_floor)]
+    load_method_state(method, ckpt, ckpt_file)
+    last = history[-1]
+    epoch = last["epoch"] if last.get("step") == step else ckpt.get("epoch", -1) + 1
+    frozen_acc = frozen_epoch = None
+    if getattr(method, "role", METHOD) != DEPTH_BASELINE:
+        if frozen is None and train_frozen:
+            frozen = fit_frozen_baseline(run.dir / "config.yaml", run.dir / FROZEN_DIR, epoch)
+        if frozen is not None:
+            frozen_acc, frozen_epoch = frozen_accuracy(frozen)
+    record = audit_model(
+        method,
+        datamodule,
+        history,
+        init_h_norm=init_h,
+        epoch=epoch,
+        step=step,
+        frozen_acc=frozen_acc,
+        thresholds=thresholds,
+        settings=settings,
+        seed=resolve_seed(None),
+    )
+    record.checkpoint, record.run_dir = str(ckpt_file), str(run.dir)
+    record.frozen = None if frozen is None else str(frozen)
+    record.frozen_epoch = frozen_epoch
+    return record
+
+
+def audit_text(record: AuditRecord) -> str:
+    """The console verdict of an audit, with its notes and cost."""
+    text = run_text(record.verdict)
+    epoch = record.verdict.epoch
+    if record.frozen_epoch is not None and record.frozen_epoch != epoch:
+        text += (
+            f"\n  note: the frozen run ran {record.frozen_epoch} epochs, this run {epoch}: (d) "
+            "compares different budgets"
+        )
+    sec = record.seconds
+    return text + (
+        f"\n  cost: diagnostics and accuracy {sec['diagnostics']:.2f} s, null band "
+        f"{sec['null']:.2f} s, ρ {sec['rho']:.2f} s, stability {sec['stability']:.2f} s"
+    )
+
+
+def audit_markdown(record: AuditRecord) -> str:
+    """The Markdown verdict of an audit."""
+    what = f"`{record.checkpoint}`" if record.checkpoint else record.verdict.method
+    return f"# faeval audit of {what}\n\n" + run_markdown(record.verdict)
+
+
+def write_audit(record: AuditRecord, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
+    """Writes ``<stem>.audit.json`` and ``<stem>.audit.md`` into ``out_dir``.
+
+    Returns:
+        The two paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_file, md_file = out / f"{stem}.audit.json", out / f"{stem}.audit.md"
+    json_file.write_text(json.dumps(record.as_dict(), indent=1))
+    md_file.write_text(audit_markdown(record))
+    return json_file, md_file
 
 
 def run_dir_of(ckpt_path: str | Path) -> Path:
@@ -54,13 +291,6 @@ def find_checkpoint(path: str | Path) -> Path:
     return (last or found)[-1]
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The JSON rows of a ``.jsonl`` file ([] when absent)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def frozen_accuracy(path: str | Path) -> tuple[float, int | None]:
     """Test accuracy and epoch of a FrozenBlocks run, from its last diagnostics row.
 
@@ -71,11 +301,10 @@ def frozen_accuracy(path: str | Path) -> tuple[float, int | None]:
         FileNotFoundError: no diagnostics rows with a test accuracy there.
     """
     path = Path(path)
-    rows_file = (
-        path
-        if path.suffix == ".jsonl"
-        else (path / ROWS_FILE if path.is_dir() else run_dir_of(path) / ROWS_FILE)
-    )
+    if path.suffix == ".jsonl":
+        rows_file = path
+    else:
+        rows_file = RunLog(path if path.is_dir() else run_dir_of(path)).rows_path
     rows = [r for r in read_rows(rows_file) if r.get("test/acc") is not None]
     if not rows:
         raise FileNotFoundError(
@@ -93,7 +322,8 @@ def fit_frozen_baseline(config: Path, out: Path, epochs: int) -> Path:
     Raises:
         RuntimeError: the training process failed.
     """
-    if frozen_done(out, epochs):
+    last = RunLog(out).last_row()
+    if last is not None and last.get("epoch") == epochs:
         return out
     cmd = [
         sys.executable,
@@ -103,7 +333,7 @@ def fit_frozen_baseline(config: Path, out: Path, epochs: int) -> Path:
         "--config",
         str(config),
         "--model",
-        FROZEN,
+        FROZEN_METHOD,
         "--trainer.max_epochs",
         str(epochs),
         "--trainer.logger",
@@ -126,176 +356,3 @@ def fit_frozen_baseline(config: Path, out: Path, epochs: int) -> Path:
             f"the FrozenBlocks baseline failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
         )
     return out
-
-
-def frozen_done(out: Path, epochs: int) -> bool:
-    rows = read_rows(out / ROWS_FILE)
-    return bool(rows) and rows[-1].get("epoch") == epochs
-
-
-@torch.no_grad()
-def test_accuracy(model, datamodule, device: torch.device) -> float:
-    """Accuracy over the data module's test split, in float32 with BatchNorm in eval mode."""
-    correct = total = 0
-    with full_precision(model, device.type):
-        for x, y in datamodule.val_dataloader():
-            x, y = datamodule.normalize(x.to(device)), y.to(device)
-            correct += (model(x.float()).argmax(1) == y).sum().item()
-            total += len(y)
-    return correct / total
-
-
-class FaevalTrainer(Trainer):
-    """Lightning's Trainer with faeval's ``audit`` subcommand."""
-
-    def audit(
-        self,
-        model,
-        datamodule=None,
-        ckpt_path: str | None = None,
-        weights_only: bool | None = None,
-        frozen: str | None = None,
-        train_frozen: bool = False,
-        growth_threshold: float = 50.0,
-        grad_floor: float = 1e-7,
-        stability_threshold: float = 0.1,
-        margin: float = 0.02,
-        null_sigmas: float = 2.0,
-        null_draws: int = 8,
-        directions: int = 32,
-        epsilon: float = 1e-3,
-        negative_draws: int = 8,
-        stability_batches: int = 8,
-        stability_batch_size: int = 128,
-        out_dir: str | None = None,
-    ) -> dict[str, Any]:
-        """Recompute every diagnostic of a saved run and print its verdict.
-
-        Usage: ``faeval audit RUN_DIR_OR_CKPT [options]`` (the run's config.yaml rebuilds the
-        model and data), or ``faeval audit --config RUN/config.yaml --ckpt_path CKPT``.
-        Writes ``<checkpoint>.audit.json`` and ``.audit.md`` next to the checkpoint.
-
-        Args:
-            model: the method, built from the run's config (LightningCLI passes it).
-            datamodule: the data, built from the run's config (LightningCLI passes it).
-            ckpt_path: the checkpoint to audit.
-            weights_only: load without running pickled code (default true); false only for a
-                file you trust.
-            frozen: the matching FrozenBlocks run (its directory or checkpoint) for (d).
-            train_frozen: train the FrozenBlocks baseline with this run's config, seed and
-                budget when no ``frozen`` run is given (kept under the run's
-                ``frozen_baseline/``).
-            growth_threshold: (a) fires above this growth factor.
-            grad_floor: (b) fires when ‖g_L‖ is below it.
-            stability_threshold: (c) reads FIRES below it (advisory).
-            margin: (d) fires when accuracy − frozen accuracy is below it (0.02 = 2 pp).
-            null_sigmas: Mode 2 fires unless the deep cosine clears null mean + this many std.
-            null_draws: K, fresh feedback draws of the null band.
-            directions: M, random directions per sample for ρ.
-            epsilon: ε, the step of ρ.
-            negative_draws: random credits of ρ's negative control.
-            stability_batches: probe batches of (c).
-            stability_batch_size: samples per batch of (c).
-            out_dir: where to write the verdict files (default: beside the checkpoint).
-
-        Returns:
-            The audit record written as JSON.
-
-        Raises:
-            ValueError: no checkpoint given, or it is not a readable faeval checkpoint.
-            RuntimeError: the checkpoint lacks its credit source (feedback, helper nets).
-        """
-        if ckpt_path is None:
-            raise ValueError(
-                "faeval audit needs a checkpoint: faeval audit RUN_DIR_OR_CKPT, or "
-                "--ckpt_path CKPT with the run's --config"
-            )
-        thresholds = Thresholds(
-            growth_threshold, grad_floor, stability_threshold, margin, null_sigmas
-        )
-        settings = ProtocolSettings(
-            null_draws=null_draws,
-            directions=directions,
-            epsilon=epsilon,
-            negative_draws=negative_draws,
-            stability_batches=stability_batches,
-            stability_batch_size=stability_batch_size,
-        )
-        ckpt_file = Path(ckpt_path)
-        ckpt = load_checkpoint(ckpt_file, weights_only=weights_only is not False)
-        run_dir = run_dir_of(ckpt_file)
-        device = self.strategy.root_device
-        model = model.to(device)
-        datamodule.setup("validate")
-        x, y = datamodule.probe(device)
-        start = time.perf_counter()
-
-        history = [
-            r
-            for r in read_rows(run_dir / ROWS_FILE)
-            if r.get("step", 0) <= ckpt.get("global_step", 0)
-        ]
-        init_h = ckpt.get("callbacks", {}).get("Diagnostics", {}).get("init_h_norm")
-        # Only when the run left no record of it: the config's seed rebuilds the initialisation.
-        init = measure(model, x, y) if init_h is None or not history else None
-        load_method_state(model, ckpt, ckpt_file)
-        fig = measure(model, x, y)
-        acc = test_accuracy(model, datamodule, device)
-        epoch = (
-            history[-1]["epoch"]
-            if history and history[-1].get("step") == ckpt.get("global_step")
-            else ckpt.get("epoch", -1) + 1
-        )
-        row = {
-            "epoch": epoch,
-            "step": ckpt.get("global_step"),
-            "test/acc": acc,
-            **summarize(fig, init_h or init.h_norm, grad_floor),
-        }
-        if not history:
-            history = [{"epoch": 0, **summarize(init, init.h_norm, grad_floor)}]
-        elif history[-1]["epoch"] == epoch:
-            history = history[:-1]
-        seconds_diag = time.perf_counter() - start
-        proto = {"epoch": epoch, **run_protocol(model, x, y, settings)}
-
-        frozen_acc = frozen_epoch = None
-        method = type(model).__name__
-        if method != FROZEN:
-            if frozen is None and train_frozen:
-                frozen = str(
-                    fit_frozen_baseline(run_dir / "config.yaml", run_dir / FROZEN_DIR, epoch)
-                )
-            if frozen is not None:
-                frozen_acc, frozen_epoch = frozen_accuracy(frozen)
-        seed = resolve_seed(None)
-        verdict = judge_run([*history, row], proto, method, frozen_acc, thresholds, seed)
-        text = run_text(verdict)
-        if frozen_epoch is not None and frozen_epoch != epoch:
-            text += (
-                f"\n  note: the frozen run ran {frozen_epoch} epochs, this run {epoch}: (d) "
-                "compares different budgets"
-            )
-        cost = proto["seconds"]
-        text += (
-            f"\n  cost: diagnostics and accuracy {seconds_diag:.2f} s, null band "
-            f"{cost['null']:.2f} s, ρ {cost['rho']:.2f} s, stability "
-            f"{cost['stability']:.2f} s"
-        )
-        record = {
-            "checkpoint": str(ckpt_file),
-            "run_dir": str(run_dir),
-            "diagnostics": row,
-            "protocol": proto,
-            "verdict": verdict.as_dict(),
-            "frozen": frozen,
-            "frozen_epoch": frozen_epoch,
-        }
-        out = Path(out_dir) if out_dir else ckpt_file.parent
-        out.mkdir(parents=True, exist_ok=True)
-        json_file = out / f"{ckpt_file.stem}.audit.json"
-        md_file = out / f"{ckpt_file.stem}.audit.md"
-        json_file.write_text(json.dumps(record, indent=1))
-        md_file.write_text(f"# faeval audit of `{ckpt_file}`\n\n" + run_markdown(verdict))
-        print(text + f"\n  written: {json_file}, {md_file}", flush=True)
-        return record

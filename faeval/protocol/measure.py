@@ -3,46 +3,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from faeval.diagnostics.functional import true_gradients
-from faeval.diagnostics.probe import full_precision
-from faeval.protocol.null import NULL_SEED, has_feedback, null_band
+from faeval.diagnostics.layers import full_precision
+from faeval.protocol.null import has_feedback, null_band
 from faeval.protocol.perturbation import perturbation_correlation
+from faeval.protocol.settings import ProtocolSettings
 from faeval.protocol.stability import direction_stability
+from faeval.runlog import ProtocolRow
 
 
-@dataclass(frozen=True)
-class ProtocolSettings:
-    """Settings of the heavier pieces (the defaults are DESIGN.md's).
-
-    Attributes:
-        null_draws: K, fresh feedback draws of the null band.
-        null_seed: seed of the first fresh draw.
-        directions: M, random directions per sample for ρ.
-        epsilon: ε, the step of ρ.
-        negative_draws: random credits of ρ's negative control.
-        stability_batches: probe batches of diagnostic (c).
-        stability_batch_size: samples per batch of diagnostic (c).
-        seed: seed of ρ's directions and random credits.
-    """
-
-    null_draws: int = 8
-    null_seed: int = NULL_SEED
-    directions: int = 32
-    epsilon: float = 1e-3
-    negative_draws: int = 8
-    stability_batches: int = 8
-    stability_batch_size: int = 128
-    seed: int = 0
-
-
-def run_protocol(
+def measure_protocol(
     method, x: torch.Tensor, y: torch.Tensor, settings: ProtocolSettings = ProtocolSettings()
-) -> dict[str, Any]:
+) -> ProtocolRow:
     """The null band, ρ with its controls and diagnostic (c), with the seconds each took.
 
     Runs in float32 with autocast off and BatchNorm in eval mode (ρ in float64), whatever the
@@ -56,11 +31,11 @@ def run_protocol(
         settings: the pieces' settings.
 
     Returns:
-        A JSON-ready dict: ``null`` (``NullBand`` fields or None), ``rho`` (``PerturbationFigures``
-        fields), ``stability`` (``StabilityFigures`` fields or None), their notes, and
-        ``seconds`` per piece.
+        The measured part of a ``ProtocolRow``: ``null`` (``NullBandFigures`` fields or
+        None), ``rho`` (``PerturbationFigures`` fields), ``stability`` (``StabilityFigures``
+        fields or None), their notes, and ``seconds`` per piece.
     """
-    row: dict[str, Any] = {"method": type(method).__name__, "seconds": {}}
+    row: ProtocolRow = {"method": type(method).__name__, "seconds": {}}
     backbone = method.backbone
     with full_precision(method, x.device.type):
         with torch.no_grad():

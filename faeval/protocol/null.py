@@ -12,7 +12,6 @@ verdict says so rather than inventing one.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,31 +19,31 @@ from torch import Tensor
 
 from faeval.backbones.base import Trace
 from faeval.diagnostics.functional import mean_cosine
-
-#: Seeds of the fresh draws start here, far from the small seeds runs are given.
-NULL_SEED = 1_000_003
+from faeval.protocol.settings import NULL_SEED
+from faeval.runlog import deep_mean, mean_std
 
 
 @dataclass
-class NullBand:
+class NullBandFigures:
     """Per-layer and deep-layer cosines of the training-time feedback and of fresh draws.
 
     Attributes:
         cos: cos(a_l, g_l) per layer with the training-time feedback.
         null_mean: per layer, mean over the fresh draws.
         null_std: per layer, std over the fresh draws.
-        deep: the training-time deep cosine, mean over layers 1..L.
-        deep_mean: mean over draws of each draw's deep cosine.
-        deep_std: std over draws of each draw's deep cosine.
+        deep: the training-time deep cosine, mean over layers 1..L (None if a layer is
+            unmeasurable).
+        deep_mean: mean over draws of each draw's deep cosine (None if a draw's is).
+        deep_std: std over draws of each draw's deep cosine (None if a draw's is).
         draws: K, the number of fresh draws.
     """
 
     cos: list[float]
     null_mean: list[float]
     null_std: list[float]
-    deep: float
-    deep_mean: float
-    deep_std: float
+    deep: float | None
+    deep_mean: float | None
+    deep_std: float | None
     draws: int
 
     def as_dict(self) -> dict:
@@ -56,13 +55,9 @@ def has_feedback(method) -> bool:
     return callable(getattr(method, "draw_feedback", None)) and hasattr(method, "feedback")
 
 
-def _deep(values: list[float]) -> float:
-    return sum(values[1:]) / (len(values) - 1) if len(values) > 1 else math.nan
-
-
 def null_band(
     method, trace: Trace, grads: list[Tensor], y: Tensor, draws: int = 8, seed: int = NULL_SEED
-) -> NullBand | None:
+) -> NullBandFigures | None:
     """The null band of ``method`` on a probe batch, or None when it has no feedback draw.
 
     The method's ``feedback`` is swapped for each fresh draw (``draw_feedback(seed + k)``)
@@ -103,13 +98,14 @@ def null_band(
     finally:
         method.feedback = trained
     table = torch.tensor(per_draw, dtype=torch.float64)  # (K, L+1)
-    deep = torch.tensor([_deep(row) for row in per_draw], dtype=torch.float64)  # (K,)
-    return NullBand(
+    deep = [deep_mean(row) for row in per_draw]  # (K,)
+    spread = mean_std(deep) if None not in deep else None
+    return NullBandFigures(
         cos=cos,
         null_mean=table.mean(0).tolist(),
         null_std=table.std(0).tolist(),
-        deep=_deep(cos),
-        deep_mean=deep.mean().item(),
-        deep_std=deep.std().item(),
+        deep=deep_mean(cos),
+        deep_mean=None if spread is None else spread[0],
+        deep_std=None if spread is None else spread[1],
         draws=draws,
     )

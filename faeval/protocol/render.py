@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from faeval.protocol.verdicts import DIAGNOSTICS, RunVerdict, SeedVerdict
+from faeval.runlog import fmt
 
 
 def figure(key: str, value: float | None) -> str:
@@ -20,18 +21,14 @@ def figure(key: str, value: float | None) -> str:
     return f"{value:+.3f}"
 
 
-def _num(v: float | None, fmt: str = "{:.4f}") -> str:
-    return "n/a" if v is None else fmt.format(v)
-
-
 def pair_line(rv: RunVerdict) -> str:
     """The standard pair, with layer 0 apart and the margin over FrozenBlocks."""
     p = rv.pair
     margin = "n/a" if p["margin"] is None else f"{100 * p['margin']:+.2f} pp"
     return (
-        f"standard pair: acc {_num(p['acc'])}, Γ {_num(p['gamma'], '{:+.3f}')}  "
-        f"(cos layer 0 {_num(p['cos_l0'], '{:+.3f}')}, deep {_num(p['cos_deep'], '{:+.3f}')})"
-        f"  frozen acc {_num(p['frozen_acc'])}, margin {margin}"
+        f"standard pair: acc {fmt(p['acc'], '.4f')}, Γ {fmt(p['gamma'], '+.3f')}  "
+        f"(cos layer 0 {fmt(p['cos_l0'], '+.3f')}, deep {fmt(p['cos_deep'], '+.3f')})"
+        f"  frozen acc {fmt(p['frozen_acc'], '.4f')}, margin {margin}"
     )
 
 

@@ -6,7 +6,8 @@ included) that decided it.
 
 Inputs are the rows the ``Diagnostics`` callback writes (``diagnostics.jsonl``: one per
 measured epoch, row 0 the initialisation) and the last row of the ``Protocol`` callback or
-of ``faeval audit`` (null band, ρ, stability).
+of ``faeval audit`` (null band, ρ, stability): ``faeval.runlog`` describes both. Pure Python
+(no torch), so a report judges a sweep without loading it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from faeval.protocol.settings import Thresholds
+from faeval.runlog import DEPTH_BASELINE, EpochRow, ProtocolRow, deep_mean, fmt, measured
 
 Status = Literal["PASS", "FIRES", "UNMEASURABLE", "N/A"]
 SeedStatus = Literal["PASS", "FIRES", "MIXED", "UNMEASURABLE", "N/A"]
@@ -26,34 +30,6 @@ DIAGNOSTICS = {
     "d": "(d) depth utilisation",
     "mode2": "Mode 2 credit direction",
 }
-
-FROZEN = "FrozenBlocks"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Every threshold of the protocol, printed with the verdicts.
-
-    Attributes:
-        growth_threshold: (a) fires when max_l ‖h_l‖ / ‖h_l‖ at init exceeds it.
-        grad_floor: (b) fires when ‖g_L‖ is below it (or non-finite).
-        stability_threshold: (c) reads FIRES when the mean pairwise cosine of batch-mean
-            credit directions is below it (advisory: not a clean pass/fail on its own).
-        margin: (d) fires when test accuracy − FrozenBlocks accuracy is below it (a
-            fraction: 0.02 is 2 percentage points).
-        null_sigmas: Mode 2 fires when the deep-layer cosine does not exceed the null mean
-            plus this many null standard deviations (for methods without a feedback draw:
-            deep ρ against its negative control, the same way).
-    """
-
-    growth_threshold: float = 50.0
-    grad_floor: float = 1e-7
-    stability_threshold: float = 0.1
-    margin: float = 0.02
-    null_sigmas: float = 2.0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 @dataclass
@@ -88,6 +64,7 @@ class RunVerdict:
     Attributes:
         method: the method's class name.
         seed: the run's seed (None when unknown).
+        role: ``method``, or ``depth_baseline`` for the FrozenBlocks baseline of (d).
         verdicts: by key, in ``DIAGNOSTICS`` order.
         pair: the standard pair and its neighbours: ``acc``, ``gamma`` (Γ, cosine averaged
             over all layers), ``cos_l0``, ``cos_deep``, ``frozen_acc``, ``margin``.
@@ -101,11 +78,13 @@ class RunVerdict:
     pair: dict[str, float | None]
     thresholds: Thresholds
     epoch: int | None = None
+    role: str = "method"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "seed": self.seed,
+            "role": self.role,
             "epoch": self.epoch,
             "verdicts": {k: {**asdict(v), "name": v.name} for k, v in self.verdicts.items()},
             "pair": self.pair,
@@ -137,29 +116,21 @@ class SeedVerdict:
         return DIAGNOSTICS[self.key]
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _g(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3g}"
-
-
 def judge_growth(rows: list[dict], threshold: float) -> Verdict:
     """(a): the largest growth factor max_l ‖h_l‖ / ‖h_l‖(init) over every logged epoch."""
     rule = f"fires when max growth > {threshold:g}"
     if not rows:
         return Verdict("a", "UNMEASURABLE", None, rule, "no diagnostics rows")
-    growth = [r["growth"] if _finite(r.get("growth")) else math.inf for r in rows]
+    growth = [r["growth"] if measured(r.get("growth")) else math.inf for r in rows]
     worst = max(range(len(rows)), key=lambda i: growth[i])
     figure = growth[worst]
     ratios = [v for r in rows for v in (r.get("h_ratio") or []) if v is not None]
-    ratio = max((v if _finite(v) else math.inf for v in ratios), default=None)
+    ratio = max((v if measured(v) else math.inf for v in ratios), default=None)
     last = rows[-1]
     detail = (
         f"max growth ×{figure:.3g} (epoch {rows[worst].get('epoch')}); ‖h_L‖ "
-        f"{_g(rows[0].get('h_L'))} at init -> {_g(last.get('h_L'))} at epoch "
-        f"{last.get('epoch')}; largest per-block ratio ‖h_l‖/‖h_l-1‖ ×{_g(ratio)}"
+        f"{fmt(rows[0].get('h_L'))} at init -> {fmt(last.get('h_L'))} at epoch "
+        f"{last.get('epoch')}; largest per-block ratio ‖h_l‖/‖h_l-1‖ ×{fmt(ratio)}"
     )
     status: Status = "FIRES" if figure > threshold else "PASS"
     return Verdict("a", status, figure, rule, detail)
@@ -172,19 +143,19 @@ def judge_floor(rows: list[dict], floor: float) -> Verdict:
         return Verdict("b", "UNMEASURABLE", None, rule, "no diagnostics rows")
 
     def hit(r: dict) -> bool:
-        return not (_finite(r.get("g_L")) and r["g_L"] >= floor)
+        return not (measured(r.get("g_L")) and r["g_L"] >= floor)
 
     last = rows[-1]
     first = next((r.get("epoch") for r in rows if hit(r)), None)
     detail = (
-        f"‖g_L‖ {_g(rows[0].get('g_L'))} at init -> {_g(last.get('g_L'))} at epoch "
+        f"‖g_L‖ {fmt(rows[0].get('g_L'))} at init -> {fmt(last.get('g_L'))} at epoch "
         f"{last.get('epoch')}"
     )
     if first is not None:
         detail += f"; first under the floor at epoch {first}"
     if hit(last):
         detail += "; cosines against g are UNMEASURABLE"
-    figure = last.get("g_L") if _finite(last.get("g_L")) else None
+    figure = last.get("g_L") if measured(last.get("g_L")) else None
     return Verdict("b", "FIRES" if hit(last) else "PASS", figure, rule, detail)
 
 
@@ -199,23 +170,23 @@ def judge_stability(protocol: dict | None, threshold: float) -> Verdict:
         return Verdict("c", "UNMEASURABLE", None, rule, note, advisory=True)
     value = stab["credit"]
     detail = (
-        f"layer {stab['layer']}: credit {_g(value)}, true gradient {_g(stab['gradient'])} "
+        f"layer {stab['layer']}: credit {fmt(value)}, true gradient {fmt(stab['gradient'])} "
         f"({stab['batches']} batches of {stab['batch_size']})"
     )
-    if not _finite(value):
+    if not measured(value):
         return Verdict("c", "UNMEASURABLE", None, rule, detail, advisory=True)
     status: Status = "FIRES" if value < threshold else "PASS"
     return Verdict("c", status, value, rule, detail, advisory=True)
 
 
-def judge_depth(method: str, acc: float | None, frozen_acc: float | None, margin: float) -> Verdict:
+def judge_depth(role: str, acc: float | None, frozen_acc: float | None, margin: float) -> Verdict:
     """(d): test accuracy minus the FrozenBlocks accuracy (same backbone, data, seed, budget)."""
     rule = f"fires when acc − frozen acc < {100 * margin:g} pp"
-    if method == FROZEN:
+    if role == DEPTH_BASELINE:
         return Verdict("d", "N/A", None, rule, "this is the FrozenBlocks baseline itself")
-    if not _finite(acc):
+    if not measured(acc):
         return Verdict("d", "UNMEASURABLE", None, rule, "no test accuracy logged")
-    if not _finite(frozen_acc):
+    if not measured(frozen_acc):
         return Verdict(
             "d",
             "UNMEASURABLE",
@@ -258,45 +229,41 @@ def judge_mode2(protocol: dict | None, floor: Verdict, sigmas: float) -> Verdict
     rho = protocol.get("rho") or {}
     rho_txt = ""
     if rho.get("rho"):
-        deep_rho = _mean(rho["rho"][1:])
         rho_txt = (
-            f"; ρ deep {_g(deep_rho)}, l0 {_g(rho['rho'][0])} (controls: a=g "
-            f"{_g(_mean(rho['positive'][1:]))}, random a "
-            f"{_g(_mean(rho['negative_mean'][1:]))})"
+            f"; ρ deep {fmt(deep_mean(rho['rho']))}, l0 {fmt(rho['rho'][0])} (controls: a=g "
+            f"{fmt(deep_mean(rho['positive']))}, random a "
+            f"{fmt(deep_mean(rho['negative_mean']))})"
         )
     if null is not None:
-        deep, band = null["deep"], null["deep_mean"] + sigmas * null["deep_std"]
+        deep = null["deep"]
         detail = (
-            f"deep cos {_g(deep)} vs null {null['deep_mean']:+.3f} ± "
-            f"{null['deep_std']:.3f} ({null['draws']} fresh draws); l0 cos "
-            f"{_g(null['cos'][0])}{rho_txt}"
+            f"deep cos {fmt(deep)} vs null {fmt(null['deep_mean'], '+.3f')} ± "
+            f"{fmt(null['deep_std'], '.3f')} ({null['draws']} fresh draws); l0 cos "
+            f"{fmt(null['cos'][0])}{rho_txt}"
         )
-        if not _finite(deep):
+        if not all(measured(v) for v in (deep, null["deep_mean"], null["deep_std"])):
             return Verdict("mode2", "UNMEASURABLE", None, rule, detail)
+        band = null["deep_mean"] + sigmas * null["deep_std"]
         return Verdict("mode2", "PASS" if deep > band else "FIRES", deep, rule, detail)
     rule = f"no feedback draw: fires when deep ρ <= random-credit ρ + {sigmas:g}·std"
     if not rho.get("rho") or len(rho["rho"]) < 2:
         return Verdict("mode2", "UNMEASURABLE", None, rule, "no ρ logged")
-    deep = _mean(rho["rho"][1:])
-    band = _mean(rho["negative_mean"][1:]) + sigmas * _mean(rho["negative_std"][1:])
+    deep = deep_mean(rho["rho"])
+    negative, spread = deep_mean(rho["negative_mean"]), deep_mean(rho["negative_std"])
     detail = (
         "null band not applicable ("
         + str(protocol.get("null_note", "no feedback draw"))
         + f"); judged on ρ{rho_txt}"
     )
-    if not _finite(deep):
+    if deep is None or negative is None or spread is None:
         return Verdict("mode2", "UNMEASURABLE", None, rule, detail)
+    band = negative + sigmas * spread
     return Verdict("mode2", "PASS" if deep > band else "FIRES", deep, rule, detail)
 
 
-def _mean(values: list[float | None]) -> float:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else math.nan
-
-
 def judge_run(
-    rows: list[dict],
-    protocol: dict | None,
+    rows: list[EpochRow],
+    protocol: ProtocolRow | None,
     method: str,
     frozen_acc: float | None = None,
     thresholds: Thresholds = Thresholds(),
@@ -305,7 +272,8 @@ def judge_run(
     """Every verdict of one run from its logged rows.
 
     Args:
-        rows: the ``diagnostics.jsonl`` rows, in epoch order (row 0 the initialisation).
+        rows: the ``diagnostics.jsonl`` rows, in epoch order (row 0 the initialisation);
+            their ``role`` says whether the run is the depth baseline itself.
         protocol: the last ``protocol.jsonl`` (or audit) row, or None.
         method: the method's class name.
         frozen_acc: test accuracy of the matching FrozenBlocks run.
@@ -315,11 +283,12 @@ def judge_run(
     floor = judge_floor(rows, thresholds.grad_floor)
     last = rows[-1] if rows else {}
     acc = last.get("test/acc")
+    role = last.get("role") or "method"
     verdicts = {
         "a": judge_growth(rows, thresholds.growth_threshold),
         "b": floor,
         "c": judge_stability(protocol, thresholds.stability_threshold),
-        "d": judge_depth(method, acc, frozen_acc, thresholds.margin),
+        "d": judge_depth(role, acc, frozen_acc, thresholds.margin),
         "mode2": judge_mode2(protocol, floor, thresholds.null_sigmas),
     }
     unmeasurable = floor.status == "FIRES"
@@ -329,12 +298,12 @@ def judge_run(
         "cos_l0": None if unmeasurable else last.get("cos_l0"),
         "cos_deep": None if unmeasurable else last.get("cos_deep"),
         "frozen_acc": frozen_acc,
-        "margin": acc - frozen_acc if _finite(acc) and _finite(frozen_acc) else None,
+        "margin": acc - frozen_acc if measured(acc) and measured(frozen_acc) else None,
     }
-    return RunVerdict(method, seed, verdicts, pair, thresholds, last.get("epoch"))
+    return RunVerdict(method, seed, verdicts, pair, thresholds, last.get("epoch"), role)
 
 
-def combine(key: str, verdicts: list[tuple[int | None, Verdict]]) -> SeedVerdict:
+def merge_seeds(key: str, verdicts: list[tuple[int | None, Verdict]]) -> SeedVerdict:
     """One diagnostic across seeds: the measurable seeds decide.
 
     PASS (FIRES) when every measurable seed passes (fires), MIXED when they disagree,
@@ -356,6 +325,6 @@ def combine(key: str, verdicts: list[tuple[int | None, Verdict]]) -> SeedVerdict
     return SeedVerdict(key, status, rule, seeds, advisory)
 
 
-def combine_runs(runs: list[RunVerdict]) -> dict[str, SeedVerdict]:
+def judge_seeds(runs: list[RunVerdict]) -> dict[str, SeedVerdict]:
     """Every diagnostic across the seeds of one method."""
-    return {key: combine(key, [(r.seed, r.verdicts[key]) for r in runs]) for key in DIAGNOSTICS}
+    return {key: merge_seeds(key, [(r.seed, r.verdicts[key]) for r in runs]) for key in DIAGNOSTICS}

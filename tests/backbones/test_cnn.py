@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from faeval.backbones import SmallCNN
-from faeval.diagnostics import measure
+from faeval.diagnostics import measure_layers
 from faeval.methods import DFA
 
 
@@ -55,8 +55,8 @@ def test_diagnostics_use_running_statistics_per_sample_and_leave_them_alone():
             method.backbone(torch.randn(16, 3, 16, 16) * 2 + 1)
     stats = {n: b.clone() for n, b in method.backbone.named_buffers()}
 
-    whole = measure(method, x, y)
-    halves = [measure(method, x[:8], y[:8]), measure(method, x[8:], y[8:])]
+    whole = measure_layers(method, x, y)
+    halves = [measure_layers(method, x[:8], y[:8]), measure_layers(method, x[8:], y[8:])]
 
     assert method.training  # the mode is restored
     for n, b in method.backbone.named_buffers():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from faeval.data import SyntheticLadder
-from faeval.data.synthetic import ladder_activation
+from faeval.ladder import ladder_activation
 
 
 def ladder(**kwargs) -> SyntheticLadder:

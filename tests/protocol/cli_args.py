@@ -26,8 +26,8 @@ def protocol_args(every: int = 1, verbose: bool = False) -> list[str]:
         str(verbose).lower(),
     ]
     for key, value in CHEAP.items():
-        args += [f"--trainer.callbacks.{key}", str(value)]
+        args += [f"--trainer.callbacks.settings.{key}", str(value)]
     return args
 
 
-AUDIT = [arg for key, value in CHEAP.items() for arg in (f"--{key}", str(value))]
+AUDIT = [arg for key, value in CHEAP.items() for arg in (f"--protocol.{key}", str(value))]

@@ -15,11 +15,11 @@ from faeval.diagnostics import true_gradients
 from faeval.methods import BP, DFA
 from faeval.protocol import (
     direction_stability,
+    measure_protocol,
     null_band,
     perturbation_correlation,
-    run_protocol,
 )
-from faeval.protocol.measure import ProtocolSettings
+from faeval.protocol.settings import ProtocolSettings
 
 SMALL = partial(ResMLP, d_hidden=32, num_blocks=2)
 
@@ -139,16 +139,16 @@ def test_direction_stability_matches_pairwise_cosines_of_batch_gradients(tiny_la
         direction_stability(method, h0, y, batch_size=128, num_batches=8)
 
 
-def test_run_protocol_reports_every_piece_and_notes_what_does_not_apply(tiny_ladder):
+def test_measure_protocol_reports_every_piece_and_notes_what_does_not_apply(tiny_ladder):
     x, y = tiny_ladder.probe()
     settings = ProtocolSettings(null_draws=2, directions=2, negative_draws=2)
-    row = run_protocol(
+    row = measure_protocol(
         BP(tiny_ladder.input_shape, tiny_ladder.num_classes, backbone=SMALL), x, y, settings
     )
     assert row["null"] is None and "not applicable" in row["null_note"]
     assert row["stability"] is None and "probe" in row["stability_note"]  # 128 < 8 × 128
     assert set(row["seconds"]) == {"null", "rho", "stability"}
-    row = run_protocol(
+    row = measure_protocol(
         DFA(tiny_ladder.input_shape, tiny_ladder.num_classes, backbone=SMALL), x, y, settings
     )
     assert row["null"]["draws"] == 2 and len(row["rho"]["rho"]) == 3

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from faeval.protocol import Thresholds, combine_runs, judge_run, run_markdown, run_text
+from faeval.protocol import Thresholds, judge_run, judge_seeds, run_markdown, run_text
+from faeval.runlog import DEPTH_BASELINE
 
 T = Thresholds()
 
@@ -106,7 +107,8 @@ def test_depth_fires_just_below_the_margin(delta, status):
 def test_depth_needs_the_frozen_accuracy_and_skips_the_baseline_itself():
     rows = [row(0), row(1)]
     assert judge(rows, frozen=None).verdicts["d"].status == "UNMEASURABLE"
-    assert judge(rows, method="FrozenBlocks").verdicts["d"].status == "N/A"
+    baseline = [{**r, "role": DEPTH_BASELINE} for r in rows]  # what FrozenBlocks writes
+    assert judge(baseline, method="FrozenBlocks").verdicts["d"].status == "N/A"
 
 
 @pytest.mark.parametrize("delta, status", [(1e-6, "PASS"), (-1e-6, "FIRES")])
@@ -142,12 +144,12 @@ def test_missing_protocol_row_is_unmeasurable():
 
 def test_disagreeing_seeds_are_mixed_and_agreeing_seeds_are_not():
     runs = [judge([row(0), row(1, growth=g)], seed=s) for s, g in ((0, 10.0), (1, 80.0))]
-    table = combine_runs(runs)
+    table = judge_seeds(runs)
     assert table["a"].status == "MIXED"
     assert [(s, st) for s, st, _ in table["a"].seeds] == [(0, "PASS"), (1, "FIRES")]
     assert table["b"].status == "PASS"
     runs = [judge([row(0), row(1, g_l=1e-9)], seed=s) for s in (0, 1)]
-    table = combine_runs(runs)
+    table = judge_seeds(runs)
     assert table["b"].status == "FIRES" and table["mode2"].status == "UNMEASURABLE"
 
 

@@ -33,7 +33,7 @@ SPEC = {
     "seeds": [0, 1],
     "methods": ["DFA"],  # FrozenBlocks joins automatically: 2 methods × 2 seeds
     "args": [*TINY_RUN, "--trainer.max_epochs", "1"],
-    "protocol": {"every_n_epochs": 1, **CHEAP},
+    "protocol": {"every_n_epochs": 1, "settings": CHEAP},
     "settings": {"tiny": {"model.backbone.w2_std": 0.01}},
 }
 

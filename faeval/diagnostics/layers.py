@@ -1,4 +1,4 @@
-"""One diagnostic pass: per-layer figures of a method on a probe batch."""
+"""One diagnostic pass: the per-layer figures of a method on the probe batch."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def full_precision(module: torch.nn.Module, device_type: str):
         module.train(was_training)
 
 
-def measure(method, x: Tensor, y: Tensor) -> LayerFigures:
+def measure_layers(method, x: Tensor, y: Tensor) -> LayerFigures:
     """‖h_l‖, ‖g_l‖ and cos(a_l, g_l) for every layer of ``method`` on the batch (x, y).
 
     Args:

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from faeval.backbones import ResMLP
-from faeval.callbacks.diagnostics import summarize
-from faeval.diagnostics import measure
+from faeval.diagnostics import measure_layers
 from faeval.methods import BP, DFA
+from faeval.runlog import summarize
 from tests.helpers import reference_states
 
 
@@ -25,7 +25,7 @@ def test_measure_matches_a_direct_computation():
     states, logits = reference_states(method.backbone, x)
     F.cross_entropy(logits, y).backward()
     e = torch.softmax(logits.detach(), 1) - F.one_hot(y, 4)
-    fig = measure(method, x, y)
+    fig = measure_layers(method, x, y)
     for l, h in enumerate(states):
         a = e @ method.feedback[l]
         g = h.grad
@@ -45,7 +45,7 @@ def test_diagnostics_run_in_float32_whatever_the_training_precision():
     method16.half()
     method32 = copy.deepcopy(method16).float()  # the same (fp16-representable) weights
     x, y = torch.randn(256, 12), torch.randint(0, 4, (256,))
-    fig16, fig32 = measure(method16, x, y), measure(method32, x, y)
+    fig16, fig32 = measure_layers(method16, x, y), measure_layers(method32, x, y)
     assert next(method16.parameters()).dtype == torch.float16  # cast back after the pass
     assert all(1e-10 < g < 1e-6 for g in fig16.g_norm)
     for g16, g32 in zip(fig16.g_norm, fig32.g_norm, strict=True):
@@ -54,7 +54,7 @@ def test_diagnostics_run_in_float32_whatever_the_training_precision():
 
 
 def test_a_floor_hit_makes_every_cosine_unmeasurable():
-    fig = measure(_dfa(), torch.randn(32, 12), torch.randint(0, 4, (32,)))
+    fig = measure_layers(_dfa(), torch.randn(32, 12), torch.randint(0, 4, (32,)))
     healthy = summarize(fig, fig.h_norm, grad_floor=1e-7)
     assert not healthy["floor_hit"] and all(c is not None for c in healthy["cos"])
     fig.g_norm[-1] = 5e-8
@@ -64,7 +64,7 @@ def test_a_floor_hit_makes_every_cosine_unmeasurable():
 
 
 def test_growth_is_the_largest_ratio_to_initialisation():
-    fig = measure(_dfa(), torch.randn(32, 12), torch.randint(0, 4, (32,)))
+    fig = measure_layers(_dfa(), torch.randn(32, 12), torch.randint(0, 4, (32,)))
     init = [v / 2 for v in fig.h_norm]
     init[2] = fig.h_norm[2] / 80
     row = summarize(fig, init, grad_floor=1e-7)
@@ -77,6 +77,6 @@ def test_overflowing_activations_are_reported_non_finite_and_the_floor_fires():
     method = _dfa()
     with torch.no_grad():
         method.backbone.embed[1].weight.fill_(3e38)
-    fig = measure(method, torch.randn(8, 12), torch.randint(0, 4, (8,)))
+    fig = measure_layers(method, torch.randn(8, 12), torch.randint(0, 4, (8,)))
     row = summarize(fig, [1.0] * len(fig.h_norm), grad_floor=1e-7)
     assert row["nonfinite"] and row["floor_hit"] and row["cos"] == [None] * len(fig.cos)

@@ -1,4 +1,6 @@
-"""Every method the CLI knows on every new backbone: one step, credits, diagnostics.
+"""The method contract: every method the CLI knows, on every backbone (and each of its
+topologies): one step runs, the loss is finite, parameters changed, feedback state did not,
+and every layer is measured; BP's credits are autograd's gradients on every backbone.
 
 Methods are collected from ``faeval.methods.__all__`` at test time, so a method added there
 is covered without editing this file.
@@ -15,13 +17,18 @@ import torch
 import torch.nn.functional as F
 
 import faeval.methods
-from faeval.backbones import SmallCNN, StudentNet, ViTMini
+from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.data import TensorBatches
-from faeval.diagnostics import measure
+from faeval.diagnostics import measure_layers
 from faeval.methods import BP, CreditMethod
 
 #: Tiny configurations of each backbone (and of each of its topologies), with input shapes.
 BACKBONES = {
+    "ResMLP": ((12,), partial(ResMLP, d_hidden=16, num_blocks=2, w2_std=0.3)),
+    "ResMLP-no-residual-no-ln": (
+        (12,),
+        partial(ResMLP, d_hidden=16, num_blocks=2, residual_add=False, terminal_ln=False),
+    ),
     "ViTMini-mean": (
         (3, 16, 16),
         partial(ViTMini, patch_size=4, d_model=16, num_blocks=2, num_heads=2, mlp_ratio=2),
@@ -107,7 +114,7 @@ def test_one_step_trains_keeps_feedback_and_measures_every_layer(quiet_trainer, 
         if n in feedback:
             assert torch.equal(b, feedback[n]), f"feedback buffer {n} changed"
 
-    figures = measure(method, x, y)
+    figures = measure_layers(method, x, y)
     layers = method.backbone.num_blocks + 1
     assert len(figures.h_norm) == len(figures.g_norm) == len(figures.cos) == layers
     assert all(math.isfinite(v) and v > 0 for v in figures.h_norm + figures.g_norm)

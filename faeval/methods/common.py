@@ -1,0 +1,91 @@
+"""Pieces several methods share: the output error, fixed random feedback, DFA's direct credit
+and the small helper nets that bridge and value methods train."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor, nn
+
+from faeval.backbones import LayeredBackbone, Trace
+
+
+def output_error(logits: Tensor, y: Tensor) -> Tensor:
+    """e = softmax(logits) − onehot(y) = ∂ℓ_i/∂logits_i for cross-entropy. (B, C)."""
+    e = torch.softmax(logits.detach().float(), dim=1)
+    e[torch.arange(len(y), device=y.device), y] -= 1
+    return e
+
+
+def state_sizes(backbone: LayeredBackbone) -> list[int]:
+    """|h_l| for l = 0..L: each state's per-sample size, flattened."""
+    return [math.prod(s) for s in backbone.state_shapes()]
+
+
+class FeedbackMatrices(nn.Module):
+    """Matrices B_0..B_{n-1}, entries N(0, 1/rows), drawn once from a seeded generator.
+
+    With 1/rows variance, v·B keeps the norm of v on average, whatever the shapes. They are
+    buffers: never trained, in every checkpoint.
+
+    Args:
+        shapes: (rows, cols) of each matrix; v (B, rows) @ B (rows, cols) -> (B, cols).
+        seed: seed of the draw.
+    """
+
+    def __init__(self, shapes: list[tuple[int, int]], seed: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.count = len(shapes)
+        for i, (rows, cols) in enumerate(shapes):
+            self.register_buffer(f"B{i}", torch.randn(rows, cols, generator=gen) / math.sqrt(rows))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> Tensor:
+        """B_i.
+
+        Raises:
+            RuntimeError: B_i is missing. A credit never falls back to the true gradient
+                (that would make every cosine read 1.0).
+        """
+        try:
+            return self._buffers[f"B{i}"]
+        except KeyError:
+            raise RuntimeError(
+                f"feedback matrix B{i} is missing (have {sorted(self._buffers)}); the credit "
+                "cannot be computed. Load a complete faeval checkpoint or rebuild the method."
+            ) from None
+
+
+def direct_feedback(backbone: LayeredBackbone, seed: int) -> FeedbackMatrices:
+    """DFA's draw: B_0..B_L, each C×|h_l|, from ``seed``."""
+    return FeedbackMatrices([(backbone.num_classes, d) for d in state_sizes(backbone)], seed)
+
+
+def direct_credits(feedback: FeedbackMatrices, trace: Trace, y: Tensor) -> list[Tensor]:
+    """DFA's credit a_l = e·B_l for l = 0..L, each shaped like h_l."""
+    e = output_error(trace.logits, y)
+    # (B, C) @ (C, |h_l|) -> (B, |h_l|): e·B_l plays ∂ℓ/∂h_l
+    return [(e @ feedback[l]).view_as(h) for l, h in enumerate(trace.states)]
+
+
+def mlp(d_in: int, d_out: int, width: int, depth: int) -> nn.Sequential:
+    """``depth`` linear layers d_in -> width -> … -> d_out with GELU between (depth 1: linear)."""
+    dims = [d_in] + [width] * (depth - 1) + [d_out]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
+        if i:
+            layers.append(nn.GELU())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+def helper_nets(dims: list[int], d_out: int, width: int, depth: int, seed: int) -> nn.ModuleList:
+    """One ``mlp`` per input size, initialised from ``seed`` (apart from the global stream)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.ModuleList(mlp(d, d_out, width, depth) for d in dims)

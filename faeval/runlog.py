@@ -1,0 +1,258 @@
+"""The run log: what a run folder holds, row by row, and the figures derived from its rows.
+
+One home for the schema of the two JSON-lines files every run writes, their names, writing
+and reading them, and the derived figures (growth, flags, the deep-layer mean) that the
+callbacks, ``faeval audit``, the verdicts, the sweep and the report all use. Pure Python: it
+imports neither torch nor Lightning, so a log is read and judged without either.
+
+Files of a run folder:
+    diagnostics.jsonl   one ``EpochRow`` per measured epoch (row 0 is the initialisation)
+    protocol.jsonl      one ``ProtocolRow`` per pass of the protocol's heavier pieces
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    from faeval.diagnostics.layers import LayerFigures
+
+ROWS_FILE = "diagnostics.jsonl"
+PROTOCOL_FILE = "protocol.jsonl"
+
+#: The role of the run that diagnostic (d) compares every method against (FrozenBlocks).
+DEPTH_BASELINE = "depth_baseline"
+#: The role of every other run.
+METHOD = "method"
+
+
+class EpochRow(TypedDict, total=False):
+    """One row of ``diagnostics.jsonl``: the per-layer figures of one epoch (l = 0..L).
+
+    Keys: ``epoch`` (epochs completed, 0 = initialisation), ``step``, ``method`` (class
+    name), ``role`` (``method`` or ``depth_baseline``), ``seed``; ``train/loss``,
+    ``test/acc``, ``test/loss`` (None at row 0); ``h_norm``, ``g_norm`` (mean per-sample
+    L2 norms), ``cos`` (cos(a_l, g_l), None where unmeasurable), ``h_ratio``
+    (‖h_l‖/‖h_{l-1}‖, l = 1..L), ``growth`` (max_l ‖h_l‖ / ‖h_l‖ at init), ``h_L``, ``g_L``,
+    ``floor_hit`` (diagnostic (b)), ``nonfinite``, ``cos_l0``, ``cos_deep`` (mean over
+    l = 1..L), ``gamma`` (Γ, mean over every layer), ``probe_loss``, ``probe_acc``,
+    ``grad_floor``, ``seconds`` (cost of the pass).
+    """
+
+    epoch: int
+    step: int
+    method: str
+    role: str
+    seed: int | None
+    h_norm: list[float]
+    g_norm: list[float]
+    cos: list[float | None]
+    h_ratio: list[float]
+    growth: float
+    h_L: float
+    g_L: float
+    floor_hit: bool
+    nonfinite: bool
+    cos_l0: float | None
+    cos_deep: float | None
+    gamma: float | None
+    probe_loss: float
+    probe_acc: float
+    grad_floor: float
+    seconds: float
+
+
+class ProtocolRow(TypedDict, total=False):
+    """One row of ``protocol.jsonl``: the heavier pieces of the protocol at one epoch.
+
+    Keys: ``epoch``, ``step``, ``method``; ``null`` (``NullBandFigures`` fields, or None
+    with the reason in ``null_note``), ``rho`` (``PerturbationFigures`` fields),
+    ``stability`` (``StabilityFigures`` fields, or None with ``stability_note``),
+    ``has_feedback``, ``seconds`` (per piece), ``epoch_seconds`` (the training epoch's cost).
+    """
+
+    epoch: int
+    step: int
+    method: str
+    null: dict[str, Any] | None
+    null_note: str
+    rho: dict[str, Any]
+    stability: dict[str, Any] | None
+    stability_note: str
+    has_feedback: bool
+    seconds: dict[str, float]
+    epoch_seconds: float
+
+
+def measured(value: Any) -> bool:
+    """Whether a logged figure is a number that can be trusted (not None, not NaN or inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fmt(value: float | None, spec: str = ".3g") -> str:
+    """A logged figure as text: ``n/a`` where it is unmeasured (None)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def mean_measured(values: Sequence[float | None]) -> float | None:
+    """The mean of ``values``, or None when there are none or any one is unmeasured.
+
+    The one rule for averaging figures over layers: an average that silently dropped an
+    unmeasurable layer would look valid while hiding it.
+    """
+    if not values or not all(measured(v) for v in values):
+        return None
+    return math.fsum(values) / len(values)
+
+
+def deep_mean(per_layer: Sequence[float | None]) -> float | None:
+    """The mean over the deep layers l = 1..L of a per-layer figure (``mean_measured`` rule)."""
+    return mean_measured(per_layer[1:])
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float] | None:
+    """Mean and sample std of the measured values (std 0 for one value); None for none."""
+    vals = [v for v in values if measured(v)]
+    if not vals:
+        return None
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def summarize(fig: LayerFigures, init_h_norm: Sequence[float], grad_floor: float) -> dict:
+    """The derived part of an epoch row from one diagnostic pass (pure function).
+
+    Cosines are replaced by None where they cannot be trusted: every layer while the
+    gradient floor (diagnostic (b): ‖g_L‖ < grad_floor or non-finite) fires, and any layer
+    whose own ‖g_l‖ is under the floor.
+    """
+    g_last = fig.g_norm[-1]
+    floor_hit = not (math.isfinite(g_last) and g_last >= grad_floor)
+    cos = [
+        None if floor_hit or not g >= grad_floor else c
+        for c, g in zip(fig.cos, fig.g_norm, strict=True)
+    ]
+    growth = [h / h0 for h, h0 in zip(fig.h_norm, init_h_norm, strict=True)]
+    return {
+        "h_norm": fig.h_norm,
+        "g_norm": fig.g_norm,
+        "cos": cos,
+        "h_ratio": [h / hp for hp, h in zip(fig.h_norm[:-1], fig.h_norm[1:], strict=True)],
+        "growth": max(growth, key=lambda v: v if math.isfinite(v) else math.inf),
+        "h_L": fig.h_norm[-1],
+        "g_L": g_last,
+        "floor_hit": floor_hit,
+        "nonfinite": not all(math.isfinite(v) for v in [*fig.h_norm, *fig.g_norm]),
+        "cos_l0": cos[0],
+        "cos_deep": deep_mean(cos),
+        "gamma": mean_measured(cos),
+        "probe_loss": fig.loss,
+        "probe_acc": fig.acc,
+    }
+
+
+def _scalar(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def epoch_scalars(row: EpochRow) -> dict[str, float]:
+    """The logger's view of an epoch row: ``diag/...`` scalars (unmeasured as NaN)."""
+    out = {}
+    for family in ("h_norm", "g_norm", "cos"):
+        for l, v in enumerate(row[family]):
+            out[f"diag/{family}/l{l}"] = _scalar(v)
+    for l, v in enumerate(row["h_ratio"], start=1):
+        out[f"diag/h_ratio/l{l}"] = v
+    for key in ("h_L", "g_L", "growth", "probe_acc", "probe_loss"):
+        out[f"diag/{key}"] = row[key]
+    out["diag/floor"] = float(row["floor_hit"])
+    return out
+
+
+def protocol_scalars(row: ProtocolRow) -> dict[str, float]:
+    """The logger's view of a protocol row: ``protocol/...`` scalars (unmeasured as NaN)."""
+    out: dict[str, float] = {}
+    null = row.get("null")
+    if null is not None:
+        out["protocol/cos_deep"] = _scalar(null["deep"])
+        out["protocol/null_deep_mean"] = _scalar(null["deep_mean"])
+        out["protocol/null_deep_std"] = _scalar(null["deep_std"])
+    rho = row["rho"]
+    for layer, v in enumerate(rho["rho"]):
+        out[f"protocol/rho/l{layer}"] = _scalar(v)
+    for name, key in (
+        ("rho_deep", "rho"),
+        ("rho_positive_deep", "positive"),
+        ("rho_negative_deep", "negative_mean"),
+    ):
+        out[f"protocol/{name}"] = _scalar(deep_mean(rho[key]))
+    if row.get("stability"):
+        out["protocol/stability"] = row["stability"]["credit"]
+        out["protocol/stability_gradient"] = row["stability"]["gradient"]
+    out["protocol/seconds"] = sum(row["seconds"].values())
+    return out
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Appends one JSON row to a ``.jsonl`` file in a single write (creating the folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON rows of a ``.jsonl`` file, in order ([] when absent)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class RunLog:
+    """The log files of one run folder.
+
+    Attributes:
+        dir: the run folder (``config.yaml``, the two row files, events, ``checkpoints/``).
+    """
+
+    dir: Path
+
+    @property
+    def rows_path(self) -> Path:
+        return Path(self.dir) / ROWS_FILE
+
+    @property
+    def protocol_path(self) -> Path:
+        return Path(self.dir) / PROTOCOL_FILE
+
+    def rows(self) -> list[EpochRow]:
+        """Every epoch row, in the order written."""
+        return read_rows(self.rows_path)
+
+    def protocol_rows(self) -> list[ProtocolRow]:
+        """Every protocol row, in the order written."""
+        return read_rows(self.protocol_path)
+
+    def last_row(self) -> EpochRow | None:
+        rows = self.rows()
+        return rows[-1] if rows else None
+
+    def last_protocol(self) -> ProtocolRow | None:
+        rows = self.protocol_rows()
+        return rows[-1] if rows else None
+
+    def append(self, row: EpochRow) -> None:
+        append_row(self.rows_path, row)
+
+    def append_protocol(self, row: ProtocolRow) -> None:
+        append_row(self.protocol_path, row)
+
+
+def is_depth_baseline(rows: Iterable[EpochRow]) -> bool:
+    """Whether the rows are those of the depth baseline (FrozenBlocks) of diagnostic (d)."""
+    return any(r.get("role") == DEPTH_BASELINE for r in rows)

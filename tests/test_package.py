@@ -1,0 +1,52 @@
+"""House rules of the package that a reader relies on: checked, not just hoped for."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import subprocess
+import sys
+
+import faeval
+
+
+def _modules():
+    for info in pkgutil.walk_packages(faeval.__path__, "faeval."):
+        if not info.name.endswith("__main__"):
+            yield importlib.import_module(info.name)
+
+
+def test_every_override_is_marked():
+    """``@override`` on every method that a base class (ours, Lightning's, torch's) defines."""
+    unmarked = []
+    for module in _modules():
+        for cls in vars(module).values():
+            if not inspect.isclass(cls) or cls.__module__ != module.__name__:
+                continue
+            for name, value in vars(cls).items():
+                func = getattr(value, "__func__", value)
+                if name.startswith("__") or not callable(func):
+                    continue
+                if any(hasattr(base, name) for base in cls.__mro__[1:]):
+                    if not getattr(func, "__override__", False):
+                        unmarked.append(f"{module.__name__}.{cls.__name__}.{name}")
+    assert not unmarked
+
+
+def test_the_verdicts_and_the_run_log_import_without_torch():
+    """A report judges a sweep from its logs alone; it must not pay for torch."""
+    code = (
+        "import sys, faeval.runlog, faeval.protocol.verdicts, faeval.protocol.render, "
+        "faeval.protocol.settings; from faeval.protocol import judge_run, Thresholds; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_protocol_package_exports_what_it_lists():
+    import faeval.protocol
+
+    for name in faeval.protocol.__all__:
+        assert getattr(faeval.protocol, name) is not None, name
