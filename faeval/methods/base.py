@@ -130,6 +130,12 @@ class CreditMethod(LightningModule, abc.ABC):
         """The method's own trained nets (bridges, value nets) and their learning rate."""
         return None
 
+    def feedback_pairs(self) -> list[tuple[str, Tensor, Tensor]]:
+        """(name, W, B) of each layer whose backward uses a feedback matrix B in place of its
+        weight W (the layer-wise feedback methods); the diagnostics log the angle between W
+        and B and ‖B‖/‖W‖ for each. None by default."""
+        return []
+
     def parameter_groups(self) -> list[dict]:
         """Optimizer parameter groups: the network's, then the helpers' at their own rate."""
         trainable = [p for p in self.parameters() if p.requires_grad]

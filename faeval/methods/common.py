@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -24,23 +25,35 @@ def state_sizes(backbone: LayeredBackbone) -> list[int]:
     return [math.prod(s) for s in backbone.state_shapes()]
 
 
+def normal_rows(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    """Entries N(0, 1/rows): v (B, rows) @ B (rows, cols) keeps the norm of v on average."""
+    return torch.randn(shape, generator=gen) / math.sqrt(shape[0])
+
+
 class FeedbackMatrices(nn.Module):
-    """Matrices B_0..B_{n-1}, entries N(0, 1/rows), drawn once from a seeded generator.
+    """Matrices B_0..B_{n-1}, drawn once from a seeded generator (entries N(0, 1/rows)).
 
     With 1/rows variance, v·B keeps the norm of v on average, whatever the shapes. They are
     buffers: never trained, in every checkpoint.
 
     Args:
-        shapes: (rows, cols) of each matrix; v (B, rows) @ B (rows, cols) -> (B, cols).
+        shapes: the shape of each matrix: (rows, cols) for v (B, rows) @ B (rows, cols) ->
+            (B, cols); any shape with another ``draw``.
         seed: seed of the draw.
+        draw: draws one matrix of a shape from the generator (default ``normal_rows``).
     """
 
-    def __init__(self, shapes: list[tuple[int, int]], seed: int) -> None:
+    def __init__(
+        self,
+        shapes: list[tuple[int, ...]],
+        seed: int,
+        draw: Callable[[tuple[int, ...], torch.Generator], Tensor] = normal_rows,
+    ) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.count = len(shapes)
-        for i, (rows, cols) in enumerate(shapes):
-            self.register_buffer(f"B{i}", torch.randn(rows, cols, generator=gen) / math.sqrt(rows))
+        for i, shape in enumerate(shapes):
+            self.register_buffer(f"B{i}", draw(tuple(shape), gen))
 
     def __len__(self) -> int:
         return self.count
