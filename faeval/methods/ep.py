@@ -127,9 +127,8 @@ class EP(CreditMethod):
                 errors = prediction_errors(backbone, anchor, states)
                 if k == self.steps:
                     break
-                energy = sum(e.pow(2).sum() for e in errors) / 2  # Σ_i E_i
-                loss = F.cross_entropy(backbone.readout(states[-1]), y, reduction="sum")  # Σ_i ℓ_i
-                grads = torch.autograd.grad(energy + beta * loss, states)
+                energy = layered_energy(backbone, errors, states[-1], y, beta)  # Σ_i E_i
+                grads = torch.autograd.grad(energy, states)
                 norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()
                 if not math.isfinite(norm):
                     raise FloatingPointError(
@@ -171,6 +170,22 @@ def running_statistics_frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for m in norms:
             m.track_running_stats = True
+
+
+def layered_energy(
+    backbone: LayeredBackbone, errors: list[Tensor], top: Tensor, y: Tensor, beta: float
+) -> Tensor:
+    """Σ_i E_i(h; β) = Σ_i [½·Σ_l ‖ε_l‖² + β·ℓ_i(h_L)], the energy summed over the batch.
+
+    Args:
+        backbone: the network (its readout gives ℓ from h_L).
+        errors: the prediction errors ε_0..ε_L at the states (``prediction_errors``).
+        top: the state h_L.
+        y: labels.
+        beta: β, the weight of the output loss.
+    """
+    loss = F.cross_entropy(backbone.readout(top), y, reduction="sum")  # Σ_i ℓ_i
+    return sum(e.pow(2).sum() for e in errors) / 2 + beta * loss
 
 
 def prediction_errors(
