@@ -1,0 +1,43 @@
+"""DRTP: direct random target projection."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+from typing_extensions import override
+
+from faeval.backbones import Trace
+from faeval.methods.common import FeedbackMatrices, direct_feedback
+from faeval.methods.feedback import FeedbackMethod
+
+
+class DRTP(FeedbackMethod):
+    """Direct random target projection (Frenkel, Lefebvre & Bol 2021): a_l = −onehot(y)·B_l.
+
+    The target stands in for the output error: B_l is a fixed random C×|h_l| matrix per
+    layer (l = 0..L), drawn as DFA's, and no error from the output reaches a hidden layer
+    (the readout still gets its exact cross-entropy gradient), so the credit needs neither
+    a backward pass nor the output itself.
+
+    Sign convention. The DRTP code (ChFrenkel/DirectRandomTargetProjection, function.py)
+    uses +onehot(y)·B for DRTP and (ŷ − onehot(y))·B for DFA, both as the gradient estimate
+    that the optimizer descends. faeval writes −onehot(y)·B_l. With B_l drawn from a
+    distribution symmetric about 0 (N(0, 1/C) entries), B_l and −B_l are equally likely, so
+    the two signs are the same method in law: faeval's credit with B is the code's with −B.
+    The minus keeps DFA's sign on the target class for the same B: DFA's credit is
+    e·B_l = p·B_l − onehot(y)·B_l (p the softmax), whose target row enters with weight
+    p_y − 1 < 0, and DRTP's is that credit without the prediction's part p·B_l, the target
+    row with weight −1; the code's sign would make it +1.
+    See ``FeedbackMethod`` for the arguments.
+    """
+
+    @override
+    def draw_feedback(self, seed: int) -> FeedbackMatrices:
+        """B_0..B_L, each C×|h_l| (DFA's draw)."""
+        return direct_feedback(self.backbone, seed)
+
+    @override
+    def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
+        target = F.one_hot(y, self.backbone.num_classes).to(self.feedback[0].dtype)  # (B, C)
+        # (B, C) @ (C, |h_l|) -> (B, |h_l|): −onehot(y)·B_l plays ∂ℓ/∂h_l
+        return [(-target @ self.feedback[l]).view_as(h) for l, h in enumerate(trace.states)]
