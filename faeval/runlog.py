@@ -43,6 +43,16 @@ class EpochRow(TypedDict, total=False):
     ``floor_hit`` (diagnostic (b)), ``nonfinite``, ``cos_l0``, ``cos_deep`` (mean over
     l = 1..L), ``gamma`` (Γ, mean over every layer), ``probe_loss``, ``probe_acc``,
     ``grad_floor``, ``seconds`` (cost of the pass).
+
+    How far the credit is from backprop's (the verdicts' "backprop in disguise" note):
+    ``credit_error`` (per layer, ‖a_l − c_l·∂ℓ_i/∂h_l‖ / ‖c_l·∂ℓ_i/∂h_l‖ over the probe in
+    float64, None where unmeasurable like ``cos``) and ``credit_scale`` (c_l, the best single
+    factor: 1 when a_l is backprop's gradient itself).
+
+    Layer-wise feedback methods only (BioTorch's two metrics, per layer whose backward uses
+    a feedback matrix B in place of its weight W): ``feedback_layers`` (the layers' module
+    names in the backbone), ``feedback_angle`` (the angle between W and B flattened, in
+    degrees) and ``feedback_norm_ratio`` (‖B‖ / ‖W‖).
     """
 
     epoch: int
@@ -66,6 +76,11 @@ class EpochRow(TypedDict, total=False):
     probe_acc: float
     grad_floor: float
     seconds: float
+    credit_error: list[float | None]
+    credit_scale: list[float]
+    feedback_layers: list[str]
+    feedback_angle: list[float]
+    feedback_norm_ratio: list[float]
 
 
 class ProtocolRow(TypedDict, total=False):
@@ -138,6 +153,13 @@ def summarize(fig: LayerFigures, init_h_norm: Sequence[float], grad_floor: float
         for c, g in zip(fig.cos, fig.g_norm, strict=True)
     ]
     growth = [h / h0 for h, h0 in zip(fig.h_norm, init_h_norm, strict=True)]
+    feedback = {}
+    if fig.feedback_layers:
+        feedback = {
+            "feedback_layers": fig.feedback_layers,
+            "feedback_angle": fig.feedback_angle,
+            "feedback_norm_ratio": fig.feedback_norm_ratio,
+        }
     return {
         "h_norm": fig.h_norm,
         "g_norm": fig.g_norm,
@@ -153,6 +175,11 @@ def summarize(fig: LayerFigures, init_h_norm: Sequence[float], grad_floor: float
         "gamma": mean_measured(cos),
         "probe_loss": fig.loss,
         "probe_acc": fig.acc,
+        "credit_error": [
+            None if c is None else e for e, c in zip(fig.credit_error, cos, strict=True)
+        ],
+        "credit_scale": fig.credit_scale,
+        **feedback,
     }
 
 
@@ -171,6 +198,11 @@ def epoch_scalars(row: EpochRow) -> dict[str, float]:
     for key in ("h_L", "g_L", "growth", "probe_acc", "probe_loss"):
         out[f"diag/{key}"] = row[key]
     out["diag/floor"] = float(row["floor_hit"])
+    for l, v in enumerate(row.get("credit_error", [])):
+        out[f"diag/credit_error/l{l}"] = _scalar(v)
+    for family in ("feedback_angle", "feedback_norm_ratio"):
+        for name, v in zip(row.get("feedback_layers", []), row.get(family, []), strict=True):
+            out[f"diag/{family}/{name}"] = v
     return out
 
 

@@ -29,6 +29,11 @@ LAYOUT = {
         "‖g_l‖": ["Multiline", [r"diag/g_norm/l\d+"]],
         "cos(a_l, g_l)": ["Multiline", [r"diag/cos/l\d+"]],
         "‖h_l‖ / ‖h_{l-1}‖": ["Multiline", [r"diag/h_ratio/l\d+"]],
+        "credit vs backprop: ‖a_l − c·g_l‖ / ‖c·g_l‖": ["Multiline", [r"diag/credit_error/l\d+"]],
+    },
+    "faeval: feedback weights (layer-wise methods)": {
+        "angle(W, B) per layer, degrees": ["Multiline", [r"diag/feedback_angle/"]],
+        "‖B‖ / ‖W‖ per layer": ["Multiline", [r"diag/feedback_norm_ratio/"]],
     },
 }
 
@@ -41,7 +46,10 @@ class Diagnostics(Callback):
     """Measures ‖h_l‖, ‖g_l‖ and cos(a_l, g_l) on the fixed probe batch every epoch.
 
     The figures go to the logger as ``diag/h_norm/l{l}``, ``diag/g_norm/l{l}``,
-    ``diag/cos/l{l}`` and ``diag/h_ratio/l{l}``, with ``diag/h_L``, ``diag/g_L``,
+    ``diag/cos/l{l}``, ``diag/h_ratio/l{l}`` and ``diag/credit_error/l{l}`` (the credit's
+    distance from backprop's gradient), for layer-wise feedback methods
+    ``diag/feedback_angle/<layer>`` and ``diag/feedback_norm_ratio/<layer>`` (BioTorch's angle
+    between W and B and ‖B‖/‖W‖), with ``diag/h_L``, ``diag/g_L``,
     ``diag/growth`` (largest ‖h_l‖ now / at initialisation), ``diag/floor`` (1 while
     diagnostic (b) fires), and, one JSON row per epoch, to ``diagnostics.jsonl`` in the run
     directory (row 0 is the initialisation). Cosines are logged as NaN and written as null

@@ -41,6 +41,40 @@ def mean_cosine(a: Tensor, g: Tensor) -> float:
     return sample_cosines(a, g).mean().item()
 
 
+def scaled_error(a: Tensor, g: Tensor) -> tuple[float, float]:
+    """How far a credit is from a gradient up to one factor: (‖a − c·g‖ / ‖c·g‖, c).
+
+    c = ⟨a, g⟩ / ‖g‖² is the best factor, one for the whole batch; both figures over the
+    whole flattened batch, in float64, unclamped (NaN where g is zero). An error at
+    rounding level with c > 0 says that a is g (c = 1) or g with its own learning rate.
+
+    Args:
+        a: credits (B, ...).
+        g: the gradients they are compared with, same shape and scale (B, ...).
+    """
+    a64, g64 = a.detach().flatten().double(), g.detach().flatten().double()
+    scale = (a64 @ g64) / (g64 @ g64)
+    error = torch.linalg.vector_norm(a64 - scale * g64) / torch.linalg.vector_norm(scale * g64)
+    return error.item(), scale.item()
+
+
+def matrix_angle(w: Tensor, b: Tensor) -> float:
+    """The angle between W and B, each flattened, in degrees (BioTorch's alignment).
+
+    In float64 with no epsilon (NaN where a norm is 0); the cosine is clipped to [−1, 1]
+    only against rounding, as BioTorch does, before the arccos.
+    """
+    w64, b64 = w.detach().flatten().double(), b.detach().flatten().double()
+    cos = (w64 @ b64) / (torch.linalg.vector_norm(w64) * torch.linalg.vector_norm(b64))
+    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0))).item()
+
+
+def norm_ratio(w: Tensor, b: Tensor) -> float:
+    """‖B‖ / ‖W‖ over all entries (BioTorch's weight ratio), in float64."""
+    w64, b64 = w.detach().double(), b.detach().double()
+    return (torch.linalg.vector_norm(b64) / torch.linalg.vector_norm(w64)).item()
+
+
 def true_gradients(backbone: LayeredBackbone, h0: Tensor, y: Tensor) -> tuple[Trace, list[Tensor]]:
     """g_l = ∂ℓ̄/∂h_l for l = 0..L, with ℓ̄ the batch's mean cross-entropy.
 

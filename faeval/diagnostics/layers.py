@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from faeval.diagnostics.functional import mean_cosine, mean_norm, true_gradients
+from faeval.diagnostics.functional import (
+    matrix_angle,
+    mean_cosine,
+    mean_norm,
+    norm_ratio,
+    scaled_error,
+    true_gradients,
+)
 
 
 @dataclass
@@ -23,6 +30,14 @@ class LayerFigures:
         cos: mean per-sample cos(a_l, g_l), unclamped (NaN where a norm is 0).
         loss: the probe batch's mean cross-entropy.
         acc: the probe batch's accuracy.
+        credit_error: ‖a_l − c_l·∂ℓ_i/∂h_l‖ / ‖c_l·∂ℓ_i/∂h_l‖ over the probe, with c_l the
+            best single factor (``scaled_error``): at rounding level, a_l is backprop's
+            gradient (times c_l).
+        credit_scale: c_l (1 when a_l is backprop's gradient itself).
+        feedback_layers: names of the layers whose backward uses a feedback matrix B in
+            place of W (``CreditMethod.feedback_pairs``; empty for other methods).
+        feedback_angle: per such layer, the angle between W and B in degrees.
+        feedback_norm_ratio: per such layer, ‖B‖ / ‖W‖.
     """
 
     h_norm: list[float]
@@ -30,6 +45,11 @@ class LayerFigures:
     cos: list[float]
     loss: float
     acc: float
+    credit_error: list[float] = field(default_factory=list)
+    credit_scale: list[float] = field(default_factory=list)
+    feedback_layers: list[str] = field(default_factory=list)
+    feedback_angle: list[float] = field(default_factory=list)
+    feedback_norm_ratio: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +79,8 @@ def full_precision(module: torch.nn.Module, device_type: str):
 
 
 def measure_layers(method, x: Tensor, y: Tensor) -> LayerFigures:
-    """‖h_l‖, ‖g_l‖ and cos(a_l, g_l) for every layer of ``method`` on the batch (x, y).
+    """‖h_l‖, ‖g_l‖, cos(a_l, g_l) and a_l's distance from backprop for every layer of
+    ``method`` on the batch (x, y), and the W–B figures of its feedback layers, if any.
 
     Args:
         method: a ``CreditMethod`` (its backbone and its ``credits``).
@@ -75,10 +96,18 @@ def measure_layers(method, x: Tensor, y: Tensor) -> LayerFigures:
         credits = method.credits(trace, y)
         loss = F.cross_entropy(trace.logits, y).item()
         acc = (trace.logits.argmax(1) == y).float().mean().item()
+        # g_l carries the mean's 1/N: N·g_l holds each sample's ∂ℓ_i/∂h_l, the credits' scale.
+        match = [scaled_error(a, g * len(y)) for a, g in zip(credits, grads, strict=True)]
+        pairs = method.feedback_pairs()
     return LayerFigures(
         h_norm=[mean_norm(h) for h in trace.states],
         g_norm=[mean_norm(g) for g in grads],
         cos=[mean_cosine(a, g) for a, g in zip(credits, grads, strict=True)],
         loss=loss if math.isfinite(loss) else float("nan"),
         acc=acc,
+        credit_error=[e for e, _ in match],
+        credit_scale=[c for _, c in match],
+        feedback_layers=[name for name, _, _ in pairs],
+        feedback_angle=[matrix_angle(w, b) for _, w, b in pairs],
+        feedback_norm_ratio=[norm_ratio(w, b) for _, w, b in pairs],
     )

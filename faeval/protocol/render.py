@@ -18,6 +18,8 @@ def figure(key: str, value: float | None) -> str:
         return f"{value:.2e}"
     if key == "d":
         return f"{100 * value:+.2f} pp"
+    if key == "bp":
+        return f"{value:.1e}"
     return f"{value:+.3f}"
 
 

@@ -28,6 +28,11 @@ class Thresholds:
         null_sigmas: Mode 2 fires when the deep-layer cosine does not exceed the null mean
             plus this many null standard deviations (for methods without a feedback draw:
             deep ρ against its negative control, the same way).
+        backprop_tol: the note "backprop in disguise" appears when every layer's credit is
+            within this relative distance of backprop's per-sample gradient, up to one
+            positive factor per layer (float32 rounding leaves up to ~3e-7 where the credit
+            is computed another way, as PC's with fixed predictions; EP's credit at β = 0.1,
+            backprop's up to an O(β) bias, is ~1e-1 away).
     """
 
     growth_threshold: float = 50.0
@@ -35,6 +40,7 @@ class Thresholds:
     stability_threshold: float = 0.1
     margin: float = 0.02
     null_sigmas: float = 2.0
+    backprop_tol: float = 1e-4
 
     def __post_init__(self) -> None:
         if not (self.growth_threshold > 0 and self.grad_floor > 0 and self.null_sigmas >= 0):
@@ -42,6 +48,9 @@ class Thresholds:
                 "thresholds need growth_threshold > 0, grad_floor > 0 and null_sigmas >= 0, got "
                 f"{self.growth_threshold}, {self.grad_floor}, {self.null_sigmas}"
             )
+
+        if not self.backprop_tol > 0:
+            raise ValueError(f"thresholds need backprop_tol > 0, got {self.backprop_tol}")
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -29,6 +29,7 @@ DIAGNOSTICS = {
     "c": "(c) direction stability",
     "d": "(d) depth utilisation",
     "mode2": "Mode 2 credit direction",
+    "bp": "backprop in disguise",
 }
 
 
@@ -37,7 +38,7 @@ class Verdict:
     """One diagnostic's verdict on one run.
 
     Attributes:
-        key: ``a``, ``b``, ``c``, ``d`` or ``mode2``.
+        key: ``a``, ``b``, ``c``, ``d``, ``mode2`` or ``bp``.
         status: PASS, FIRES, UNMEASURABLE or N/A.
         figure: the number that decided it (None when there is none).
         rule: the rule with its threshold, e.g. ``fires when growth > 50``.
@@ -261,6 +262,41 @@ def judge_mode2(protocol: dict | None, floor: Verdict, sigmas: float) -> Verdict
     return Verdict("mode2", "PASS" if deep > band else "FIRES", deep, rule, detail)
 
 
+def judge_backprop(rows: list[dict], floor: Verdict, tol: float) -> Verdict:
+    """The note "the credit is backprop's": at the last logged epoch, every layer's credit is
+    backprop's per-sample gradient to numerical precision, up to one positive factor per
+    layer (a learning rate of its own).
+
+    Advisory: it FIRES when the note applies (expected of BP and FrozenBlocks, a finding for
+    any other method: it is backprop in disguise) and PASSes otherwise. The figure is the
+    largest relative distance max_l ‖a_l − c_l·∂ℓ_i/∂h_l‖ / ‖c_l·∂ℓ_i/∂h_l‖ over the probe.
+    """
+    rule = f"fires when every layer's credit is within {tol:g} of c_l·g_l, c_l > 0 (note)"
+    if floor.status == "FIRES":
+        return Verdict(
+            "bp", "UNMEASURABLE", None, rule, "(b) fires: g is numerically meaningless",
+            advisory=True,
+        )  # fmt: skip
+    last = rows[-1] if rows else {}
+    errors, scales = last.get("credit_error"), last.get("credit_scale")
+    if not errors or not scales or not all(measured(e) for e in errors):
+        return Verdict(
+            "bp", "UNMEASURABLE", None, rule, "no credit error logged at every layer",
+            advisory=True,
+        )  # fmt: skip
+    worst = max(range(len(errors)), key=lambda l: errors[l])
+    figure = errors[worst]
+    same = figure <= tol and all(measured(c) and c > 0 for c in scales)
+    factors = f"factor c_l {min(scales):.3g}…{max(scales):.3g}"
+    if not same:
+        detail = f"largest distance from backprop {figure:.2e} at layer {worst}; {factors}"
+        return Verdict("bp", "PASS", figure, rule, detail, advisory=True)
+    detail = f"the credit is backprop's: distance ≤ {figure:.1e} at every layer"
+    if any(abs(c - 1) > tol for c in scales):
+        detail += f", with its own {factors} per layer"
+    return Verdict("bp", "FIRES", figure, rule, detail, advisory=True)
+
+
 def judge_run(
     rows: list[EpochRow],
     protocol: ProtocolRow | None,
@@ -290,6 +326,7 @@ def judge_run(
         "c": judge_stability(protocol, thresholds.stability_threshold),
         "d": judge_depth(role, acc, frozen_acc, thresholds.margin),
         "mode2": judge_mode2(protocol, floor, thresholds.null_sigmas),
+        "bp": judge_backprop(rows, floor, thresholds.backprop_tol),
     }
     unmeasurable = floor.status == "FIRES"
     pair = {
