@@ -9,6 +9,8 @@ from lightning.pytorch import Callback, Trainer
 from torch import Tensor, nn
 
 from faeval.backbones import LayeredBackbone
+from faeval.data import TensorBatches
+from faeval.methods.layerwise import FeedbackGrad
 
 #: Command-line flags for a quiet run: no progress bar, summary or per-epoch table.
 QUIET = [
@@ -105,3 +107,24 @@ def quiet_trainer(tmp_path, **kwargs) -> Trainer:
 def sgd(lr: float = 0.0):
     """An optimizer factory for methods (``optimizer=`` argument); picklable for hparams."""
     return functools.partial(torch.optim.SGD, lr=lr)
+
+
+def feedback_used(monkeypatch, tmp_path, method, x: Tensor, y: Tensor, steps: int) -> list:
+    """Trains ``steps`` steps on (x, y) and records every layer-wise feedback call of each.
+
+    Returns:
+        Per step, the list of ``(layer, W, B)`` the layers' backward was given (copies).
+    """
+    calls, apply = [], FeedbackGrad.apply
+
+    def spy(x, weight, bias, feedback, layer):
+        calls.append((layer, weight.detach().clone(), feedback.detach().clone()))
+        return apply(x, weight, bias, feedback, layer)
+
+    monkeypatch.setattr(FeedbackGrad, "apply", spy)
+    loader = TensorBatches(x, y, batch_size=len(x))
+    quiet_trainer(tmp_path, max_steps=steps).fit(
+        method, train_dataloaders=loader, val_dataloaders=loader
+    )
+    per_step = len(calls) // steps
+    return [calls[k * per_step : (k + 1) * per_step] for k in range(steps)]

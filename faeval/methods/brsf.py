@@ -9,8 +9,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.methods.frsf import xavier_magnitudes
-from faeval.methods.layerwise import LayerFeedbackMethod
-from faeval.seeding import resolve_seed
+from faeval.methods.layerwise import STEP_DRAWS, LayerFeedbackMethod
+from faeval.seeding import mixed_seed, resolve_seed
 
 
 class BRSF(LayerFeedbackMethod):
@@ -19,7 +19,7 @@ class BRSF(LayerFeedbackMethod):
 
     Every linear and convolutional layer sends the error down as δx = δy·B_k
     (``LayerFeedbackMethod``). M_k is Xavier uniform, as BioTorch draws it, and the draw in
-    force at global step t comes from its own generator seeded by (``feedback_seed``, t): a
+    force at global step t comes from its own generator seeded from (``feedback_seed``, t): a
     step's feedback is fixed by the seed and the step alone, so a resumed run draws what an
     uninterrupted one would have. Its state is the seed (in every checkpoint, as the
     module's extra state). There is no null band: the training-time magnitudes are a fresh
@@ -36,9 +36,7 @@ class BRSF(LayerFeedbackMethod):
 
     def magnitudes(self, step: int) -> list[Tensor]:
         """|M_k| for every layer, the draw in force at global step ``step``."""
-        gen = torch.Generator().manual_seed(
-            self.feedback_seed * 2**32 + step
-        )  # one stream per (seed, t)
+        gen = torch.Generator().manual_seed(mixed_seed(self.feedback_seed, STEP_DRAWS, step))
         return [xavier_magnitudes(shape, gen) for shape in self.weight_shapes()]
 
     @override

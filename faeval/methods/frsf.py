@@ -7,8 +7,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.methods.common import FeedbackMatrices
-from faeval.methods.layerwise import LayerFeedbackMethod, xavier_uniform
-from faeval.seeding import resolve_seed
+from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_uniform
+from faeval.seeding import mixed_seed, resolve_seed
 
 
 def xavier_magnitudes(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
@@ -34,7 +34,9 @@ class FRSF(LayerFeedbackMethod):
     def __init__(self, *args, feedback_seed: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.magnitudes = FeedbackMatrices(
-            self.weight_shapes(), resolve_seed(feedback_seed), draw=xavier_magnitudes
+            self.weight_shapes(),
+            mixed_seed(resolve_seed(feedback_seed), FIXED_DRAW),  # not the weights' stream
+            draw=xavier_magnitudes,
         )
 
     @override

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.methods.common import FeedbackMatrices
-from faeval.methods.layerwise import LayerFeedbackMethod, xavier_uniform
-from faeval.seeding import resolve_seed
+from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_uniform
+from faeval.seeding import mixed_seed, resolve_seed
 
 
 class KP(LayerFeedbackMethod):
@@ -45,7 +45,8 @@ class KP(LayerFeedbackMethod):
                 f"KP needs a weight decay 0 < decay < 1 (it is what aligns B with W), got {decay}"
             )
         self.decay = decay
-        init = FeedbackMatrices(self.weight_shapes(), resolve_seed(feedback_seed), xavier_uniform)
+        stream = mixed_seed(resolve_seed(feedback_seed), FIXED_DRAW)  # LayerFA's draw
+        init = FeedbackMatrices(self.weight_shapes(), stream, draw=xavier_uniform)
         self.feedback = nn.ParameterList(nn.Parameter(init[k]) for k in range(len(init)))
 
     @override

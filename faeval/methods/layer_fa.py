@@ -7,7 +7,8 @@ from typing_extensions import override
 
 from faeval.methods.common import FeedbackMatrices
 from faeval.methods.feedback import FeedbackMethod
-from faeval.methods.layerwise import LayerFeedbackMethod, xavier_uniform
+from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_uniform
+from faeval.seeding import mixed_seed
 
 
 class LayerFA(LayerFeedbackMethod, FeedbackMethod):
@@ -27,7 +28,8 @@ class LayerFA(LayerFeedbackMethod, FeedbackMethod):
     @override
     def draw_feedback(self, seed: int) -> FeedbackMatrices:
         """B_k of W_k's shape for every layer, Xavier uniform."""
-        return FeedbackMatrices(self.weight_shapes(), seed, draw=xavier_uniform)
+        stream = mixed_seed(seed, FIXED_DRAW)  # not the weights' own init stream
+        return FeedbackMatrices(self.weight_shapes(), stream, draw=xavier_uniform)
 
     @override
     def feedback_weights(self) -> list[Tensor]:

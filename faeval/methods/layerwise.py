@@ -160,6 +160,13 @@ def xavier_std(shape: tuple[int, ...]) -> float:
     return math.sqrt(2.0 / (fan_in + fan_out))
 
 
+#: The stream of the fixed draws (LayerFA's B, KP's initial B, FRSF's |M|): ``mixed_seed``'s
+#: first word, so that feedback never repeats the weights' own init draws.
+FIXED_DRAW = 0
+#: The stream of BRSF's draws, one per step: (seed, ``STEP_DRAWS``, t).
+STEP_DRAWS = 1
+
+
 def xavier_uniform(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
     """U(−a, a) with a = √3·``xavier_std``: BioTorch's draw of FA's (and |M|'s) feedback."""
     bound = math.sqrt(3.0) * xavier_std(shape)
