@@ -1,0 +1,125 @@
+"""PC: fixed predictions against backprop, T = 0 and T = 1, the energy's descent."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from faeval.backbones import ResMLP, SmallCNN
+from faeval.data import TensorBatches
+from faeval.methods import PC
+from tests.helpers import EpochMetric, quiet_trainer, reference_states, sgd
+
+BACKBONE = partial(ResMLP, d_hidden=16, num_blocks=4, w2_std=0.3)
+CNN = partial(SmallCNN, width=4, num_blocks=2, downsample=False)
+
+
+def per_sample_gradients(backbone, x, y):
+    """∂ℓ_i/∂h_l by autograd over a forward written out here, and the detached trace."""
+    states, logits = reference_states(backbone, x)
+    F.cross_entropy(logits, y, reduction="sum").backward()
+    return [s.grad for s in states], backbone.trace(x).detached()
+
+
+def make(backbone=BACKBONE, input_shape=(12,), **kwargs) -> PC:
+    torch.manual_seed(0)
+    return PC(input_shape, 4, backbone=backbone, **kwargs).double()
+
+
+def data(input_shape=(12,), n=16):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, *input_shape, generator=gen, dtype=torch.float64)
+    return x, torch.randint(0, 4, (n,), generator=gen)
+
+
+@pytest.mark.parametrize(("backbone", "input_shape"), [(BACKBONE, (12,)), (CNN, (3, 8, 8))])
+def test_fixed_predictions_at_unit_step_give_backprops_gradients(backbone, input_shape):
+    L = 4 if backbone is BACKBONE else 2
+    method = make(backbone, input_shape, fixed_predictions=True, step_size=1.0, steps=L + 1)
+    method.train()  # BatchNorm on batch statistics, as in a training step
+    x, y = data(input_shape)
+    grads, trace = per_sample_gradients(method.backbone, x, y)
+    for l, (a, g) in enumerate(zip(method.credits(trace, y), grads, strict=True)):
+        torch.testing.assert_close(a, g, rtol=1e-10, atol=1e-14, msg=f"layer {l}")
+
+
+def test_fixed_predictions_give_backprop_times_a_binomial_tail():
+    """a_l = P(Bin(T, γ) ≥ L − l + 1)·∂ℓ_i/∂h_l: the closed form of the linear recursion."""
+    steps, gamma, L = 7, 0.3, 4
+    method = make(fixed_predictions=True, step_size=gamma, steps=steps)
+    x, y = data()
+    grads, trace = per_sample_gradients(method.backbone, x, y)
+    for l, (a, g) in enumerate(zip(method.credits(trace, y), grads, strict=True)):
+        k = L - l + 1
+        tail = sum(math.comb(steps, j) * gamma**j * (1 - gamma) ** (steps - j)
+                   for j in range(k, steps + 1))  # fmt: skip
+        torch.testing.assert_close(a, tail * g, rtol=1e-10, atol=1e-14, msg=f"layer {l}")
+
+
+def test_no_relaxation_leaves_the_output_error_alone_to_train(tmp_path):
+    torch.manual_seed(0)
+    method = PC((12,), 4, backbone=BACKBONE, steps=0, optimizer=sgd(0.1))
+    x, y = data()
+    x = x.float()
+    trace = method.backbone.trace(x).detached()
+    assert all(torch.equal(a, torch.zeros_like(a)) for a in method.credits(trace, y))
+    before = {n: p.detach().clone() for n, p in method.backbone.named_parameters()}
+    loader = TensorBatches(x, y, batch_size=len(x))
+    quiet_trainer(tmp_path, max_steps=1).fit(
+        method, train_dataloaders=loader, val_dataloaders=loader
+    )
+    changed = {n for n, p in method.backbone.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"out_ln.weight", "out_ln.bias", "head.weight", "head.bias"}
+
+
+def test_one_step_brings_the_output_error_to_the_top_state_only():
+    method = make(steps=1, step_size=0.2)
+    x, y = data()
+    grads, trace = per_sample_gradients(method.backbone, x, y)
+    credits = method.credits(trace, y)
+    torch.testing.assert_close(credits[-1], 0.2 * grads[-1], rtol=1e-10, atol=1e-14)
+    assert all(torch.equal(a, torch.zeros_like(a)) for a in credits[:-1])
+
+
+@pytest.mark.parametrize(
+    ("backbone", "input_shape"),
+    [(partial(ResMLP, d_hidden=16, num_blocks=4), (12,)), (BACKBONE, (12,)), (CNN, (3, 8, 8))],
+    ids=["resmlp-init", "resmlp-large-blocks", "cnn"],
+)
+def test_relaxation_lowers_the_energy_monotonically_at_the_default_step(backbone, input_shape):
+    torch.manual_seed(0)
+    method = PC(input_shape, 4, backbone=backbone, steps=100).train()  # default γ
+    x, y = (t.float() if t.is_floating_point() else t for t in data(input_shape, n=32))
+    trace = method.backbone.trace(x).detached()  # the forward pass updates BatchNorm's stats
+    buffers = {n: b.clone() for n, b in method.backbone.named_buffers()}
+    method.credits(trace, y)  # the relaxation does not
+    energies = method.energies
+    assert len(energies) == 101
+    assert (energies[1:] <= energies[:-1]).all(), energies.diff().max()
+    assert energies[-1] < energies[0]  # and it does fall
+    assert all(torch.equal(b, buffers[n]) for n, b in method.backbone.named_buffers())
+    assert all(p.grad is None for p in method.parameters())
+
+
+def test_a_divergent_relaxation_raises():
+    method = make(steps=50, step_size=5.0).float()
+    x, y = data()
+    x = x.float()
+    with pytest.raises(FloatingPointError, match="step_size"):
+        method.credits(method.backbone.trace(x).detached(), y)
+
+
+def test_training_logs_the_final_energy(tiny_ladder, quiet_trainer):
+    method = PC(tiny_ladder.input_shape, 4, backbone=partial(ResMLP, d_hidden=16, num_blocks=2))
+    energy = EpochMetric("train/pc_energy")
+    quiet_trainer(max_epochs=2, callbacks=[energy]).fit(method, datamodule=tiny_ladder)
+    assert len(energy.values) == 2 and all(0 < v < 2 for v in energy.values)
+
+
+def test_invalid_settings_raise():
+    with pytest.raises(ValueError, match="step_size > 0"):
+        PC((12,), 4, step_size=0.0)
