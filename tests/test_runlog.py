@@ -53,6 +53,13 @@ def test_the_loggers_view_turns_unmeasured_into_nan():
     out = epoch_scalars(row)
     assert out["diag/cos/l0"] == 0.5 and math.isnan(out["diag/cos/l1"])
     assert out["diag/h_ratio/l1"] == 2.0 and out["diag/floor"] == 0.0
+    assert not any(k.startswith(("diag/credit", "diag/feedback")) for k in out)  # older rows
+    row |= {"credit_error": [1e-8, None], "feedback_layers": ["embed.1", "head"],
+            "feedback_angle": [89.0, 45.0], "feedback_norm_ratio": [1.5, 0.5]}  # fmt: skip
+    out = epoch_scalars(row)
+    assert out["diag/credit_error/l0"] == 1e-8 and math.isnan(out["diag/credit_error/l1"])
+    assert out["diag/feedback_angle/head"] == 45.0
+    assert out["diag/feedback_norm_ratio/embed.1"] == 1.5
     proto = {"rho": {"rho": [0.9, 0.4, math.nan], "positive": [1, 1, 1],
                      "negative_mean": [0, 0.1, 0.3]},
              "null": None, "seconds": {"rho": 1.0, "null": 0.5}}  # fmt: skip

@@ -5,7 +5,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from faeval.diagnostics import mean_cosine, mean_norm, sample_cosines, sample_norms
+from faeval.diagnostics import (
+    matrix_angle,
+    mean_cosine,
+    mean_norm,
+    norm_ratio,
+    sample_cosines,
+    sample_norms,
+    scaled_error,
+)
 
 
 def test_norms_are_per_sample_l2_over_the_flattened_state_then_mean():
@@ -38,3 +46,25 @@ def test_cosine_at_tiny_gradient_norms_is_exact_where_the_eps_clamp_is_biased():
 def test_zero_norm_gives_nan_not_a_number_that_looks_valid():
     a = torch.tensor([[1.0, 2.0]])
     assert math.isnan(mean_cosine(a, torch.zeros(1, 2)))
+
+
+def test_matrix_angle_and_norm_ratio_are_biotorchs_figures_by_hand():
+    w = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    assert math.isclose(matrix_angle(w, b), 45.0)
+    assert math.isclose(matrix_angle(w, -3 * w), 180.0) and matrix_angle(w, 2 * w) == 0.0
+    assert math.isclose(norm_ratio(w, b), math.sqrt(2))
+    conv = torch.randn(4, 3, 3, 3)  # any shape: flattened
+    assert math.isclose(matrix_angle(conv, conv.flip(0)), matrix_angle(conv.flip(0), conv))
+    assert math.isnan(matrix_angle(w, torch.zeros_like(w)))  # no epsilon
+
+
+def test_scaled_error_is_the_distance_from_the_best_multiple_of_g():
+    g = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    noise = torch.tensor([[0.0, 1.0], [0.0, 0.0]])  # orthogonal to g
+    error, scale = scaled_error(2 * g + noise, g)
+    assert math.isclose(scale, 2.0) and math.isclose(error, 1 / 10)  # ‖noise‖ / ‖2g‖
+    assert scaled_error(g, g) == (0.0, 1.0)
+    error, scale = scaled_error(-g, g)
+    assert scale == -1.0 and error == 0.0  # the sign is the verdict's business
+    assert all(math.isnan(v) for v in scaled_error(g, torch.zeros_like(g)))

@@ -1,13 +1,19 @@
-"""The verdict engine on scripted logs: each rule at its threshold, seeds, the floor."""
+"""The verdict engine on scripted logs: each rule at its threshold, seeds, the floor; the
+backprop note end to end."""
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
+import torch
 
+from faeval.backbones import ResMLP
+from faeval.diagnostics import measure_layers
+from faeval.methods import BP, DFA, PC, LayerFA
 from faeval.protocol import Thresholds, judge_run, judge_seeds, run_markdown, run_text
-from faeval.runlog import DEPTH_BASELINE
+from faeval.runlog import DEPTH_BASELINE, summarize
 
 T = Thresholds()
 
@@ -158,3 +164,62 @@ def test_rendering_prints_every_threshold_and_figure():
     text, md = run_text(rv), run_markdown(rv)
     for out in (text, md):
         assert "FIRES" in out and "×80" in out and "50" in out and "1e-07" in out
+
+
+def with_credit(r: dict, errors, scales=None) -> dict:
+    return {**r, "credit_error": list(errors), "credit_scale": list(scales or [1.0] * 3)}
+
+
+@pytest.mark.parametrize(
+    ("errors", "scales", "status"),
+    [
+        ((0.0, 3e-7, 1e-4), None, "FIRES"),  # at the tolerance: backprop's
+        ((0.0, 3e-7, 1.1e-4), None, "PASS"),  # just outside it
+        ((1e-7, 1e-7, 1e-7), (0.05, 0.3, 0.9), "FIRES"),  # backprop with a rate per layer
+        ((1e-7, 1e-7, 1e-7), (0.5, -1.0, 1.0), "PASS"),  # a flipped layer is not backprop
+        ((1e-7, None, 1e-7), None, "UNMEASURABLE"),
+    ],
+)
+def test_backprop_note_fires_when_every_layer_is_backprops_gradient(errors, scales, status):
+    v = judge([row(0), with_credit(row(1), errors, scales)]).verdicts["bp"]
+    assert v.status == status and v.advisory
+    assert ("the credit is backprop's" in v.detail) == (status == "FIRES")
+    if scales and status == "FIRES":
+        assert "factor c_l 0.05…0.9" in v.detail
+
+
+def test_backprop_note_is_unmeasurable_under_the_floor_or_without_the_figure():
+    floor = judge([row(0), with_credit(row(1, g_l=1e-9), (0.0, 0.0, 0.0))])
+    assert floor.verdicts["bp"].status == "UNMEASURABLE"
+    assert judge([row(0), row(1)]).verdicts["bp"].status == "UNMEASURABLE"  # older logs
+
+
+def test_backprop_note_appears_for_bp_and_equal_feedback_and_not_for_dfa():
+    """End to end: the figures of a diagnostic pass, the row, the verdict."""
+    backbone = partial(ResMLP, d_hidden=32, num_blocks=3, w2_std=0.3)
+    x, y = torch.randn(128, 12), torch.randint(0, 4, (128,))
+    equal = LayerFA((12,), 4, backbone=backbone)
+    with torch.no_grad():
+        for k, w in enumerate(equal.weights()):
+            getattr(equal.feedback, f"B{k}").copy_(w)
+    methods = {
+        "BP": BP((12,), 4, backbone=backbone),
+        "LayerFA, B = W": equal,
+        "LayerFA": LayerFA((12,), 4, backbone=backbone),
+        "DFA": DFA((12,), 4, backbone=backbone),
+        "PC, fixed predictions": PC((12,), 4, backbone=backbone, fixed_predictions=True),
+        "PC": PC((12,), 4, backbone=backbone),
+    }
+    notes = {}
+    for name, method in methods.items():
+        fig = measure_layers(method, x, y)
+        last = {"epoch": 1, "test/acc": 0.5, **summarize(fig, fig.h_norm, T.grad_floor)}
+        notes[name] = judge([row(0), last]).verdicts["bp"].status
+    assert notes == {
+        "BP": "FIRES",
+        "LayerFA, B = W": "FIRES",
+        "LayerFA": "PASS",
+        "DFA": "PASS",
+        "PC, fixed predictions": "FIRES",  # backprop's gradient times P(Bin(T, γ) ≥ L − l + 1)
+        "PC": "PASS",
+    }
