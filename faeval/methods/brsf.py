@@ -19,11 +19,11 @@ class BRSF(LayerFeedbackMethod):
 
     Every linear and convolutional layer sends the error down as δx = δy·B_k
     (``LayerFeedbackMethod``). M_k is Xavier uniform, as BioTorch draws it, and the draw in
-    force at global step t comes from its own generator seeded from (``feedback_seed``, t): a
-    step's feedback is fixed by the seed and the step alone, so a resumed run draws what an
-    uninterrupted one would have. Its state is the seed (in every checkpoint, as the
-    module's extra state). There is no null band: the training-time magnitudes are a fresh
-    draw at every step already.
+    force after t updates comes from its own generator seeded from (``feedback_seed``, t):
+    a step's feedback is fixed by the seed and the count alone. Both are the method's state
+    (in every checkpoint, as the module's extra state), so a resumed run draws what an
+    uninterrupted one would have and an audit measures the draw the run had reached. There
+    is no null band: the training-time magnitudes are a fresh draw at every step already.
 
     Args:
         feedback_seed: seed of the magnitudes' draws; default the run's seed.
@@ -33,22 +33,29 @@ class BRSF(LayerFeedbackMethod):
     def __init__(self, *args, feedback_seed: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.feedback_seed = resolve_seed(feedback_seed)
+        self.updates = 0  # t: updates of W so far
 
-    def magnitudes(self, step: int) -> list[Tensor]:
-        """|M_k| for every layer, the draw in force at global step ``step``."""
-        gen = torch.Generator().manual_seed(mixed_seed(self.feedback_seed, STEP_DRAWS, step))
+    def magnitudes(self, updates: int) -> list[Tensor]:
+        """|M_k| for every layer, the draw in force after ``updates`` updates of W."""
+        gen = torch.Generator().manual_seed(mixed_seed(self.feedback_seed, STEP_DRAWS, updates))
         return [xavier_magnitudes(shape, gen) for shape in self.weight_shapes()]
 
     @override
     def feedback_weights(self) -> list[Tensor]:
-        weights = self.weights()
-        magnitudes = self.magnitudes(self.global_step)
+        weights, magnitudes = self.weights(), self.magnitudes(self.updates)
         return [m.to(w) * torch.sign(w.detach()) for m, w in zip(magnitudes, weights, strict=True)]
 
     @override
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.updates += 1  # W has changed: the next step draws anew
+        return loss
+
+    @override
     def get_extra_state(self) -> dict[str, Any]:
-        return {"feedback_seed": self.feedback_seed}
+        return {"feedback_seed": self.feedback_seed, "updates": self.updates}
 
     @override
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.feedback_seed = int(state["feedback_seed"])
+        self.updates = int(state["updates"])

@@ -36,7 +36,10 @@ def test_a_steps_draw_depends_on_the_seed_and_the_step_alone():
     assert all(torch.equal(p, q) for p, q in zip(a.magnitudes(7), b.magnitudes(7), strict=True))
     assert not torch.equal(a.magnitudes(7)[1], a.magnitudes(8)[1])
     assert not torch.equal(a.magnitudes(7)[1], c.magnitudes(7)[1])
+    a.updates = 7
     state = a.state_dict()
-    assert state["_extra_state"] == {"feedback_seed": 5}
-    c.load_state_dict(state)  # the seed is checkpointed state
-    assert torch.equal(c.magnitudes(7)[1], a.magnitudes(7)[1])
+    assert state["_extra_state"] == {"feedback_seed": 5, "updates": 7}
+    c.load_state_dict(state)  # the seed and the count are checkpointed state
+    assert all(
+        torch.equal(p, q) for p, q in zip(c.feedback_weights(), a.feedback_weights(), strict=True)
+    )

@@ -11,7 +11,7 @@ from torch import nn
 
 from faeval.backbones import ResMLP
 from faeval.data import TensorBatches
-from faeval.methods import LayerFA
+from faeval.methods import BRSF, FRSF, KP, USF, LayerFA
 from faeval.methods.layerwise import feedback_attached, feedback_layers
 from tests.helpers import GradRecorder, LinearNet, quiet_trainer, sgd
 from tests.methods.test_contract import BACKBONES, NUM_CLASSES, batch
@@ -180,3 +180,26 @@ def test_every_linear_and_conv_layer_of_embed_blocks_and_readout_takes_feedback(
     names = [n for n, _ in method.layers()]
     assert names == ["embed.1", "blocks.0.w1", "blocks.0.w2", "blocks.1.w1", "blocks.1.w2", "head"]
     assert [tuple(b.shape) for b in method.feedback_weights()] == method.weight_shapes()
+
+
+@pytest.mark.parametrize("cls", [LayerFA, USF, BRSF, FRSF, KP], ids=lambda c: c.__name__)
+def test_a_checkpoint_holds_the_feedback_so_a_reload_gives_the_same_credits(tmp_path, cls):
+    backbone = partial(ResMLP, d_hidden=16, num_blocks=2)
+    seeds = [{}, {}] if cls is USF else [{"feedback_seed": 1}, {"feedback_seed": 2}]  # no draw
+    torch.manual_seed(0)
+    method = cls((12,), 4, backbone=backbone, **seeds[0])
+    x, y = torch.randn(32, 12), torch.randint(0, 4, (32,))
+    loader = TensorBatches(x, y, batch_size=16)
+    trainer = quiet_trainer(tmp_path, max_steps=3)
+    trainer.fit(method, train_dataloaders=loader, val_dataloaders=loader)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+
+    torch.manual_seed(1)  # other weights, other feedback: everything must come from the file
+    reloaded = cls((12,), 4, backbone=backbone, **seeds[1])
+    ckpt = torch.load(tmp_path / "run.ckpt", weights_only=False)  # partials in the hparams
+    reloaded.load_state_dict(ckpt["state_dict"], strict=True)
+    trace = method.backbone.trace(x).detached()
+    for a, b in zip(method.credits(trace, y), reloaded.credits(trace, y), strict=True):
+        assert torch.equal(a, b)
+    for p, q in zip(method.feedback_weights(), reloaded.feedback_weights(), strict=True):
+        assert torch.equal(p, q)
