@@ -13,6 +13,7 @@ import matplotlib.image
 import pytest
 import yaml
 
+from faeval.cli import known_names
 from tests.helpers import TINY_RUN
 from tests.protocol.cli_args import CHEAP
 
@@ -175,3 +176,16 @@ def test_the_reference_sweep_plans_bp_fa_dfa_and_frozen_on_three_seeds(monkeypat
     cmd = sweep.command(spec, runs[0], Path("/tmp/x"))
     assert cmd[cmd.index("--model.backbone.d_hidden") + 1] == "256"
     assert "--trainer.callbacks+=Protocol" in cmd
+
+
+def test_the_second_round_sweep_plans_every_new_method_with_the_reference_settings(monkeypatch):
+    monkeypatch.chdir(TOOLS.parent)
+    spec = sweep.load_spec(Path("configs/sweeps/fmnist_second_round.yaml"))
+    reference = sweep.load_spec(Path("configs/sweeps/fmnist_reference.yaml"))
+    runs = sweep.plan(spec)
+    new = {"LayerFA", "USF", "BRSF", "FRSF", "KP", "DRTP", "PC"}
+    assert {r.method for r in runs} == new | {"FrozenBlocks"}
+    assert new <= set(known_names()["model"])
+    assert len(runs) == 24 and {r.seed for r in runs} == {0, 1, 2}
+    for key in ("base", "seeds", "args", "protocol", "settings"):
+        assert spec[key] == reference[key], key
