@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import pytest
@@ -203,3 +204,23 @@ def test_a_checkpoint_holds_the_feedback_so_a_reload_gives_the_same_credits(tmp_
         assert torch.equal(a, b)
     for p, q in zip(method.feedback_weights(), reloaded.feedback_weights(), strict=True):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", ["ResMLP", "SmallCNN-downsample"])
+def test_under_bf16_autocast_equal_feedback_still_gives_autocasts_backprop(name):
+    """The backward computes in the error's dtype, as autocast's own backward does."""
+    torch.manual_seed(0)
+    input_shape, factory = BACKBONES[name]
+    method = LayerFA(input_shape, NUM_CLASSES, backbone=factory)
+    set_feedback(method, [w.detach() for w in method.weights()])
+    x, y = batch(input_shape, n=8)
+    grads = []
+    for context in (contextlib.nullcontext, method.attached):
+        with context(), torch.autocast("cpu", dtype=torch.bfloat16):
+            F.cross_entropy(method.backbone(x), y).backward()
+        grads.append({n: p.grad for n, p in method.backbone.named_parameters()})
+        method.backbone.zero_grad(set_to_none=True)
+    plain, attached = grads
+    for n, g in plain.items():
+        assert attached[n].dtype == torch.float32
+        torch.testing.assert_close(attached[n], g, rtol=0, atol=0, msg=n)
