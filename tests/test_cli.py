@@ -44,6 +44,7 @@ def rows(cli) -> list[dict]:
 
 def test_the_command_line_knows_every_method_of_the_package():
     assert {"BP", "FA", "DFA", "FrozenBlocks", "EP", "StateBridge", "CreditBridge"} <= set(METHODS)
+    assert {"LayerFA", "USF", "BRSF", "FRSF", "KP", "DRTP", "PC"} <= set(METHODS)
 
 
 @pytest.mark.parametrize("model", METHODS)

@@ -78,6 +78,7 @@ def build(cls, name):
 def test_every_exported_method_is_collected():
     names = {cls.__name__ for cls in credit_methods()}
     assert {"BP", "FA", "DFA", "FrozenBlocks"} <= names
+    assert {"LayerFA", "USF", "BRSF", "FRSF", "KP", "DRTP", "PC"} <= names  # the second round
 
 
 @pytest.mark.parametrize("name", BACKBONES)
