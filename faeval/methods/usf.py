@@ -15,7 +15,7 @@ class USF(LayerFeedbackMethod):
     Every linear and convolutional layer sends the error down as δx = δy·B_k
     (``LayerFeedbackMethod``), with B_k the signs of its current weights at one uniform
     magnitude s_k = √(2 / (fan_in + fan_out)), the std of Xavier's init, as BioTorch scales
-    its ``usf`` layers against exploding gradients (Moskovitz et al. 2018). B_k follows W_k:
+    its ``usf`` layers against exploding gradients (after Xiao et al. 2018). B_k follows W_k:
     it is recomputed from W_k for every step, so it holds no state of its own. See
     ``CreditMethod`` for the arguments.
     """
