@@ -76,6 +76,7 @@ class FeedbackGrad(torch.autograd.Function):
     """
 
     @staticmethod
+    @override
     def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, layer: nn.Module):
         if isinstance(layer, nn.Conv2d):
             return F.conv2d(
@@ -84,12 +85,14 @@ class FeedbackGrad(torch.autograd.Function):
         return F.linear(x, weight, bias)
 
     @staticmethod
+    @override
     def setup_context(ctx, inputs, output) -> None:
         x, weight, _, feedback, layer = inputs
         ctx.save_for_backward(x, feedback)
         ctx.layer, ctx.weight_shape = layer, weight.shape
 
     @staticmethod
+    @override
     def backward(ctx, grad: Tensor):
         x, feedback = ctx.saved_tensors
         need_x, need_w, need_b, need_feedback, _ = ctx.needs_input_grad
