@@ -8,8 +8,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from faeval.methods.frsf import xavier_magnitudes
-from faeval.methods.layerwise import STEP_DRAWS, LayerFeedbackMethod
+from faeval.methods.layerwise import STEP_DRAWS, LayerFeedbackMethod, xavier_magnitudes
 from faeval.seeding import mixed_seed, resolve_seed
 
 
@@ -42,8 +41,8 @@ class BRSF(LayerFeedbackMethod):
 
     @override
     def feedback_weights(self) -> list[Tensor]:
-        weights, magnitudes = self.weights(), self.magnitudes(self.updates)
-        return [m.to(w) * torch.sign(w.detach()) for m, w in zip(magnitudes, weights, strict=True)]
+        pairs = zip(self.magnitudes(self.updates), self.weights(), strict=True)
+        return [m.to(w).mul_(torch.sign(w.detach())) for m, w in pairs]  # |M_k| ∘ sign(W_k)
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -7,13 +7,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.methods.common import FeedbackMatrices
-from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_uniform
+from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_magnitudes
 from faeval.seeding import mixed_seed, resolve_seed
-
-
-def xavier_magnitudes(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
-    """|M| with M Xavier uniform: BioTorch's random magnitudes of brSF and frSF."""
-    return xavier_uniform(shape, gen).abs()
 
 
 class FRSF(LayerFeedbackMethod):

@@ -171,9 +171,15 @@ STEP_DRAWS = 1
 
 
 def xavier_uniform(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
-    """U(−a, a) with a = √3·``xavier_std``: BioTorch's draw of FA's (and |M|'s) feedback."""
+    """U(−a, a) with a = √3·``xavier_std``: BioTorch's draw of FA's feedback."""
     bound = math.sqrt(3.0) * xavier_std(shape)
     return (2 * torch.rand(shape, generator=gen) - 1) * bound
+
+
+def xavier_magnitudes(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    """|M| with M Xavier uniform, BioTorch's magnitudes of brSF and frSF: |U(−a, a)| is
+    U(0, a), drawn as such (one pass over the memory, which BRSF pays every step)."""
+    return torch.rand(shape, generator=gen).mul_(math.sqrt(3.0) * xavier_std(shape))
 
 
 class LayerFeedbackMethod(CreditMethod):
