@@ -28,6 +28,12 @@ class DRTP(FeedbackMethod):
     e·B_l = p·B_l − onehot(y)·B_l (p the softmax), whose target row enters with weight
     p_y − 1 < 0, and DRTP's is that credit without the prediction's part p·B_l, the target
     row with weight −1; the code's sign would make it +1.
+
+    The credit does not vanish once the output is right (there is no error in it): each
+    block keeps pushing f_l along B_l's target row. The paper's networks bound their units
+    (tanh, sigmoid); on faeval's pre-LN residual blocks nothing does, and the states grow
+    without limit (Fashion-MNIST, ResMLP d=256 L=4: ×2.6e7 in 5 epochs, diagnostics (a) and
+    (b) firing; the README's table).
     See ``FeedbackMethod`` for the arguments.
     """
 
