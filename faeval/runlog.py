@@ -153,6 +153,9 @@ def summarize(fig: LayerFigures, init_h_norm: Sequence[float], grad_floor: float
         for c, g in zip(fig.cos, fig.g_norm, strict=True)
     ]
     growth = [h / h0 for h, h0 in zip(fig.h_norm, init_h_norm, strict=True)]
+    # The credit's distance from backprop, unmeasurable where its cosine is (none logged by
+    # figures without it).
+    distance = [None if c is None else e for e, c in zip(fig.credit_error, cos, strict=False)]
     feedback = {}
     if fig.feedback_layers:
         feedback = {
@@ -175,9 +178,7 @@ def summarize(fig: LayerFigures, init_h_norm: Sequence[float], grad_floor: float
         "gamma": mean_measured(cos),
         "probe_loss": fig.loss,
         "probe_acc": fig.acc,
-        "credit_error": [
-            None if c is None else e for e, c in zip(fig.credit_error, cos, strict=True)
-        ],
+        "credit_error": distance,
         "credit_scale": fig.credit_scale,
         **feedback,
     }

@@ -48,7 +48,6 @@ class Thresholds:
                 "thresholds need growth_threshold > 0, grad_floor > 0 and null_sigmas >= 0, got "
                 f"{self.growth_threshold}, {self.grad_floor}, {self.null_sigmas}"
             )
-
         if not self.backprop_tol > 0:
             raise ValueError(f"thresholds need backprop_tol > 0, got {self.backprop_tol}")
 
