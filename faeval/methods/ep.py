@@ -189,10 +189,29 @@ def layered_energy(
 
 
 def prediction_errors(
-    backbone: LayeredBackbone, anchor: Tensor, states: list[Tensor]
+    backbone: LayeredBackbone,
+    anchor: Tensor,
+    states: list[Tensor],
+    shifts: list[Tensor] | None = None,
 ) -> list[Tensor]:
-    """ε_0 = h_0 − anchor and ε_l = h_l − Φ_l(h_{l-1}) for l = 1..L, each shaped like h_l."""
-    errors = [states[0] - anchor]
-    for block, h_prev, h in zip(backbone.blocks, states[:-1], states[1:], strict=True):
-        errors.append(h - backbone.combine(h_prev, block(h_prev)))
+    """ε_0 = h_0 − anchor and ε_l = h_l − Φ_l(h_{l-1}) for l = 1..L, each shaped like h_l.
+
+    With ``shifts`` δ, ``states`` must be the forward pass (h_l = Φ_l(h_{l-1}), h_0 = anchor)
+    and the errors are those at the states h + δ, computed as ε_0 = δ_0 and
+    ε_l = δ_l − (Φ_l(h_{l-1} + δ_{l-1}) − h_l): the forward pass cancels exactly, so an error
+    far below the states' rounding step survives. Formed as (h + δ) − Φ(…), it is lost once
+    δ is under half a unit in the last place of h (float32: ~1e-7·‖h‖ per entry), which is
+    where a confidently classified sample's nudge lies.
+    """
+    if shifts is None:
+        errors = [states[0] - anchor]
+        for block, h_prev, h in zip(backbone.blocks, states[:-1], states[1:], strict=True):
+            errors.append(h - backbone.combine(h_prev, block(h_prev)))
+        return errors
+    errors = [shifts[0]]
+    for block, h_prev, h, d_prev, d in zip(
+        backbone.blocks, states[:-1], states[1:], shifts[:-1], shifts[1:], strict=True
+    ):
+        moved = h_prev + d_prev
+        errors.append(d - (backbone.combine(moved, block(moved)) - h))
     return errors

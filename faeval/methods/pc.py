@@ -87,22 +87,28 @@ class PC(CreditMethod):
         return [-e for e in relax(trace, y)]  # −ε_l plays ∂ℓ_i/∂h_l
 
     def relax(self, trace: Trace, y: Tensor) -> list[Tensor]:
-        """T gradient steps on F from the forward pass; the final errors ε_0..ε_L, detached."""
+        """T gradient steps on F from the forward pass; the final errors ε_0..ε_L, detached.
+
+        The relaxation moves the displacements δ_l = h_l − h_l(forward) rather than the
+        states, so that the errors keep their own precision (``prediction_errors`` with
+        shifts): a confidently classified sample's credit would otherwise round to exactly 0.
+        """
         backbone, gamma = self.backbone, self.step_size
-        anchor = trace.states[0]  # embed(x): the forward pass's h_0, all F needs of x
-        states = [h.detach().clone() for h in trace.states]
+        forward = [h.detach() for h in trace.states]  # h_0 = embed(x): all F needs of x
+        shifts = [torch.zeros_like(h) for h in forward]
         energies = []
         with torch.enable_grad(), running_statistics_frozen(backbone):
             for step in range(self.steps + 1):
-                for h in states:
-                    h.requires_grad_(True)
-                errors = prediction_errors(backbone, anchor, states)
-                energy = layered_energy(backbone, errors, states[-1], y, beta=1.0)  # Σ_i F_i
+                for d in shifts:
+                    d.requires_grad_(True)
+                errors = prediction_errors(backbone, forward[0], forward, shifts)
+                top = forward[-1] + shifts[-1]
+                energy = layered_energy(backbone, errors, top, y, beta=1.0)  # Σ_i F_i
                 energies.append(energy.detach())
                 if step == self.steps:
                     break
-                grads = torch.autograd.grad(energy, states)
-                states = [(h - gamma * g).detach() for h, g in zip(states, grads, strict=True)]
+                grads = torch.autograd.grad(energy, shifts)  # ∇_h F, h = forward + δ
+                shifts = [(d - gamma * g).detach() for d, g in zip(shifts, grads, strict=True)]
         self.energies = torch.stack(energies)
         if not torch.isfinite(self.energies[-1]):  # the one host sync of the relaxation
             raise FloatingPointError(

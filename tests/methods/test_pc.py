@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from faeval.backbones import ResMLP, SmallCNN
 from faeval.data import TensorBatches
+from faeval.diagnostics import sample_cosines, sample_norms, true_gradients
 from faeval.methods import PC
 from tests.helpers import EpochMetric, quiet_trainer, reference_states, sgd
 
@@ -123,3 +124,18 @@ def test_training_logs_the_final_energy(tiny_ladder, quiet_trainer):
 def test_invalid_settings_raise():
     with pytest.raises(ValueError, match="step_size > 0"):
         PC((12,), 4, step_size=0.0)
+
+
+def test_a_confident_samples_credit_survives_float32():
+    """Nudges far below the states' rounding step: relaxing displacements keeps them."""
+    torch.manual_seed(0)
+    method = PC((12,), 4, backbone=partial(ResMLP, d_hidden=16, num_blocks=4))
+    x = torch.randn(64, 12)
+    with torch.no_grad():
+        method.backbone.head.weight.mul_(20)  # logits far apart: losses down to ~1e-7
+        y = method.backbone(x).argmax(1)
+    trace, grads = true_gradients(method.backbone, method.backbone.embed(x), y)
+    assert (grads[-1].flatten(1).abs().max(1).values < 1e-9).any()  # per entry, under ulp(h)
+    for a, g in zip(method.credits(trace, y), grads, strict=True):
+        assert (sample_norms(a) > 0).all()  # not one credit rounded to exactly 0
+        assert sample_cosines(a, g).min() > 0.3
