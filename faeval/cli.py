@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 import faeval.backbones  # short names: --model.backbone ResMLP
@@ -24,6 +25,7 @@ from faeval.data import InMemoryDataModule
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
+from faeval.runs import DEFAULT_RUN_NAME, LOGS, claim, claim_next, holds_run, run_name
 from faeval.trainer import FaevalTrainer
 
 
@@ -92,6 +94,16 @@ class FaevalCLI(LightningCLI):
             default=False,
             help="Stop the run once ‖g_L‖ < diagnostics.grad_floor (diagnostic (b)).",
         )
+        parser.add_argument(
+            "--run_name",
+            type=str,
+            default=DEFAULT_RUN_NAME,
+            help=(
+                "The run's folder under <trainer.default_root_dir>/lightning_logs, from the "
+                "fields {data}, {method}, {backbone}, {seed}. The default name moves on to "
+                "-run2, -run3… when taken; a name you give is refused when it holds a run."
+            ),
+        )
         parser.link_arguments(
             "data.input_shape", "model.init_args.input_shape", apply_on="instantiate"
         )
@@ -126,28 +138,73 @@ class FaevalCLI(LightningCLI):
 
     @override
     def instantiate_trainer(self, **kwargs):
-        run_dir = self._resumed_run_dir()
-        if run_dir is not None:  # continue the run's own logs instead of starting version_N+1
-            kwargs["logger"] = TensorBoardLogger(
-                save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name
-            )
-            self.save_config_kwargs["config_filename"] = "config.resumed.yaml"
+        default_logger = self._trainer_config().get("logger") in (None, True)
+        claim_explicit = False
+        if self.subcommand == "fit":
+            run_dir = self._resumed_run_dir()
+            if run_dir is not None:  # --ckpt_path continues the run in its own folder
+                if default_logger:
+                    kwargs["logger"] = folder_logger(run_dir)
+                self.save_config_kwargs["config_filename"] = "config.resumed.yaml"
+            elif default_logger:
+                kwargs["logger"] = folder_logger(self._claim_named_run())
+            else:  # a logger the user configured: its folder must be a new one
+                claim_explicit = True
         trainer = super().instantiate_trainer(**kwargs)
+        if claim_explicit and trainer.logger is not None and trainer.logger.log_dir:
+            if trainer.is_global_zero:
+                claim(Path(trainer.logger.log_dir), self._run_fields())
         if self._get(self.config_init, "floor_stop", default=False):
             grad_floor = self._get(self.config_init, "diagnostics").grad_floor
             trainer.callbacks.append(FloorStopping(grad_floor))
         return trainer
 
+    def _trainer_config(self) -> dict:
+        return self._get(self.config_init, "trainer", default={}) or {}
+
+    def _run_fields(self) -> dict[str, object]:
+        """What the run is: the fields a run name may use."""
+        return {
+            "data": type(self.datamodule).__name__,
+            "method": type(self.model).__name__,
+            "backbone": type(self.model.backbone).__name__,
+            "seed": self._get(self.config, "seed_everything"),
+        }
+
+    def _claim_named_run(self) -> Path:
+        """Claims the run's folder ``<root>/lightning_logs/<run_name>`` (rank 0 only).
+
+        The default name moves on to the next free ``-runN`` when taken; a name the user
+        gave is refused when it holds a run. Other ranks of a multi-process run use the name
+        unclaimed: their logs and files go through rank 0's folder (``trainer.log_dir``).
+
+        Raises:
+            RunFolderTaken: the user's run name holds a run.
+        """
+        root = Path(self._trainer_config().get("default_root_dir") or Path.cwd()) / LOGS
+        template = self._get(self.config_init, "run_name", default=DEFAULT_RUN_NAME)
+        folder = root / run_name(template, **self._run_fields())
+        if rank_zero_only.rank != 0:
+            return folder
+        if template == DEFAULT_RUN_NAME:
+            return claim_next(folder, self._run_fields())
+        return claim(folder, self._run_fields())
+
     def _resumed_run_dir(self) -> Path | None:
-        """The run directory of ``--ckpt_path`` when it is a default-logger faeval run."""
+        """The run folder of ``--ckpt_path`` when the checkpoint lies in a run's checkpoints/."""
         ckpt = self._get(self.config_init, "ckpt_path", default=None)
-        logger = self._get(self.config_init, "trainer", default={}).get("logger")
-        if not ckpt or logger not in (None, True) or ckpt in ("last", "best", "hpc"):
+        if not ckpt or ckpt in ("last", "best", "hpc", "registry"):
             return None
-        run_dir = Path(ckpt).resolve().parent.parent
-        if run_dir.name.startswith("version_") and (run_dir / "config.yaml").is_file():
+        ckpt = Path(ckpt).resolve()
+        run_dir = ckpt.parent.parent
+        if ckpt.parent.name == "checkpoints" and holds_run(run_dir):
             return run_dir
         return None
+
+
+def folder_logger(run_dir: Path) -> TensorBoardLogger:
+    """A TensorBoard logger writing straight into ``run_dir``."""
+    return TensorBoardLogger(save_dir=run_dir.parent, name="", version=run_dir.name)
 
 
 def run(args: list[str] | None = None) -> FaevalCLI:
