@@ -13,6 +13,7 @@ from tqdm import tqdm
 from typing_extensions import override
 
 from faeval.diagnostics.layers import LayerFigures, measure_layers
+from faeval.errors import ConfigError
 from faeval.protocol.settings import DEFAULT_THRESHOLDS
 from faeval.runlog import METHOD, ROWS_FILE, EpochRow, RunLog, epoch_scalars, summarize
 from faeval.seeding import resolve_seed
@@ -64,7 +65,7 @@ class Diagnostics(Callback):
         verbose: bool = True,
     ) -> None:
         if grad_floor <= 0 or growth_threshold <= 0 or every_n_epochs < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"Diagnostics needs grad_floor > 0, growth_threshold > 0 and "
                 f"every_n_epochs >= 1, got {grad_floor}, {growth_threshold}, {every_n_epochs}"
             )

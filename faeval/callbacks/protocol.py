@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 from typing_extensions import override
 
+from faeval.errors import ConfigError
 from faeval.protocol.measure import measure_protocol
 from faeval.protocol.settings import ProtocolSettings
 from faeval.runlog import ProtocolRow, RunLog, deep_mean, fmt, protocol_scalars
@@ -38,7 +39,7 @@ class Protocol(Callback):
         verbose: bool = True,
     ) -> None:
         if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+            raise ConfigError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.settings = settings
         self.verbose = verbose

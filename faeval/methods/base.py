@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, ResMLP, Trace
+from faeval.errors import ConfigError
 from faeval.runlog import METHOD
 
 BackboneFactory = Callable[[tuple[int, ...], int], LayeredBackbone]
@@ -98,7 +99,7 @@ class CreditMethod(LightningModule, abc.ABC):
     ) -> None:
         super().__init__()
         if penalty < 0:
-            raise ValueError(f"penalty must be >= 0, got {penalty}")
+            raise ConfigError(f"penalty must be >= 0, got {penalty}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.backbone = backbone(tuple(input_shape), num_classes)
