@@ -243,7 +243,9 @@ class FaevalCLI(LightningCLI):
 
 def folder_logger(run_dir: Path) -> TensorBoardLogger:
     """A TensorBoard logger writing straight into ``run_dir``."""
-    return TensorBoardLogger(save_dir=run_dir.parent, name="", version=run_dir.name)
+    return TensorBoardLogger(
+        save_dir=run_dir.parent, name="", version=run_dir.name, default_hp_metric=False
+    )
 
 
 def run(args: list[str] | None = None) -> FaevalCLI:
@@ -266,7 +268,8 @@ def run(args: list[str] | None = None) -> FaevalCLI:
         parser_class=FaevalParser,
         trainer_class=FaevalTrainer,
         seed_everything_default=0,
-        trainer_defaults={"max_epochs": 100},
+        # faeval writes its own HParams row (method, data, seed, options) without hp_metric.
+        trainer_defaults={"max_epochs": 100, "enable_autolog_hparams": False},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,

@@ -59,8 +59,11 @@ class Protocol(Callback):
         if epoch % self.every_n_epochs and not last:
             return
         row = self._measure(trainer, pl_module, epoch)
-        for name, value in protocol_scalars(row).items():
-            pl_module.log(name, value)
+        scalars = protocol_scalars(row)
+        for name, value in scalars.items():
+            pl_module.log(name, value, logger=False)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(scalars, step=epoch)  # x = epoch, as the diagnostics
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -69,7 +72,7 @@ class Protocol(Callback):
             return
         row = self._measure(trainer, pl_module, epoch)
         if trainer.logger is not None:
-            trainer.logger.log_metrics(protocol_scalars(row), step=trainer.global_step)
+            trainer.logger.log_metrics(protocol_scalars(row), step=epoch)
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> ProtocolRow:
         x, y = trainer.datamodule.probe(pl_module.device)
