@@ -2,12 +2,14 @@
 
 faeval fit --model DFA --data CIFAR10
 faeval fit --config configs/resmlp_d256_l4_dfa.yaml
-faeval audit lightning_logs/version_0          # or a .ckpt file: the protocol's verdict
+faeval audit lightning_logs/CIFAR10/DFA/seed0   # or a .ckpt file: the protocol's verdict
+faeval test lightning_logs/CIFAR10/DFA/seed0    # test accuracy, in the run's eval/ folder
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import sys
 import warnings
@@ -25,6 +27,7 @@ import faeval.backbones  # short names: --model.backbone ResMLP
 import faeval.data
 import faeval.methods
 from faeval.callbacks import Diagnostics, FloorStopping, LineProgress
+from faeval.cli_help import arrange_groups, parser_kwargs, summarize_commands
 from faeval.cli_messages import short_message
 from faeval.data import InMemoryDataModule
 from faeval.errors import ConfigError, DataNotFoundError, user_error
@@ -35,8 +38,9 @@ from faeval.runs import DEFAULT_RUN_NAME, LOGS, claim, claim_next, holds_run, ru
 from faeval.trainer import FaevalTrainer
 
 
-def audit_arguments(path: str) -> list[str]:
-    """``--config`` and ``--ckpt_path`` for ``faeval audit PATH`` (a run dir or a checkpoint).
+def run_arguments(path: str) -> list[str]:
+    """``--config`` and ``--ckpt_path`` for ``faeval audit|test|validate PATH`` (a run folder
+    or a checkpoint).
 
     Raises:
         FileNotFoundError: no checkpoint there, or no ``config.yaml`` in its run directory.
@@ -96,6 +100,11 @@ class FaevalParser(LightningArgumentParser):
     argv: ClassVar[list[str]] = []
 
     @override
+    def format_help(self) -> str:
+        arrange_groups(self)
+        return super().format_help()
+
+    @override
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # jsonargparse trying alternatives internally
             super().error(message, ex)
@@ -113,6 +122,11 @@ class FaevalParser(LightningArgumentParser):
 
 class FaevalCLI(LightningCLI):
     """LightningCLI with the diagnostics always on and a one-switch floor stop."""
+
+    @override
+    def setup_parser(self, add_subcommands, main_kwargs, subparser_kwargs) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        summarize_commands(self.parser)
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -153,11 +167,11 @@ class FaevalCLI(LightningCLI):
         FaevalParser.argv = [str(a) for a in raw] if isinstance(raw, list) else []
         if (
             isinstance(raw, list)
-            and raw[:1] == ["audit"]
+            and raw[:1] in (["audit"], ["test"], ["validate"])
             and len(raw) > 1
             and not str(raw[1]).startswith("-")
-        ):
-            self.config = parser.parse_args(["audit", *audit_arguments(raw[1]), *raw[2:]])
+        ):  # faeval audit|test|validate RUN_OR_CKPT: the run's own config and checkpoint
+            self.config = parser.parse_args([raw[0], *run_arguments(raw[1]), *raw[2:]])
             return
         super().parse_arguments(parser, args)
 
@@ -182,6 +196,13 @@ class FaevalCLI(LightningCLI):
                 kwargs["logger"] = folder_logger(self._claim_named_run())
             else:  # a logger the user configured: its folder must be a new one
                 claim_explicit = True
+        elif self.subcommand in ("test", "validate"):
+            # An evaluation never writes into the run it evaluates: it gets a folder of its own.
+            if default_logger:
+                kwargs["logger"] = folder_logger(self._claim_eval_dir())
+            kwargs["enable_checkpointing"] = False  # nothing to save, nothing to move
+        elif self.subcommand == "audit":
+            kwargs["logger"] = False  # the audit writes its own files beside the checkpoint
         trainer_config = self._trainer_config()
         if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False:
             # A log file gets a few lines per epoch, not a bar redrawn on every batch.
@@ -229,6 +250,47 @@ class FaevalCLI(LightningCLI):
             return claim_next(folder, self._run_fields())
         return claim(folder, self._run_fields())
 
+    def _claim_eval_dir(self) -> Path:
+        """Claims ``RUN/eval/<command>-<checkpoint>`` for ``faeval test|validate`` (rank 0).
+
+        Raises:
+            ConfigError: no checkpoint given: there is no trained run to evaluate.
+        """
+        ckpt = self._get(self.config_init, "ckpt_path", default=None)
+        if not ckpt:
+            raise ConfigError(
+                f"faeval {self.subcommand} evaluates a trained run: faeval {self.subcommand} "
+                "RUN_FOLDER, or --ckpt_path CHECKPOINT with the run's --config"
+            )
+        ckpt = Path(ckpt).resolve()
+        run_dir = self._resumed_run_dir()
+        base = (run_dir or ckpt.parent) / "eval" / f"{self.subcommand}-{ckpt.stem}"
+        if rank_zero_only.rank != 0:
+            return base
+        return claim_next(base, {**self._run_fields(), "checkpoint": str(ckpt)})
+
+    def after_test(self) -> None:
+        self._write_results()
+
+    def after_validate(self) -> None:
+        self._write_results()
+
+    def _write_results(self) -> None:
+        """``results.json`` in the evaluation's folder: the figures and what was evaluated."""
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        if not self.trainer.is_global_zero or log_dir is None:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        record = {
+            "command": self.subcommand,
+            "checkpoint": str(self._get(self.config_init, "ckpt_path", default=None)),
+            "metrics": metrics,
+        }
+        path = Path(log_dir) / "results.json"
+        path.write_text(json.dumps(record, indent=1))
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        print(f"[faeval] {self.subcommand}: {figures}; written to {path}", flush=True)
+
     def _resumed_run_dir(self) -> Path | None:
         """The run folder of ``--ckpt_path`` when the checkpoint lies in a run's checkpoints/."""
         ckpt = self._get(self.config_init, "ckpt_path", default=None)
@@ -266,6 +328,7 @@ def run(args: list[str] | None = None) -> FaevalCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_class=FaevalParser,
+        parser_kwargs=parser_kwargs(),
         trainer_class=FaevalTrainer,
         seed_everything_default=0,
         # faeval writes its own HParams row (method, data, seed, options) without hp_metric.
