@@ -25,6 +25,7 @@ from faeval.data import InMemoryDataModule
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
+from faeval.resume import ResumeConflict, checkpointing, conflicting_options
 from faeval.runs import DEFAULT_RUN_NAME, LOGS, claim, claim_next, holds_run, run_name
 from faeval.trainer import FaevalTrainer
 
@@ -85,6 +86,8 @@ class FaevalParser(LightningArgumentParser):
 class FaevalCLI(LightningCLI):
     """LightningCLI with the diagnostics always on and a one-switch floor stop."""
 
+    _raw_args: list[str] | None = None  # the arguments as given (parse_arguments)
+
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Diagnostics, "diagnostics")
@@ -103,6 +106,14 @@ class FaevalCLI(LightningCLI):
                 "fields {data}, {method}, {backbone}, {seed}. The default name moves on to "
                 "-run2, -run3… when taken; a name you give is refused when it holds a run."
             ),
+        )
+        # Resumable runs (faeval/resume.py): checkpoints/last.ckpt at every epoch end and,
+        # with this option, every N steps too.
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=0,
+            help="Also save checkpoints/last.ckpt every N training steps (0: every epoch only).",
         )
         parser.link_arguments(
             "data.input_shape", "model.init_args.input_shape", apply_on="instantiate"
@@ -127,6 +138,7 @@ class FaevalCLI(LightningCLI):
         ):
             self.config = parser.parse_args(["audit", *audit_arguments(raw[1]), *raw[2:]])
             return
+        self._raw_args = raw  # what was given, for the resume check in _parse_ckpt_path
         super().parse_arguments(parser, args)
 
     @override
@@ -134,11 +146,40 @@ class FaevalCLI(LightningCLI):
         # audit loads its checkpoint itself (weights-only, with clear errors); the model comes
         # from the run's config.yaml, and the checkpoint's class is checked against it.
         if self.config.get("subcommand") != "audit":
+            self._check_resume_options()  # before Lightning merges the checkpoint's options
             super()._parse_ckpt_path()
+
+    def _check_resume_options(self) -> None:
+        """Refuses model options given with ``--ckpt_path`` that contradict the checkpoint's.
+
+        Lightning replaces the model options by the checkpoint's hyperparameters; options
+        the user gave explicitly (command line or ``--config``) that differ are an error.
+
+        Raises:
+            ResumeConflict: naming each contradicting option and the checkpoint's value.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file() or not isinstance(self._raw_args, list):
+            return
+        given = self.parser.parse_args(self._raw_args, defaults=False)[subcommand]
+        saved = load_checkpoint(ckpt_path).get("hyper_parameters", {})
+        model = given.get("model")
+        conflicts = conflicting_options(model.as_dict() if model else {}, saved)
+        if conflicts:
+            raise ResumeConflict(
+                f"--ckpt_path {ckpt_path} was saved with other model options: "
+                + "; ".join(conflicts)
+                + ". Resume with the run's own options (faeval fit --config RUN/config.yaml "
+                "--ckpt_path CKPT) or leave these out."
+            )
 
     @override
     def instantiate_trainer(self, **kwargs):
         default_logger = self._trainer_config().get("logger") in (None, True)
+        if self.subcommand == "fit":  # last.ckpt, written atomically (faeval/resume.py)
+            every = self._get(self.config_init, "checkpoint_every_n_steps", default=0)
+            kwargs.update(checkpointing(self._trainer_config(), every))
         claim_explicit = False
         if self.subcommand == "fit":
             run_dir = self._resumed_run_dir()

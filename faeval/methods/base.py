@@ -192,21 +192,47 @@ class CreditMethod(LightningModule, abc.ABC):
         self._epoch_sums[name] = (total + value, count + 1)
 
     def epoch_means(self) -> dict[str, float]:
-        """The means of the figures accumulated in the current epoch so far."""
-        return {name: float(total / count) for name, (total, count) in self._epoch_sums.items()}
+        """The means of the figures accumulated in the current epoch so far, over every rank.
+
+        Under DDP this is a collective (one all-reduce of the sums and counts): every rank
+        must call it, the same number of times, and they all get the same means.
+        """
+        sums = self._epoch_sums
+        trainer = self._trainer
+        if sums and trainer is not None and trainer.world_size > 1:
+            names = sorted(sums)  # the same names on every rank: the same code ran
+            values = [sums[k][0] for k in names] + [float(sums[k][1]) for k in names]
+            totals = torch.stack(
+                [torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in values]
+            )
+            totals = trainer.strategy.reduce(totals, reduce_op="sum")
+            n = len(names)
+            return {k: float(totals[i] / totals[n + i]) for i, k in enumerate(names)}
+        return {name: float(total / count) for name, (total, count) in sums.items()}
 
     @override
     def on_train_epoch_end(self) -> None:
         for name, value in self.epoch_means().items():
-            self.log(name, value)
+            # Already reduced over ranks; sync_dist keeps Lightning's DDP check quiet (the mean
+            # of equal values) and every rank's EarlyStopping sees the same figure.
+            self.log(name, value, sync_dist=True)
         self._epoch_sums.clear()
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The epoch's running sums: a run resumed mid-epoch logs the same epoch means.
+        checkpoint["faeval_epoch_sums"] = {k: tuple(v) for k, v in self._epoch_sums.items()}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._epoch_sums = dict(checkpoint.get("faeval_epoch_sums", {}))
 
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.backbone(x)
         self.test_acc(logits, y)
-        self.log("test/loss", F.cross_entropy(logits, y), on_epoch=True)
+        self.log("test/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
         self.log("test/acc", self.test_acc, on_epoch=True)
 
     @override
