@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import time
+from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -110,6 +111,14 @@ def quiet_trainer(tmp_path, **kwargs) -> Trainer:
 def sgd(lr: float = 0.0):
     """An optimizer factory for methods (``optimizer=`` argument); picklable for hparams."""
     return functools.partial(torch.optim.SGD, lr=lr)
+
+
+def subprocess_env() -> dict[str, str]:
+    """For ``python -m faeval`` in a subprocess: one thread like the tests' own process (for
+    bit-exact comparisons), this checkout's faeval and tests first on the path."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 class KillAt(Callback):

@@ -16,9 +16,8 @@ from faeval.callbacks import LastCheckpoint
 from faeval.cli import run
 from faeval.resume import AtomicCheckpointIO, ResumeConflict, checkpointing, conflicting_options
 from faeval.runlog import keep_rows_through, read_rows
-from tests.helpers import TINY_RUN
+from tests.helpers import TINY_RUN, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
 #: 3 epochs of 4 batches; last.ckpt after every step (the epoch's last step: at its end).
 RUN = [*TINY_RUN, "--trainer.max_epochs", "3", "--data.random_targets", "true",
        "--checkpoint_every_n_steps", "1"]  # fmt: skip
@@ -26,12 +25,6 @@ RUN = [*TINY_RUN, "--trainer.max_epochs", "3", "--data.random_targets", "true",
 
 def run_dir(root: Path) -> Path:
     return root / "lightning_logs" / "SyntheticLadder" / "DFA" / "seed0"
-
-
-def subprocess_env() -> dict[str, str]:
-    """One thread like the tests' own process (bit-exact comparisons), this worktree first."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
