@@ -10,10 +10,6 @@ set -euo pipefail
 
 answers() { timeout 20 srun --quiet --time=1 hostname >/dev/null 2>&1; }
 
-if command -v srun >/dev/null && scontrol ping 2>/dev/null | grep -q UP && answers; then
-  echo "[slurm] cluster already up: $(sinfo -h -o '%N %c CPUs %m MB %T')"
-  exit 0
-fi
 if [ "$(id -u)" != 0 ]; then
   echo "[slurm] starting the cluster needs root (apt-get, daemons)" >&2
   exit 1
@@ -49,7 +45,7 @@ AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
-SchedulerType=sched/backfill
+SchedulerType=sched/builtin
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
@@ -70,6 +66,11 @@ $node State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 )
+if [ -f /etc/slurm/slurm.conf ] && [ "$conf" = "$(cat /etc/slurm/slurm.conf)" ] &&
+  scontrol ping 2>/dev/null | grep -q UP && answers; then
+  echo "[slurm] cluster already up: $(sinfo -h -o '%N %c CPUs %m MB %T')"
+  exit 0
+fi
 if [ ! -f /etc/slurm/slurm.conf ] || [ "$conf" != "$(cat /etc/slurm/slurm.conf)" ]; then
   printf '%s\n' "$conf" >/etc/slurm/slurm.conf
   for pid in /run/slurm/slurmctld.pid /run/slurm/slurmd.pid; do  # ours, of an older config

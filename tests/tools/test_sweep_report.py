@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import sys
@@ -13,42 +12,7 @@ import matplotlib.image
 import pytest
 import yaml
 
-from tests.helpers import TINY_RUN
-from tests.protocol.cli_args import CHEAP
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"faeval_tools_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep, report = load_tool("sweep"), load_tool("report")
-
-SPEC = {
-    "seeds": [0, 1],
-    "methods": ["DFA"],  # FrozenBlocks joins automatically: 2 methods × 2 seeds
-    "args": [*TINY_RUN, "--trainer.max_epochs", "1"],
-    "protocol": {"every_n_epochs": 1, "settings": CHEAP},
-    "settings": {"tiny": {"model.backbone.w2_std": 0.01}},
-}
-
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sweep")
-    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    assert (
-        sweep.main(
-            [str(root / "spec.yaml"), "--out", str(root / "out"), "--jobs", "2", "--cores", "2"]
-        )
-        == 0
-    )
-    return root
+from tests.tools.sweeps import TOOLS, report, sweep
 
 
 def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
