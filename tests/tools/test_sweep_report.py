@@ -139,3 +139,23 @@ def test_the_reference_sweep_plans_bp_fa_dfa_and_frozen_on_three_seeds(monkeypat
     cmd = sweep.command(spec, runs[0], Path("/tmp/x"))
     assert cmd[cmd.index("--model.backbone.d_hidden") + 1] == "256"
     assert "--trainer.callbacks+=Protocol" in cmd
+
+
+def test_a_sweep_started_again_continues_an_unfinished_run_from_its_checkpoint(swept, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(swept / "out", out)
+    run_dir = out / "runs" / "tiny" / "DFA" / "seed1"
+    (run_dir / "status.json").unlink()  # its process was killed: no status, a last.ckpt
+    before = (run_dir / "diagnostics.jsonl").read_text()
+    spec = yaml.safe_load((swept / "spec.yaml").read_text())
+    spec["args"] += ["--trainer.max_epochs", "2"]  # the budget it had not reached
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out), "--dry_run"]) == 0
+    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out)]) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "ok" and status["resumed"] is True
+    assert "--ckpt_path" in status["cmd"]
+    rows = (run_dir / "diagnostics.jsonl").read_text()
+    assert rows.startswith(before)  # epochs 0 and 1 kept, epoch 2 appended
+    assert [json.loads(line)["epoch"] for line in rows.splitlines()] == [0, 1, 2]
+    assert not (out / "attempts").exists()  # continued in place, nothing set aside
