@@ -25,7 +25,7 @@ from faeval.data import InMemoryDataModule
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
-from faeval.resume import ResumeConflict, checkpointing, conflicting_options
+from faeval.resume import check_resume_options, checkpointing
 from faeval.runs import DEFAULT_RUN_NAME, LOGS, claim, claim_next, holds_run, run_name
 from faeval.trainer import FaevalTrainer
 
@@ -150,29 +150,17 @@ class FaevalCLI(LightningCLI):
             super()._parse_ckpt_path()
 
     def _check_resume_options(self) -> None:
-        """Refuses model options given with ``--ckpt_path`` that contradict the checkpoint's.
-
-        Lightning replaces the model options by the checkpoint's hyperparameters; options
-        the user gave explicitly (command line or ``--config``) that differ are an error.
+        """Refuses model options given with ``--ckpt_path`` that contradict the checkpoint's
+        (Lightning would silently replace them by the checkpoint's hyperparameters).
 
         Raises:
             ResumeConflict: naming each contradicting option and the checkpoint's value.
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file() or not isinstance(self._raw_args, list):
-            return
-        given = self.parser.parse_args(self._raw_args, defaults=False)[subcommand]
-        saved = load_checkpoint(ckpt_path).get("hyper_parameters", {})
-        model = given.get("model")
-        conflicts = conflicting_options(model.as_dict() if model else {}, saved)
-        if conflicts:
-            raise ResumeConflict(
-                f"--ckpt_path {ckpt_path} was saved with other model options: "
-                + "; ".join(conflicts)
-                + ". Resume with the run's own options (faeval fit --config RUN/config.yaml "
-                "--ckpt_path CKPT) or leave these out."
-            )
+        if ckpt_path and Path(ckpt_path).is_file() and isinstance(self._raw_args, list):
+            given = self.parser.parse_args(self._raw_args, defaults=False)[subcommand]
+            check_resume_options(given.get("model"), ckpt_path)
 
     @override
     def instantiate_trainer(self, **kwargs):

@@ -23,6 +23,7 @@ from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from typing_extensions import override
 
 from faeval.callbacks import LastCheckpoint
+from faeval.protocol.checkpoint import load_checkpoint
 
 #: How a checkpoint being written is named beside its final path (hidden, never ``*.ckpt``).
 TEMP_PATTERN = ".{name}.*.tmp"
@@ -117,6 +118,29 @@ def _as_list(value: Any) -> list:
 
 class ResumeConflict(ValueError):
     """Options given to a resumed run contradict the checkpoint's hyperparameters."""
+
+
+def check_resume_options(given: Any, ckpt_path: str | Path) -> None:
+    """Refuses model options given to a resumed run that contradict its checkpoint's.
+
+    Args:
+        given: the ``model`` options given explicitly (jsonargparse's Namespace, parsed with
+            ``defaults=False``: command line and ``--config`` files), or None.
+        ckpt_path: the checkpoint being resumed.
+
+    Raises:
+        ResumeConflict: naming each contradicting option and the checkpoint's value.
+    """
+    saved = load_checkpoint(ckpt_path).get("hyper_parameters", {})
+    given = given.as_dict() if hasattr(given, "as_dict") else dict(given or {})
+    conflicts = conflicting_options(given, saved)
+    if conflicts:
+        raise ResumeConflict(
+            f"--ckpt_path {ckpt_path} was saved with other model options: "
+            + "; ".join(conflicts)
+            + ". Resume with the run's own options (faeval fit --config RUN/config.yaml "
+            "--ckpt_path CKPT) or leave these out."
+        )
 
 
 def conflicting_options(given: Mapping[str, Any], saved: Mapping[str, Any]) -> list[str]:

@@ -12,7 +12,9 @@ import torch
 
 from faeval.cli import run
 from faeval.diagnostics.layers import measure_layers
+from faeval.runlog import read_rows
 from tests.helpers import subprocess_env
+from tests.protocol.cli_args import protocol_args
 
 B = 16  # per rank; the single process takes 2·B
 #: 128 training samples: 4 global batches of 32; 100 test samples: ranks get 50 each.
@@ -89,32 +91,18 @@ def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path, capfd,
 
 
 def test_a_ddp_run_started_as_the_command_line_does_resumes_exactly(tmp_path):
-    """``--trainer.strategy ddp`` (Lightning starts rank 1 as a new process) used to hang."""
-    straight = fit(tmp_path / "straight", "DFA", devices=2, epochs=2)
-    fit(tmp_path / "half", "DFA", devices=2, epochs=1)
+    """``--trainer.strategy ddp`` (Lightning starts rank 1 as a new process) used to hang;
+    the Protocol callback's heavier pieces run on rank 0 and are written once too."""
+    protocol = protocol_args(every=1)
+    straight = fit(tmp_path / "straight", "DFA", *protocol, devices=2, epochs=2)
+    fit(tmp_path / "half", "DFA", *protocol, devices=2, epochs=1)
     folder = tmp_path / "half" / "lightning_logs" / "SyntheticLadder" / "DFA" / "seed0"
+    resume = ["--data.batch_size", str(B), "--trainer.max_epochs", "2",
+              "--trainer.default_root_dir", str(tmp_path / "half"),
+              "--trainer.strategy", "ddp", "--trainer.devices", "2",
+              "--ckpt_path", str(folder / "checkpoints" / "last.ckpt")]  # fmt: skip
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "faeval",
-            "fit",
-            "--model",
-            "DFA",
-            *DATA,
-            "--data.batch_size",
-            str(B),
-            "--trainer.max_epochs",
-            "2",
-            "--trainer.default_root_dir",
-            str(tmp_path / "half"),
-            "--trainer.strategy",
-            "ddp",
-            "--trainer.devices",
-            "2",
-            "--ckpt_path",
-            str(folder / "checkpoints" / "last.ckpt"),
-        ],
+        [sys.executable, "-m", "faeval", "fit", "--model", "DFA", *DATA, *protocol, *resume],
         env=subprocess_env(),
         capture_output=True,
         text=True,
@@ -123,6 +111,7 @@ def test_a_ddp_run_started_as_the_command_line_does_resumes_exactly(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("[faeval] epoch 2 ") == 1  # printed by rank 0 alone
     assert [r["epoch"] for r in rows(tmp_path / "half", "DFA")] == [0, 1, 2]
+    assert [r["epoch"] for r in read_rows(folder / "protocol.jsonl")] == [1, 2]
     resumed = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["global_step"] == 8
     want = straight.model.state_dict()
