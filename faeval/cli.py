@@ -34,6 +34,7 @@ from faeval.errors import ConfigError, DataNotFoundError, user_error
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
+from faeval.resume import check_resume_options, checkpointing
 from faeval.runs import (
     DEFAULT_RUN_NAME,
     LOGS,
@@ -140,6 +141,8 @@ class FaevalCLI(LightningCLI):
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         summarize_commands(self.parser)
 
+    _raw_args: list[str] | None = None  # the arguments as given (parse_arguments)
+
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Diagnostics, "diagnostics")
@@ -158,6 +161,14 @@ class FaevalCLI(LightningCLI):
                 "fields {data}, {method}, {backbone}, {seed}. The default name moves on to "
                 "-run2, -run3… when taken; a name you give is refused when it holds a run."
             ),
+        )
+        # Resumable runs (faeval/resume.py): checkpoints/last.ckpt at every epoch end and,
+        # with this option, every N steps too.
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=0,
+            help="Also save checkpoints/last.ckpt every N training steps (0: every epoch only).",
         )
         parser.link_arguments(
             "data.input_shape", "model.init_args.input_shape", apply_on="instantiate"
@@ -190,6 +201,7 @@ class FaevalCLI(LightningCLI):
         ):  # faeval audit|test|validate RUN_OR_CKPT: the run's own config and checkpoint
             self.config = parser.parse_args([raw[0], *run_arguments(raw[1]), *raw[2:]])
             return
+        self._raw_args = raw  # what was given, for the resume check in _parse_ckpt_path
         super().parse_arguments(parser, args)
 
     @override
@@ -197,11 +209,28 @@ class FaevalCLI(LightningCLI):
         # audit loads its checkpoint itself (weights-only, with clear errors); the model comes
         # from the run's config.yaml, and the checkpoint's class is checked against it.
         if self.config.get("subcommand") != "audit":
+            self._check_resume_options()  # before Lightning merges the checkpoint's options
             super()._parse_ckpt_path()
+
+    def _check_resume_options(self) -> None:
+        """Refuses model options given with ``--ckpt_path`` that contradict the checkpoint's
+        (Lightning would silently replace them by the checkpoint's hyperparameters).
+
+        Raises:
+            ResumeConflict: naming each contradicting option and the checkpoint's value.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file() and isinstance(self._raw_args, list):
+            given = self.parser.parse_args(self._raw_args, defaults=False)[subcommand]
+            check_resume_options(given.get("model"), ckpt_path)
 
     @override
     def instantiate_trainer(self, **kwargs):
         default_logger = self._trainer_config().get("logger") in (None, True)
+        if self.subcommand == "fit":  # last.ckpt, written atomically (faeval/resume.py)
+            every = self._get(self.config_init, "checkpoint_every_n_steps", default=0)
+            kwargs.update(checkpointing(self._trainer_config(), every))
         claim_explicit = False
         if self.subcommand == "fit":
             run_dir = self._resumed_run_dir()
@@ -227,7 +256,9 @@ class FaevalCLI(LightningCLI):
         trainer_config = self._trainer_config()
         if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False:
             # A log file gets a few lines per epoch, not a bar redrawn on every batch.
-            kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), LineProgress()]
+            callbacks = kwargs.get("callbacks", trainer_config.get("callbacks")) or []
+            callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+            kwargs["callbacks"] = [*callbacks, LineProgress()]
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as err:  # a bad --trainer.* value

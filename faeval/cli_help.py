@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from jsonargparse import DefaultHelpFormatter
+from typing_extensions import override
 
 MAIN = """\
 faeval trains backprop and its alternatives (FA, DFA, EP, the bridges …) on one shared
@@ -76,6 +77,7 @@ ORDER = ("options", "command", "model", "data", "diagnostics", "linked", "traine
 class HelpFormatter(DefaultHelpFormatter):
     """jsonargparse's help, keeping the line breaks of the descriptions above."""
 
+    @override
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return argparse.RawDescriptionHelpFormatter._fill_text(self, text, width, indent)
 

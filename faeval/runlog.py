@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -232,17 +233,48 @@ def protocol_scalars(row: ProtocolRow) -> dict[str, float]:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Appends one JSON row to a ``.jsonl`` file in a single write (creating the folder)."""
+    """Appends one JSON row to a ``.jsonl`` file in a single write (creating the folder).
+
+    A row is complete once its newline is written: a process killed in the middle of the
+    write leaves a last line without one, which ``read_rows`` ignores.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The JSON rows of a ``.jsonl`` file, in order ([] when absent)."""
+    """The complete JSON rows of a ``.jsonl`` file, in order ([] when absent).
+
+    A last line without its newline is a row torn by a kill while writing: left out.
+    """
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")[:-1]  # the part after the last newline is torn
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def keep_rows_through(path: Path, epoch: int) -> int:
+    """Rewrites a ``.jsonl`` file with only its complete rows of epochs <= ``epoch``.
+
+    For a run resumed from a checkpoint taken after epoch ``epoch``'s rows were written:
+    rows of later epochs (work the checkpoint does not hold, which the resumed run redoes)
+    and a torn last line go, so every epoch keeps one row. The file is replaced atomically.
+
+    Returns:
+        the number of rows dropped (a torn line counts as one).
+    """
+    if not path.is_file():
+        return 0
+    text = path.read_text()
+    rows = read_rows(path)
+    kept = [r for r in rows if r["epoch"] <= epoch]
+    dropped = len(rows) - len(kept) + (not text.endswith("\n") and bool(text))
+    if dropped:
+        temp = path.with_name(f".{path.name}.tmp")
+        temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(temp, path)
+    return dropped
 
 
 @dataclass(frozen=True)

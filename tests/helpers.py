@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +21,7 @@ from lightning.pytorch import Callback, Trainer
 from torch import Tensor, nn
 
 from faeval.backbones import LayeredBackbone
+from faeval.resume import AtomicCheckpointIO
 
 #: Command-line flags for a quiet run: no progress bar, summary or per-epoch table.
 QUIET = [
@@ -152,3 +156,61 @@ def tensorboard_server(logdir: Path) -> Iterator[Callable[..., object]]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+def subprocess_env() -> dict[str, str]:
+    """For ``python -m faeval`` in a subprocess: one thread like the tests' own process (for
+    bit-exact comparisons), this checkout's faeval and tests first on the path."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+class KillAt(Callback):
+    """Kills its own process with SIGKILL after training step ``step`` (a crash, mid-epoch).
+
+    Callbacks run before the checkpoint callback, so the step's own checkpoint is not saved.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillWhileWriting(AtomicCheckpointIO):
+    """Writes half of its ``save``-th checkpoint, then kills its process with SIGKILL."""
+
+    def __init__(self, save: int) -> None:
+        super().__init__()
+        self.save, self.saves = save, 0
+
+    def _write(self, checkpoint, fh) -> None:
+        self.saves += 1
+        if self.saves < self.save:
+            return super()._write(checkpoint, fh)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        fh.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        fh.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Throttle(Callback):
+    """Sleeps after every training step: a slow run to interrupt from outside."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)
+
+
+class RankStates(Callback):
+    """Saves every rank's final model state to ``folder/rank<R>.pt`` (DDP tests)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        torch.save(pl_module.state_dict(), f"{self.folder}/rank{trainer.global_rank}.pt")

@@ -196,8 +196,23 @@ class CreditMethod(LightningModule, abc.ABC):
         self._epoch_sums[name] = (total + value, count + 1)
 
     def epoch_means(self) -> dict[str, float]:
-        """The means of the figures accumulated in the current epoch so far."""
-        return {name: float(total / count) for name, (total, count) in self._epoch_sums.items()}
+        """The means of the figures accumulated in the current epoch so far, over every rank.
+
+        Under DDP this is a collective (one all-reduce of the sums and counts): every rank
+        must call it, the same number of times, and they all get the same means.
+        """
+        sums = self._epoch_sums
+        trainer = self._trainer
+        if sums and trainer is not None and trainer.world_size > 1:
+            names = sorted(sums)  # the same names on every rank: the same code ran
+            values = [sums[k][0] for k in names] + [float(sums[k][1]) for k in names]
+            totals = torch.stack(
+                [torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in values]
+            )
+            totals = trainer.strategy.reduce(totals, reduce_op="sum")
+            n = len(names)
+            return {k: float(totals[i] / totals[n + i]) for i, k in enumerate(names)}
+        return {name: float(total / count) for name, (total, count) in sums.items()}
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
         """Logs an epoch's figures at x = epochs completed.
@@ -207,7 +222,9 @@ class CreditMethod(LightningModule, abc.ABC):
         ``limit_train_batches`` line up, and the diagnostics rows share the same x.
         """
         for name, value in metrics.items():
-            self.log(name, value, logger=False)
+            # The figures are already reduced over ranks (epoch_means, torchmetrics' compute);
+            # sync_dist keeps Lightning's DDP check quiet and every rank's callbacks agree.
+            self.log(name, value, logger=False, sync_dist=True)
         if self.logger is not None and not self.trainer.sanity_checking:
             self.logger.log_metrics(metrics, step=self.epochs_completed())
 
@@ -220,6 +237,15 @@ class CreditMethod(LightningModule, abc.ABC):
     def on_train_epoch_end(self) -> None:
         self.log_epoch(self.epoch_means())
         self._epoch_sums.clear()
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The epoch's running sums: a run resumed mid-epoch logs the same epoch means.
+        checkpoint["faeval_epoch_sums"] = {k: tuple(v) for k, v in self._epoch_sums.items()}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._epoch_sums = dict(checkpoint.get("faeval_epoch_sums", {}))
 
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

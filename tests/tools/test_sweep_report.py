@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import sys
@@ -13,42 +12,7 @@ import matplotlib.image
 import pytest
 import yaml
 
-from tests.helpers import TINY_RUN
-from tests.protocol.cli_args import CHEAP
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"faeval_tools_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep, report = load_tool("sweep"), load_tool("report")
-
-SPEC = {
-    "seeds": [0, 1],
-    "methods": ["DFA"],  # FrozenBlocks joins automatically: 2 methods × 2 seeds
-    "args": [*TINY_RUN, "--trainer.max_epochs", "1"],
-    "protocol": {"every_n_epochs": 1, "settings": CHEAP},
-    "settings": {"tiny": {"model.backbone.w2_std": 0.01}},
-}
-
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sweep")
-    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    assert (
-        sweep.main(
-            [str(root / "spec.yaml"), "--out", str(root / "out"), "--jobs", "2", "--cores", "2"]
-        )
-        == 0
-    )
-    return root
+from tests.tools.sweeps import TOOLS, report, sweep
 
 
 def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
@@ -175,3 +139,23 @@ def test_the_reference_sweep_plans_bp_fa_dfa_and_frozen_on_three_seeds(monkeypat
     cmd = sweep.command(spec, runs[0], Path("/tmp/x"))
     assert cmd[cmd.index("--model.backbone.d_hidden") + 1] == "256"
     assert "--trainer.callbacks+=Protocol" in cmd
+
+
+def test_a_sweep_started_again_continues_an_unfinished_run_from_its_checkpoint(swept, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(swept / "out", out)
+    run_dir = out / "runs" / "tiny" / "DFA" / "seed1"
+    (run_dir / "status.json").unlink()  # its process was killed: no status, a last.ckpt
+    before = (run_dir / "diagnostics.jsonl").read_text()
+    spec = yaml.safe_load((swept / "spec.yaml").read_text())
+    spec["args"] += ["--trainer.max_epochs", "2"]  # the budget it had not reached
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out), "--dry_run"]) == 0
+    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out)]) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "ok" and status["resumed"] is True
+    assert "--ckpt_path" in status["cmd"]
+    rows = (run_dir / "diagnostics.jsonl").read_text()
+    assert rows.startswith(before)  # epochs 0 and 1 kept, epoch 2 appended
+    assert [json.loads(line)["epoch"] for line in rows.splitlines()] == [0, 1, 2]
+    assert not (out / "attempts").exists()  # continued in place, nothing set aside
