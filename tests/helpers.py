@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from torch import Tensor, nn
 
-from faeval.backbones import LayeredBackbone
+from faeval.backbones import LayeredBackbone, Wrapped
 
 #: Command-line flags for a quiet run: no progress bar, summary or per-epoch table.
 QUIET = [
@@ -45,6 +45,60 @@ class LinearNet(LayeredBackbone):
 
     def readout(self, h: Tensor) -> Tensor:
         return self.head(h)
+
+
+class PlainResNet(nn.Module):
+    """A residual network written without faeval in mind, as a researcher's own model is.
+
+    h = stem(x); each block adds its branch to h (``skip_inside``: the block adds it
+    itself, as torchvision's blocks do); logits = head(norm(h)).
+    """
+
+    def __init__(
+        self, input_dim=12, num_classes=4, width=16, depth=3, skip_inside: bool = False
+    ) -> None:
+        super().__init__()
+        self.skip_inside = skip_inside
+        self.stem = nn.Linear(input_dim, width)
+        self.layers = nn.ModuleList(
+            (SkipBlock if skip_inside else Branch)(width) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        for layer in self.layers:
+            h = layer(h) if self.skip_inside else h + layer(h)
+        return self.head(self.norm(h))
+
+
+class Branch(nn.Sequential):
+    """A pre-LN residual branch, LN -> Linear -> tanh -> Linear."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(
+            nn.LayerNorm(width), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width)
+        )
+
+
+class SkipBlock(nn.Module):
+    """A block that adds its own skip connection: h + branch(h)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.branch = Branch(width)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.branch(h)
+
+
+def wrap_plain_resnet(input_shape, num_classes, skip_inside: bool = False) -> Wrapped:
+    """A ``PlainResNet`` in the layered interface (a backbone factory for the methods)."""
+    net = PlainResNet(input_shape[0], num_classes, skip_inside=skip_inside)
+    return Wrapped(
+        net.stem, net.layers, [net.norm, net.head], input_shape, residual_add=not skip_inside
+    )
 
 
 def reference_states(backbone: LayeredBackbone, x: Tensor) -> tuple[list[Tensor], Tensor]:
