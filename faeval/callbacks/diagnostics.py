@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 from typing_extensions import override
 
+from faeval.data.contract import Batch, trainer_probe
 from faeval.diagnostics.layers import LayerFigures, measure_layers
 from faeval.protocol.settings import DEFAULT_THRESHOLDS
 from faeval.runlog import METHOD, ROWS_FILE, EpochRow, RunLog, epoch_scalars, summarize
@@ -54,6 +55,9 @@ class Diagnostics(Callback):
             (printed as a warning; the verdict belongs to the protocol).
         every_n_epochs: measure every n epochs (and always after the last one).
         verbose: print a per-layer table every time it measures.
+        probe: the probe batch (inputs, labels), from Python only; by default the data
+            module's own probe, else the first samples of the validation data
+            (``faeval.data.contract``), so any LightningDataModule or validation loader works.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class Diagnostics(Callback):
         growth_threshold: float = DEFAULT_THRESHOLDS.growth_threshold,
         every_n_epochs: int = 1,
         verbose: bool = True,
+        probe: Batch | None = None,
     ) -> None:
         if grad_floor <= 0 or growth_threshold <= 0 or every_n_epochs < 1:
             raise ValueError(
@@ -72,6 +77,7 @@ class Diagnostics(Callback):
         self.growth_threshold = growth_threshold
         self.every_n_epochs = every_n_epochs
         self.verbose = verbose
+        self.probe = probe
         self.init_h_norm: list[float] | None = None
         self.last_seconds = 0.0
         self.seed: int | None = None
@@ -93,9 +99,14 @@ class Diagnostics(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.seed = resolve_seed(None)
-        self._probe = trainer.datamodule.probe(pl_module.device)
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             trainer.logger.experiment.add_custom_scalars(LAYOUT)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The probe is taken here rather than at fit start: a Trainer given loaders instead of
+        # a data module has set its validation loaders up only by now.
+        self._probe = trainer_probe(trainer, pl_module.device, self.probe)
         if self.init_h_norm is None:  # a fresh run; a resumed one restored it
             fig = measure_layers(pl_module, *self._probe)
             self.init_h_norm = fig.h_norm

@@ -11,6 +11,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 from typing_extensions import override
 
+from faeval.callbacks.diagnostics import Diagnostics
+from faeval.data.contract import trainer_probe
 from faeval.protocol.measure import measure_protocol
 from faeval.protocol.settings import ProtocolSettings
 from faeval.runlog import ProtocolRow, RunLog, deep_mean, fmt, protocol_scalars
@@ -71,7 +73,9 @@ class Protocol(Callback):
             trainer.logger.log_metrics(protocol_scalars(row), step=trainer.global_step)
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> ProtocolRow:
-        x, y = trainer.datamodule.probe(pl_module.device)
+        # The same probe as the Diagnostics callback's: its explicit one, else the data's.
+        given = next((c.probe for c in trainer.callbacks if isinstance(c, Diagnostics)), None)
+        x, y = trainer_probe(trainer, pl_module.device, given)
         row: ProtocolRow = {"epoch": epoch, "step": trainer.global_step}
         row.update(measure_protocol(pl_module, x, y, self.settings))
         row["epoch_seconds"] = self._epoch_seconds
