@@ -50,3 +50,15 @@ def test_the_protocol_package_exports_what_it_lists():
 
     for name in faeval.protocol.__all__:
         assert getattr(faeval.protocol, name) is not None, name
+
+
+def test_type_hints_ship_with_the_package():
+    """PEP 561: ``py.typed`` in the package and in its package data, so wheels carry it."""
+    import configparser
+    from pathlib import Path
+
+    root = Path(faeval.__file__).parent
+    assert (root / "py.typed").is_file()
+    cfg = configparser.ConfigParser()
+    cfg.read(root.parent / "setup.cfg")
+    assert "py.typed" in cfg["options.package_data"]["faeval"].split()
