@@ -38,7 +38,8 @@ def test_the_verdicts_and_the_run_log_import_without_torch():
     """A report judges a sweep from its logs alone; it must not pay for torch."""
     code = (
         "import sys, faeval.runlog, faeval.protocol.verdicts, faeval.protocol.render, "
-        "faeval.protocol.settings; from faeval.protocol import judge_run, Thresholds; "
+        "faeval.protocol.settings, faeval.protocol.intervals; "
+        "from faeval.protocol import judge_run, judge_seeds, paired_interval, Thresholds; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
