@@ -263,6 +263,57 @@ def is_depth_baseline(rows: Iterable[EpochRow]) -> bool:
     return any(r.get("role") == DEPTH_BASELINE for r in rows)
 
 
+#: Backbone options that say its size, shown in a budget (in this order, where set).
+SIZE_OPTIONS = ("d_hidden", "d_model", "width", "num_blocks", "depth", "patch_size", "alpha")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run was given to train on, from its ``config.yaml`` and its last row.
+
+    Attributes:
+        data: the data module's class name (``+ random targets`` for the control).
+        backbone: the backbone's class name with its size options, e.g.
+            ``ResMLP d_hidden=256 num_blocks=4``.
+        epochs: epochs completed (the last row's epoch).
+        batches_per_epoch: optimizer steps per epoch, None before the first epoch.
+    """
+
+    data: str
+    backbone: str
+    epochs: int
+    batches_per_epoch: int | None
+
+
+def run_budget(run_dir: str | Path) -> Budget:
+    """The budget of a run folder (``unknown`` data and backbone without a config.yaml)."""
+    import yaml  # jsonargparse's dependency; only budgets read configs
+
+    config_file = Path(run_dir) / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    data = (config or {}).get("data") or {}
+    model = ((config or {}).get("model") or {}).get("init_args") or {}
+    data_name = str(data.get("class_path", "unknown")).rsplit(".", 1)[-1]
+    if (data.get("init_args") or {}).get("random_targets"):
+        data_name += " + random targets"
+    last = RunLog(Path(run_dir)).last_row() or {}
+    epochs = int(last.get("epoch") or 0)
+    step = last.get("step")
+    batches = step // epochs if epochs and isinstance(step, int) else None
+    return Budget(data_name, describe_backbone(model.get("backbone")), epochs, batches)
+
+
+def describe_backbone(config: Any) -> str:
+    """``ResMLP d_hidden=256 num_blocks=4`` from a backbone's class-path config."""
+    if not isinstance(config, dict) or "class_path" not in config:
+        return "unknown" if config is None else str(config)
+    args = config.get("init_args") or {}
+    words = [str(config["class_path"]).rsplit(".", 1)[-1]]
+    words += [f"{k}={args[k]}" for k in SIZE_OPTIONS if k in args]
+    words += [f"{k}=false" for k in ("residual_add", "terminal_ln") if args.get(k) is False]
+    return " ".join(words)
+
+
 #: The folder of a sweep that holds its runs, ``<setting>/<method>/seed<S>/`` below it.
 SWEEP_RUNS = "runs"
 

@@ -106,15 +106,12 @@ def interval_text(method: str, sv: SeedVerdict) -> str:
     level = f"{100 * iv.level:g}%"
     if sv.key == "d":
         quantity = "the margin over FrozenBlocks (each seed against its own FrozenBlocks run)"
-    elif sv.clearance:
-        quantity = (
-            "the deep-layer figure's clearance over the top of its own run's null band "
-            "(deep − band)"
-        )
+    elif sv.rule.startswith("no feedback draw"):
+        quantity = "deep ρ's clearance over its own run's random-credit control (ρ − band)"
     else:
-        quantity = "the deep-layer figure against the null band"
+        quantity = "the deep cosine's clearance over the top of its own run's null band"
     span = f"[{_span(sv, iv.low)}, {_span(sv, iv.high)}]"
-    threshold = _span(sv, iv.threshold)
+    threshold = "0" if sv.clearance else _span(sv, iv.threshold)
     passes = sum(st == "PASS" for _, st, _ in sv.seeds)
     fires = sum(st == "FIRES" for _, st, _ in sv.seeds)
     text = (
@@ -139,13 +136,22 @@ def interval_text(method: str, sv: SeedVerdict) -> str:
     return text
 
 
-def verdict_table(methods: dict[str, dict[str, SeedVerdict]]) -> str:
-    """Markdown verdict table: one row per method, one column per diagnostic."""
+def verdict_table(
+    methods: dict[str, dict[str, SeedVerdict]], marks: dict[tuple[str, str], str] | None = None
+) -> str:
+    """Markdown verdict table: one row per method, one column per diagnostic.
+
+    Args:
+        methods: per method, its cross-seed verdicts.
+        marks: a mark to append to the cell of ``(method, key)`` (a report's budget warning).
+    """
     keys = list(DIAGNOSTICS)
+    marks = marks or {}
     head = "| method | " + " | ".join(DIAGNOSTICS[k] for k in keys) + " |"
     lines = [head, "|---" * (len(keys) + 1) + "|"]
     for method, table in methods.items():
-        lines.append(f"| {method} | " + " | ".join(seed_cell(table[k]) for k in keys) + " |")
+        cells = [seed_cell(table[k]) + marks.get((method, k), "") for k in keys]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if methods:  # a rule can differ by method (Mode 2 uses ρ where there is no feedback)
         rules = {k: list(dict.fromkeys(t[k].rule for t in methods.values())) for k in keys}
         lines += [

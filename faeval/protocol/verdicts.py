@@ -387,7 +387,9 @@ def decide_by_interval(merged: SeedVerdict, verdicts: list[Verdict], level: floa
     if len(judged) < 2:
         return
     edges = {v.threshold for v in judged}
-    merged.clearance = len(edges) > 1  # each seed has its own threshold: compare differences
+    # Mode 2's band is each run's own; where seeds have their own threshold, compare each
+    # seed's clearance over it (figure − threshold) with 0.
+    merged.clearance = merged.key == "mode2" or len(edges) > 1
     if merged.clearance:
         values, threshold = [v.figure - v.threshold for v in judged], 0.0
     else:
