@@ -63,3 +63,24 @@ def test_type_hints_ship_with_the_package():
     cfg = configparser.ConfigParser()
     cfg.read(root.parent / "setup.cfg")
     assert "py.typed" in cfg["options.package_data"]["faeval"].split()
+
+
+def test_every_cited_docs_page_exists_and_nothing_cites_a_missing_design_document():
+    """The README, the package, the tools, the configs and the tests cite docs/ by real paths."""
+    import re
+    from pathlib import Path
+
+    root = Path(faeval.__file__).parent.parent
+    files = [root / "README.md", root / "pyproject.toml", *root.glob("docs/*.md")]
+    for folder in ("faeval", "tools", "tests", "configs"):
+        files += [p for p in (root / folder).rglob("*") if p.suffix in (".py", ".yaml", ".md")]
+    cited = set()
+    for path in files:
+        text = path.read_text()
+        assert "DESIGN" + ".md" not in text, path  # (spelled apart: this file is read too)
+        cited |= set(re.findall(r"docs/[\w.-]+\.md", text))
+        if path.parent.name == "docs":  # links between the pages
+            cited |= {f"docs/{name}" for name in re.findall(r"\]\(([\w.-]+\.md)", text)}
+    assert {"docs/notation.md", "docs/protocol.md", "docs/methods.md"} <= cited
+    missing = sorted(c for c in cited if not (root / c).is_file())
+    assert not missing

@@ -13,7 +13,7 @@ from typing_extensions import override
 from faeval.hparams import CLASS_PATH, plain_hparams
 from faeval.seeding import resolve_seed
 
-#: Samples in the diagnostics' fixed probe batch (DESIGN's 1024).
+#: Samples in the diagnostics' fixed probe batch (docs/protocol.md).
 PROBE_SIZE = 1024
 
 

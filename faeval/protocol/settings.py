@@ -49,7 +49,7 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class ProtocolSettings:
-    """Settings of the heavier pieces (DESIGN's defaults).
+    """Settings of the heavier pieces (defaults and reasons: docs/protocol.md).
 
     Attributes:
         null_draws: K, fresh feedback draws of the null band (at least 2).
