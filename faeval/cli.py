@@ -24,7 +24,7 @@ import faeval.methods
 from faeval.callbacks import Diagnostics, FloorStopping
 from faeval.data import InMemoryDataModule
 from faeval.data.contract import DataContractError, input_shape_of, num_classes_of
-from faeval.hparams import CLASS_PATH
+from faeval.hparams import CLASS_PATH, class_config
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
@@ -67,7 +67,7 @@ def audit_arguments(path: str, given: list[str] | None = None) -> list[str]:
     data = ckpt.get("datamodule_hyper_parameters") or {}
     if CLASS_PATH in data:
         args += ["--data", json.dumps(class_config(data))]
-    elif not any(a == "--data" or str(a).startswith("--data") for a in given or []):
+    elif not any(str(a).startswith("--data") for a in given or []):
         raise FileNotFoundError(
             f"no config.yaml in {run_dir} and {ckpt_file} does not record its data module; "
             "give it after the path: faeval audit PATH --data mypkg.MyData [--data.* options]"
@@ -76,12 +76,6 @@ def audit_arguments(path: str, given: list[str] | None = None) -> list[str]:
     if seed is not None:
         args += ["--seed_everything", str(seed)]
     return [*args, "--ckpt_path", str(ckpt_file)]
-
-
-def class_config(hparams: dict, skip: set[str] = frozenset()) -> dict:
-    """Recorded hyperparameters (``_class_path`` and arguments) as a class-path config."""
-    init_args = {k: v for k, v in hparams.items() if not k.startswith("_") and k not in skip}
-    return {"class_path": hparams[CLASS_PATH], "init_args": init_args}
 
 
 def _subclasses(module, base: type) -> list[str]:

@@ -81,3 +81,14 @@ def plain_hparams(cls: type, hparams: Mapping[str, Any]) -> dict[str, Any]:
     out.update({k: plain(v) for k, v in hparams.items() if k not in (CLASS_PATH, INSTANTIATOR)})
     out[INSTANTIATOR] = CLI_INSTANTIATOR
     return out
+
+
+def class_config(hparams: Mapping[str, Any], skip: frozenset[str] | set[str] = frozenset()) -> dict:
+    """Recorded hyperparameters back as a class-path config (``--model``/``--data`` JSON).
+
+    Args:
+        hparams: as recorded (``_class_path`` and the arguments).
+        skip: arguments to leave out (the ones the command line links from elsewhere).
+    """
+    init_args = {k: v for k, v in hparams.items() if not k.startswith("_") and k not in skip}
+    return {"class_path": hparams[CLASS_PATH], "init_args": init_args}

@@ -9,7 +9,7 @@ import torch
 
 from faeval.backbones import ResMLP
 from faeval.data import SyntheticLadder
-from faeval.hparams import CLI_INSTANTIATOR, plain, plain_hparams
+from faeval.hparams import CLI_INSTANTIATOR, class_config, plain, plain_hparams
 from faeval.methods import DFA
 from tests.helpers import sgd
 
@@ -39,6 +39,10 @@ def test_recorded_hparams_name_the_class_and_how_lightning_rebuilds_it():
         "input_shape": [8],
         "penalty": 0.1,
         "_instantiator": CLI_INSTANTIATOR,
+    }
+    assert class_config(out, skip={"input_shape"}) == {
+        "class_path": "faeval.methods.dfa.DFA",
+        "init_args": {"penalty": 0.1},
     }
 
 
