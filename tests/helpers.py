@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningDataModule, Trainer
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from faeval.backbones import LayeredBackbone
+from faeval.backbones import LayeredBackbone, Wrapped
 from faeval.resume import AtomicCheckpointIO
 
 #: Command-line flags for a quiet run: no progress bar, summary or per-epoch table.
@@ -58,6 +59,108 @@ class LinearNet(LayeredBackbone):
 
     def readout(self, h: Tensor) -> Tensor:
         return self.head(h)
+
+
+class PlainResNet(nn.Module):
+    """A residual network written without faeval in mind, as a researcher's own model is.
+
+    h = stem(x); each block adds its branch to h (``skip_inside``: the block adds it
+    itself, as torchvision's blocks do); logits = head(norm(h)).
+    """
+
+    def __init__(
+        self, input_dim=12, num_classes=4, width=16, depth=3, skip_inside: bool = False
+    ) -> None:
+        super().__init__()
+        self.skip_inside = skip_inside
+        self.stem = nn.Linear(input_dim, width)
+        self.layers = nn.ModuleList(
+            (SkipBlock if skip_inside else Branch)(width) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        for layer in self.layers:
+            h = layer(h) if self.skip_inside else h + layer(h)
+        return self.head(self.norm(h))
+
+
+class Branch(nn.Sequential):
+    """A pre-LN residual branch, LN -> Linear -> tanh -> Linear."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(
+            nn.LayerNorm(width), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width)
+        )
+
+
+class SkipBlock(nn.Module):
+    """A block that adds its own skip connection: h + branch(h)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.branch = Branch(width)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.branch(h)
+
+
+def wrap_plain_resnet(input_shape, num_classes, skip_inside: bool = False) -> Wrapped:
+    """A ``PlainResNet`` in the layered interface (a backbone factory for the methods)."""
+    net = PlainResNet(input_shape[0], num_classes, skip_inside=skip_inside)
+    return Wrapped(
+        net.stem, net.layers, [net.norm, net.head], input_shape, residual_add=not skip_inside
+    )
+
+
+class Blobs(LightningDataModule):
+    """A researcher's own data module, written without faeval in mind: Gaussian blobs in
+    ``DataLoader``s, inputs scaled by ``scale`` after transfer (as a normalising hook does).
+
+    Args:
+        declare: set ``num_classes`` (else only the validation set's ``classes`` tell it).
+        classes_attr: give the validation set (inside a ``Subset``) a ``classes`` list.
+    """
+
+    def __init__(
+        self,
+        n: int = 192,
+        dim: int = 6,
+        classes: int = 3,
+        batch_size: int = 32,
+        scale: float = 2.0,
+        declare: bool = True,
+        classes_attr: bool = False,
+    ) -> None:
+        super().__init__()
+        self.n, self.dim, self.classes, self.batch_size = n, dim, classes, batch_size
+        self.scale, self.classes_attr = scale, classes_attr
+        if declare:
+            self.num_classes = classes
+
+    def setup(self, stage: str | None = None) -> None:
+        gen = torch.Generator().manual_seed(0)
+        centres = 3 * torch.randn(self.classes, self.dim, generator=gen)
+        y = torch.randint(self.classes, (self.n,), generator=gen)
+        x = centres[y] + torch.randn(self.n, self.dim, generator=gen)
+        half = self.n // 2
+        self.train_set = TensorDataset(x[:half], y[:half])
+        val = TensorDataset(x[half:], y[half:])
+        if self.classes_attr:
+            val.classes = [f"blob{i}" for i in range(self.classes)]
+        self.val_set = Subset(val, range(len(val)))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=40)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        return x * self.scale, y
 
 
 def reference_states(backbone: LayeredBackbone, x: Tensor) -> tuple[list[Tensor], Tensor]:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from typing_extensions import override
 
 from faeval.callbacks.tensorboard import flat_hparams, write_hparams, write_layout
+from faeval.data.contract import Batch, trainer_probe
 from faeval.diagnostics.layers import LayerFigures, measure_layers
 from faeval.errors import ConfigError
 from faeval.protocol.settings import DEFAULT_THRESHOLDS
@@ -62,6 +63,9 @@ class Diagnostics(Callback):
             (printed as a warning; the verdict belongs to the protocol).
         every_n_epochs: measure every n epochs (and always after the last one).
         verbose: print a per-layer table every time it measures.
+        probe: the probe batch (inputs, labels), from Python only; by default the data
+            module's own probe, else the first samples of the validation data
+            (``faeval.data.contract``), so any LightningDataModule or validation loader works.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class Diagnostics(Callback):
         growth_threshold: float = DEFAULT_THRESHOLDS.growth_threshold,
         every_n_epochs: int = 1,
         verbose: bool = True,
+        probe: Batch | None = None,
     ) -> None:
         if grad_floor <= 0 or growth_threshold <= 0 or every_n_epochs < 1:
             raise ConfigError(
@@ -80,6 +85,7 @@ class Diagnostics(Callback):
         self.growth_threshold = growth_threshold
         self.every_n_epochs = every_n_epochs
         self.verbose = verbose
+        self.probe = probe
         self.init_h_norm: list[float] | None = None
         self.rows_through: int | None = None  # the last epoch whose row is written
         self.last_seconds = 0.0
@@ -112,10 +118,15 @@ class Diagnostics(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.seed = resolve_seed(None)
-        self._probe = trainer.datamodule.probe(pl_module.device)
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             write_layout(trainer.logger)
             write_hparams(trainer.logger, self._hparams(trainer, pl_module))
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The probe is taken here rather than at fit start: a Trainer given loaders instead of
+        # a data module has set its validation loaders up only by now.
+        self._probe = trainer_probe(trainer, pl_module.device, self.probe)
         if self.init_h_norm is None:  # a fresh run; a resumed one restored it
             fig = measure_once(trainer, pl_module, self._probe)
             self.init_h_norm = fig.h_norm
@@ -168,7 +179,7 @@ class Diagnostics(Callback):
         data = trainer.datamodule
         params = {
             "Method": type(pl_module).__name__,
-            "Data": type(data).__name__,
+            "Data": "loaders" if data is None else type(data).__name__,
             "Backbone": flat.pop("backbone", type(pl_module.backbone).__name__),
             "Seed": resolve_seed(None),
             **flat,

@@ -11,6 +11,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 from typing_extensions import override
 
+from faeval.callbacks.diagnostics import Diagnostics
+from faeval.data.contract import trainer_probe
 from faeval.errors import ConfigError
 from faeval.protocol.measure import measure_protocol
 from faeval.protocol.settings import ProtocolSettings
@@ -105,7 +107,9 @@ class Protocol(Callback):
             trainer.logger.log_metrics(protocol_scalars(row), step=epoch)
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> ProtocolRow:
-        x, y = trainer.datamodule.probe(pl_module.device)
+        # The same probe as the Diagnostics callback's: its explicit one, else the data's.
+        given = next((c.probe for c in trainer.callbacks if isinstance(c, Diagnostics)), None)
+        x, y = trainer_probe(trainer, pl_module.device, given)
         row: ProtocolRow = {"epoch": epoch, "step": trainer.global_step}
         if trainer.is_global_zero:  # one measurement for every rank (same weights, probe)
             row.update(measure_protocol(pl_module, x, y, self.settings))

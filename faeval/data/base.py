@@ -11,9 +11,10 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.errors import ConfigError
+from faeval.hparams import CLASS_PATH, plain_hparams
 from faeval.seeding import resolve_seed
 
-#: Samples in the diagnostics' fixed probe batch (DESIGN's 1024).
+#: Samples in the diagnostics' fixed probe batch (docs/protocol.md).
 PROBE_SIZE = 1024
 
 
@@ -180,6 +181,11 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
         ):
             if value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
+        # Recorded in checkpoints (as plain data), so `faeval audit` can rebuild the data of a
+        # run trained from Python, which leaves no config.yaml.
+        self.save_hyperparameters()
+        if CLASS_PATH not in self.hparams:
+            self.save_hyperparameters(plain_hparams(type(self), self.hparams))
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.probe_size = probe_size

@@ -28,6 +28,7 @@ from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, ResMLP, Trace
 from faeval.errors import ConfigError
+from faeval.hparams import CLASS_PATH, plain_hparams
 from faeval.runlog import METHOD
 
 BackboneFactory = Callable[[tuple[int, ...], int], LayeredBackbone]
@@ -68,20 +69,57 @@ def _fuse(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     )
 
 
+def built_backbone(
+    backbone: BackboneFactory | LayeredBackbone,
+    input_shape: tuple[int, ...] | None,
+    num_classes: int | None,
+) -> LayeredBackbone:
+    """The method's network: ``backbone`` itself when built, else built for the data.
+
+    Raises:
+        ValueError: no shape or class count to build from, or a built network made for
+            other data than the given shape and class count.
+    """
+    if isinstance(backbone, LayeredBackbone):
+        if input_shape is not None or num_classes is not None:
+            backbone.check_input(
+                backbone.input_shape if input_shape is None else input_shape,
+                backbone.num_classes if num_classes is None else num_classes,
+            )
+        return backbone
+    if input_shape is None or num_classes is None:
+        raise ValueError(
+            f"building the backbone needs input_shape and num_classes, got {input_shape} and "
+            f"{num_classes}; pass them (faeval fit links them from --data) or a built network"
+        )
+    return backbone(tuple(input_shape), num_classes)
+
+
 class CreditMethod(LightningModule, abc.ABC):
     """Base of every faeval method: owns the training step, subclasses implement ``credits``.
 
     A subclass lists its own arguments and forwards the rest (``**kwargs``) here, so the
     arguments below are written once; ``faeval fit --model.help NAME`` lists them all.
 
+    Its hyperparameters are recorded as plain data, as LightningCLI records them, however
+    the method was built (``faeval.hparams``): its checkpoints load weights-only and
+    ``faeval audit`` can read them.
+
     Args:
-        input_shape: per-sample input shape (``faeval fit`` links it from the data).
-        num_classes: C (linked from the data).
+        input_shape: per-sample input shape (``faeval fit`` links it from the data); may be
+            left out when ``backbone`` is a network already built.
+        num_classes: C (linked from the data); may be left out likewise.
         backbone: the network, built as ``backbone(input_shape, num_classes)``; on the
-            command line ``--model.backbone ResMLP --model.backbone.d_hidden 512``.
+            command line ``--model.backbone ResMLP --model.backbone.d_hidden 512``. From
+            Python it may also be a network already built (a ``LayeredBackbone``, e.g. a
+            ``faeval.backbones.Wrapped`` model of your own): it is trained in place.
         optimizer: one optimizer for all trained parameters (Adam is made fused when the
             option is left unset).
         penalty: λ of the penalty λ·Σ_l ‖f_l‖² on block outputs.
+
+    Raises:
+        ValueError: a negative penalty; no input shape or class count to build the
+            backbone from; a built backbone that does not match the given shape.
     """
 
     #: Train blocks through the local loss ⟨f_l, a_l⟩ on a detached trace. BP-like methods set
@@ -93,21 +131,25 @@ class CreditMethod(LightningModule, abc.ABC):
 
     def __init__(
         self,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        backbone: BackboneFactory = ResMLP,
+        input_shape: tuple[int, ...] | None = None,
+        num_classes: int | None = None,
+        backbone: BackboneFactory = ResMLP,  # or a built LayeredBackbone (kept off the CLI's type)
         optimizer: OptimizerCallable = torch.optim.Adam,
         penalty: float = 0.0,
     ) -> None:
         super().__init__()
         if penalty < 0:
             raise ConfigError(f"penalty must be >= 0, got {penalty}")
-        self.save_hyperparameters()
+        built = isinstance(backbone, LayeredBackbone)
+        # A built network is in the checkpoint as weights; as a hyperparameter it is not data.
+        self.save_hyperparameters(ignore=["backbone"] if built else None)
+        if CLASS_PATH not in self.hparams:  # built from Python: record what the CLI records
+            self.save_hyperparameters(plain_hparams(type(self), self.hparams))
         self.automatic_optimization = False
-        self.backbone = backbone(tuple(input_shape), num_classes)
+        self.backbone = built_backbone(backbone, input_shape, num_classes)
         self.optimizer_factory = optimizer
         self.penalty = penalty
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(self.backbone.num_classes, average="micro")
         self.test_loss = MeanMetric()
         self._epoch_sums: dict[str, tuple[Tensor | float, int]] = {}
         self._in_step = False

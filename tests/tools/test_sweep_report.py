@@ -6,12 +6,14 @@ import csv
 import json
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 import yaml
 
+from faeval.runlog import load_sweep
 from tests.tools.sweeps import TOOLS, report, sweep
 
 
@@ -103,7 +105,57 @@ def test_report_writes_tables_and_plots_of_the_expected_size(swept):
     for name, (w, h) in report.SIZES.items():
         image = matplotlib.image.imread(out / f"tiny_{name}.png")
         assert image.shape[:2] == (round(h * report.DPI), round(w * report.DPI)), name
-        assert f"tiny_{name}.png" in md
+        assert f"tiny_{name}.png" in md and f"tiny_{name}.pdf" in md
+        pdf = (out / f"tiny_{name}.pdf").read_bytes()
+        # A vector file with its text as embedded TrueType fonts, no raster image inside.
+        assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf and b"/Subtype /Image" not in pdf
+
+
+def test_report_states_the_budget_everywhere_and_warns_that_it_is_short(swept, monkeypatch):
+    titles = []
+    save = report.save
+
+    def keep_title(fig, title, path):
+        titles.append(title)
+        save(fig, title, path)
+
+    monkeypatch.setattr(report, "save", keep_title)
+    out = swept / "report-budget"
+    assert report.main([str(swept / "out"), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    budget = "SyntheticLadder · ResMLP d_hidden=8 num_blocks=2"
+    head = md.split("## Setting")[0]
+    assert "| tiny | SyntheticLadder | ResMLP d_hidden=8 num_blocks=2 | 1 | 4 | 0, 1 |" in head
+    assert "budget shorter than the reference's 100 epochs" in head
+    assert f"Budget: {budget} · 1 epochs × 4 batches per epoch · seeds 0, 1." in md
+    assert "**Warning: short budget.** These runs trained 1 epochs, the reference results 100" in md
+    assert len(titles) == len(report.SIZES)
+    assert all(budget in t and "1 epochs × 4 batches per epoch · seeds 0, 1" in t for t in titles)
+    # Budget-dependent verdicts carry the mark: (d) and Mode 2 always; (a), (b) unless fired.
+    data = json.loads((out / "report.json").read_text())["settings"]["tiny"]
+    assert data["budget"]["epochs"] == "1" and data["budget"]["seeds"] == [0, 1]
+    dfa = data["methods"]["DFA"]
+    assert {"d", "mode2"} <= set(dfa["budget_dependent"]) and "c" not in dfa["budget_dependent"]
+    row = next(line for line in md.splitlines() if line.startswith("| DFA |"))
+    assert row.count(report.SHORT.strip()) == len(dfa["budget_dependent"])
+    # How sure: (d) across two seeds is decided by its interval, explained in words.
+    d = dfa["verdicts"]["d"]
+    assert d["interval"]["n"] == 2 and d["interval"]["threshold"] == 0.02
+    assert "### How sure (across seeds)" in md and "DFA, (d) depth utilisation: the margin" in md
+    assert report.main([str(swept / "out"), "--out", str(out / "long"),
+                        "--reference_epochs", "1"]) == 0  # fmt: skip
+    assert "Warning" not in (out / "long" / "report.md").read_text()
+
+
+def test_load_sweep_gives_the_rows_the_sweep_wrote(swept):
+    records = load_sweep(swept / "out")
+    files = sorted((swept / "out" / "runs").glob("*/*/seed*/diagnostics.jsonl"))
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert len(records) == len(rows) == 8  # 4 runs × (init + 1 epoch)
+    strip = [{k: v for k, v in r.items() if k not in ("setting", "run_dir")} for r in records]
+    order = partial(json.dumps, sort_keys=True)
+    assert sorted(strip, key=order) == sorted(rows, key=order)
+    assert {r["setting"] for r in records} == {"tiny"}
 
 
 def test_report_on_partial_mixed_and_empty_sweeps_says_what_is_missing(swept, tmp_path, capsys):
