@@ -259,6 +259,8 @@ def tensorboard_server(logdir: Path) -> Iterator[Callable[..., object]]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
 def subprocess_env() -> dict[str, str]:
     """For ``python -m faeval`` in a subprocess: one thread like the tests' own process (for
     bit-exact comparisons), this checkout's faeval and tests first on the path."""
