@@ -526,21 +526,28 @@ def submit_slurm(spec: dict, todo: list[Run], runs: list[Run], out: Path, option
     return jobs
 
 
+#: Slurm job states a task does not leave again (squeue's short codes).
+FINAL_STATES = {"BF", "CA", "CD", "DL", "F", "NF", "OOM", "PR", "RV", "TO"}
+
+
 def queued(job_ids: list[str]) -> set[str]:
-    """The array tasks still pending or running (squeue; sacct may be off on small clusters).
+    """The array tasks not yet ended (squeue; sacct may be off on small clusters).
+
+    Asks for every state: by default squeue hides a task in the brief "requeued" (RQ)
+    state between its USR2 stop and its return to pending, and the sweep would read it as
+    ended. A task is ended once squeue shows it in a final state or no longer knows it.
 
     Raises:
         RuntimeError: squeue fails (no cluster).
     """
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    done = subprocess.run(
-        ["squeue", "--noheader", "--array", "--format=%i", "--jobs", ",".join(arrays)],
-        capture_output=True,
-        text=True,
-    )
+    cmd = ["squeue", "--noheader", "--array", "--states=all", "--format=%i %t",
+           "--jobs", ",".join(arrays)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode and "Invalid job id" not in done.stderr:
         raise RuntimeError(f"squeue failed: {done.stderr.strip()}")
-    return set(done.stdout.split())
+    rows = (line.split() for line in done.stdout.splitlines())
+    return {row[0] for row in rows if len(row) == 2 and row[1] not in FINAL_STATES}
 
 
 def wait_slurm(jobs: list, todo: list[Run], out: Path, poll: float = 2.0) -> list[dict]:

@@ -100,6 +100,21 @@ def test_dry_run_shows_the_array_and_resources_without_submitting(tmp_path, caps
         sweep.slurm_options({"slurm": {"partiton": "x"}}, sweep.argparse.Namespace())
 
 
+def test_a_task_between_its_requeue_and_pending_counts_as_queued(monkeypatch):
+    # squeue's default states hide RQ (requeued): a sweep polling then took the task as
+    # ended and reported "interrupted, not requeued" while Slurm was about to run it again.
+    listing = "7_0 RQ\n7_1 R\n7_2 CD\n7_3 F\n7_4 PD\n7_5 CG\n"
+    seen = []
+
+    def fake_run(cmd, **kwargs):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=listing, stderr="")
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    assert sweep.queued(["7_0", "7_3"]) == {"7_0", "7_1", "7_4", "7_5"}
+    assert "--states=all" in seen[0]
+
+
 #: 4 epochs of 4 steps, last.ckpt after every step; Throttle makes each step take 0.4 s.
 SLOW = {"seeds": [0], "methods": ["DFA"], "protocol": False,
         "args": [*TINY_RUN, "--trainer.max_epochs", "4", "--data.random_targets", "true",
