@@ -2,47 +2,100 @@
 
 faeval fit --model DFA --data CIFAR10
 faeval fit --config configs/resmlp_d256_l4_dfa.yaml
-faeval audit lightning_logs/version_0          # or a .ckpt file: the protocol's verdict
+faeval audit lightning_logs/CIFAR10/DFA/seed0   # or a .ckpt file: the protocol's verdict
+faeval test lightning_logs/CIFAR10/DFA/seed0    # test accuracy, in the run's eval/ folder
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 import faeval.backbones  # short names: --model.backbone ResMLP
 import faeval.data
 import faeval.methods
-from faeval.callbacks import Diagnostics, FloorStopping
+from faeval.callbacks import Diagnostics, FloorStopping, LineProgress
+from faeval.cli_help import arrange_groups, parser_kwargs, summarize_commands
+from faeval.cli_messages import short_message
 from faeval.data import InMemoryDataModule
+from faeval.data.contract import input_shape_of, num_classes_of
+from faeval.errors import ConfigError, DataNotFoundError, user_error
+from faeval.hparams import CLASS_PATH, class_config
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
+from faeval.resume import check_resume_options, checkpointing
+from faeval.runlog import RunLog
+from faeval.runs import (
+    DEFAULT_RUN_NAME,
+    LOGS,
+    claim,
+    claim_next,
+    holds_run,
+    release_unused,
+    run_name,
+)
 from faeval.trainer import FaevalTrainer
 
 
-def audit_arguments(path: str) -> list[str]:
-    """``--config`` and ``--ckpt_path`` for ``faeval audit PATH`` (a run dir or a checkpoint).
+def run_arguments(path: str, given: list[str] | None = None) -> list[str]:
+    """The arguments that rebuild a run for ``faeval audit|test|validate PATH`` (a run folder
+    or a checkpoint).
+
+    A run of ``faeval fit`` left its ``config.yaml``. A run trained from Python left none:
+    its checkpoint records the method, and faeval's data modules record themselves
+    (``faeval.hparams``); another data module is given as ``--data`` after PATH.
+
+    Args:
+        path: the run directory or checkpoint.
+        given: the options that follow PATH on the command line.
 
     Raises:
-        FileNotFoundError: no checkpoint there, or no ``config.yaml`` in its run directory.
-        ValueError: the file is not a readable faeval checkpoint.
+        FileNotFoundError: no checkpoint there, or a run without config.yaml whose data is
+            neither recorded nor given.
+        ValueError: the file is not a readable faeval checkpoint, or its network was passed
+            to the method built (it is not recorded as a class).
     """
-    ckpt = find_checkpoint(path)
-    load_checkpoint(ckpt)  # a clear error for a corrupt or foreign file, before parsing
-    config = run_dir_of(ckpt) / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(
-            f"no config.yaml in {config.parent}, the run directory of {ckpt}; pass the run's "
-            "config yourself: faeval audit --config RUN/config.yaml --ckpt_path CKPT"
+    ckpt_file = find_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_file)  # a clear error for a corrupt or foreign file
+    run_dir = run_dir_of(ckpt_file)
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        return ["--config", str(config), "--ckpt_path", str(ckpt_file)]
+    model = ckpt["hyper_parameters"]
+    if "backbone" not in model:
+        raise ConfigError(
+            f"{ckpt_file} holds a method whose network was passed in built (a Wrapped model); "
+            "audit it from Python with faeval.protocol.audit_model, or make the network a "
+            "class (docs/extending.md) so that its checkpoint records how to build it"
         )
-    return ["--config", str(config), "--ckpt_path", str(ckpt)]
+    # The input shape and class count come from the data, as in `faeval fit`.
+    args = ["--model", json.dumps(class_config(model, skip={"input_shape", "num_classes"}))]
+    data = ckpt.get("datamodule_hyper_parameters") or {}
+    if CLASS_PATH in data:
+        args += ["--data", json.dumps(class_config(data))]
+    elif not any(str(a).startswith("--data") for a in given or []):
+        raise DataNotFoundError(
+            f"no config.yaml in {run_dir} and {ckpt_file} does not record its data module; "
+            "give it after the path: faeval audit PATH --data mypkg.MyData [--data.* options]"
+        )
+    seed = next((r.get("seed") for r in RunLog(run_dir).rows() if r.get("seed") is not None), None)
+    if seed is not None:
+        args += ["--seed_everything", str(seed)]
+    return [*args, "--ckpt_path", str(ckpt_file)]
 
 
 def _subclasses(module, base: type) -> list[str]:
@@ -52,6 +105,7 @@ def _subclasses(module, base: type) -> list[str]:
         if isinstance(cls := getattr(module, name), type)
         and issubclass(cls, base)
         and not inspect.isabstract(cls)
+        and cls is not faeval.backbones.Wrapped  # built from Python or subclassed, not by name
     )
 
 
@@ -64,57 +118,131 @@ def known_names() -> dict[str, list[str]]:
     }
 
 
+def known_classes(key: str) -> dict[str, type]:
+    """Short name -> class for a class key (``model``, ``data``, ``model.backbone``…)."""
+    module = {
+        "model": faeval.methods,
+        "data": faeval.data,
+        "model.backbone": faeval.backbones,
+        "model.optimizer": torch.optim,
+    }.get(key)
+    if module is None:
+        return {}
+    return {n: c for n in dir(module) if isinstance(c := getattr(module, n), type)}
+
+
 class FaevalParser(LightningArgumentParser):
-    """Adds the accepted short names to errors about --model, --data or --model.backbone."""
+    """Reports a mistake on the command line in one or two lines, with exit code 2.
+
+    The bad value, what is accepted (with a "did you mean") and the way out; no usage dump
+    (``--help`` has it).
+    """
+
+    #: The command line being parsed (set by ``FaevalCLI.parse_arguments``).
+    argv: ClassVar[list[str]] = []
+
+    @override
+    def format_help(self) -> str:
+        arrange_groups(self)
+        return super().format_help()
 
     @override
     def error(self, message: str, ex: Exception | None = None):
-        names = known_names()
-        key = (
-            "model.backbone"
-            if "key='backbone'" in message
-            else next((k for k in ("model", "data") if f'Parser key "{k}"' in message), None)
+        if not self.exit_on_error:  # jsonargparse trying alternatives internally
+            super().error(message, ex)
+        text = short_message(
+            message,
+            self.argv,
+            known_names(),
+            known_classes,
+            [s for s in self._option_string_actions if s.startswith("--")],
+            FaevalCLI.subcommands(),
         )
-        if key is not None:
-            message += f"\n  --{key} takes one of: {', '.join(names[key])} (or a class path)"
-        super().error(message, ex)
+        sys.stderr.write(f"faeval: error: {text}\n")
+        self.exit(2)
 
 
 class FaevalCLI(LightningCLI):
     """LightningCLI with the diagnostics always on and a one-switch floor stop."""
 
+    #: The run folder this process claimed last (``main`` releases it if the run fails
+    #: before writing anything).
+    claimed: ClassVar[Path | None] = None
+
+    @override
+    def setup_parser(self, add_subcommands, main_kwargs, subparser_kwargs) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        summarize_commands(self.parser)
+
+    _raw_args: list[str] | None = None  # the arguments as given (parse_arguments)
+
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(Diagnostics, "diagnostics")
+        # As add_lightning_class_args(Diagnostics, "diagnostics"), less the Python-only
+        # probe=(x, y) argument (tensors have no command-line form).
+        parser.callback_keys.append("diagnostics")
+        parser.add_class_arguments(
+            Diagnostics, "diagnostics", fail_untyped=False, sub_configs=True, skip={"probe"}
+        )
         parser.add_argument(
             "--floor_stop",
             type=bool,
             default=False,
             help="Stop the run once ‖g_L‖ < diagnostics.grad_floor (diagnostic (b)).",
         )
+        parser.add_argument(
+            "--run_name",
+            type=str,
+            default=DEFAULT_RUN_NAME,
+            help=(
+                "The run's folder under <trainer.default_root_dir>/lightning_logs, from the "
+                "fields {data}, {method}, {backbone}, {seed}. The default name moves on to "
+                "-run2, -run3… when taken; a name you give is refused when it holds a run."
+            ),
+        )
+        # Resumable runs (faeval/resume.py): checkpoints/last.ckpt at every epoch end and,
+        # with this option, every N steps too.
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=0,
+            help="Also save checkpoints/last.ckpt every N training steps (0: every epoch only).",
+        )
+        # The model is built for the data: any LightningDataModule (--data mypkg.MyData) gives
+        # its input shape and class count, or faeval reads them off its validation data.
         parser.link_arguments(
-            "data.input_shape", "model.init_args.input_shape", apply_on="instantiate"
+            "data", "model.init_args.input_shape", input_shape_of, apply_on="instantiate"
         )
         parser.link_arguments(
-            "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
+            "data", "model.init_args.num_classes", num_classes_of, apply_on="instantiate"
         )
 
     @staticmethod
     @override
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "audit": {"model", "datamodule"}}
+        # predict is Lightning's, not faeval's: methods return logits, nothing to write.
+        lightning = {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+        return {**lightning, "audit": {"model", "datamodule"}}
 
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         raw = sys.argv[1:] if args is None else args
+        FaevalParser.argv = [str(a) for a in raw] if isinstance(raw, list) else []
+        if isinstance(raw, list) and raw in (["audit"], ["test"], ["validate"]):
+            raise ConfigError(
+                f"faeval {raw[0]} needs a trained run: faeval {raw[0]} RUN_FOLDER (or a "
+                f"checkpoint); faeval {raw[0]} --help for its options"
+            )
         if (
             isinstance(raw, list)
-            and raw[:1] == ["audit"]
+            and raw[:1] in (["audit"], ["test"], ["validate"])
             and len(raw) > 1
             and not str(raw[1]).startswith("-")
-        ):
-            self.config = parser.parse_args(["audit", *audit_arguments(raw[1]), *raw[2:]])
+        ):  # faeval audit|test|validate RUN_OR_CKPT: the run's own config and checkpoint
+            args = run_arguments(raw[1], raw[2:])
+            self.config = parser.parse_args([raw[0], *args, *raw[2:]])
             return
+        self._raw_args = raw  # what was given, for the resume check in _parse_ckpt_path
         super().parse_arguments(parser, args)
 
     @override
@@ -122,32 +250,158 @@ class FaevalCLI(LightningCLI):
         # audit loads its checkpoint itself (weights-only, with clear errors); the model comes
         # from the run's config.yaml, and the checkpoint's class is checked against it.
         if self.config.get("subcommand") != "audit":
+            self._check_resume_options()  # before Lightning merges the checkpoint's options
             super()._parse_ckpt_path()
+
+    def _check_resume_options(self) -> None:
+        """Refuses model options given with ``--ckpt_path`` that contradict the checkpoint's
+        (Lightning would silently replace them by the checkpoint's hyperparameters).
+
+        Raises:
+            ResumeConflict: naming each contradicting option and the checkpoint's value.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file() and isinstance(self._raw_args, list):
+            given = self.parser.parse_args(self._raw_args, defaults=False)[subcommand]
+            check_resume_options(given.get("model"), ckpt_path)
 
     @override
     def instantiate_trainer(self, **kwargs):
-        run_dir = self._resumed_run_dir()
-        if run_dir is not None:  # continue the run's own logs instead of starting version_N+1
-            kwargs["logger"] = TensorBoardLogger(
-                save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=run_dir.name
+        default_logger = self._trainer_config().get("logger") in (None, True)
+        if self.subcommand == "fit":  # last.ckpt, written atomically (faeval/resume.py)
+            every = self._get(self.config_init, "checkpoint_every_n_steps", default=0)
+            kwargs.update(checkpointing(self._trainer_config(), every))
+        claim_explicit = False
+        if self.subcommand == "fit":
+            run_dir = self._resumed_run_dir()
+            if run_dir is not None:  # --ckpt_path continues the run in its own folder
+                if default_logger:
+                    kwargs["logger"] = folder_logger(run_dir)
+                self.save_config_kwargs["config_filename"] = "config.resumed.yaml"
+            elif default_logger:
+                kwargs["logger"] = folder_logger(self._claim_named_run())
+            else:  # a logger the user configured: its folder must be a new one
+                claim_explicit = True
+        elif self.subcommand in ("test", "validate"):
+            # An evaluation never writes into the run it evaluates: it gets a folder of its own.
+            if default_logger:
+                kwargs["logger"] = folder_logger(self._claim_eval_dir())
+            kwargs["enable_checkpointing"] = False  # nothing to save, nothing to move
+            # An evaluation restores the weights; the training callbacks' states do not matter.
+            warnings.filterwarnings(
+                "ignore", message="Be aware that when using `ckpt_path`, callbacks used to create"
             )
-            self.save_config_kwargs["config_filename"] = "config.resumed.yaml"
-        trainer = super().instantiate_trainer(**kwargs)
+        elif self.subcommand == "audit":
+            kwargs["logger"] = False  # the audit writes its own files beside the checkpoint
+        trainer_config = self._trainer_config()
+        if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False:
+            # A log file gets a few lines per epoch, not a bar redrawn on every batch.
+            callbacks = kwargs.get("callbacks", trainer_config.get("callbacks")) or []
+            callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+            kwargs["callbacks"] = [*callbacks, LineProgress()]
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as err:  # a bad --trainer.* value
+            raise ConfigError(f"--trainer: {err}") from err
+        if claim_explicit and trainer.logger is not None and trainer.logger.log_dir:
+            if trainer.is_global_zero:
+                FaevalCLI.claimed = claim(Path(trainer.logger.log_dir), self._run_fields())
         if self._get(self.config_init, "floor_stop", default=False):
             grad_floor = self._get(self.config_init, "diagnostics").grad_floor
             trainer.callbacks.append(FloorStopping(grad_floor))
         return trainer
 
-    def _resumed_run_dir(self) -> Path | None:
-        """The run directory of ``--ckpt_path`` when it is a default-logger faeval run."""
+    def _trainer_config(self) -> dict:
+        return self._get(self.config_init, "trainer", default={}) or {}
+
+    def _run_fields(self) -> dict[str, object]:
+        """What the run is: the fields a run name may use."""
+        return {
+            "data": type(self.datamodule).__name__,
+            "method": type(self.model).__name__,
+            "backbone": type(self.model.backbone).__name__,
+            "seed": self._get(self.config, "seed_everything"),
+        }
+
+    def _claim_named_run(self) -> Path:
+        """Claims the run's folder ``<root>/lightning_logs/<run_name>`` (rank 0 only).
+
+        The default name moves on to the next free ``-runN`` when taken; a name the user
+        gave is refused when it holds a run. Other ranks of a multi-process run use the name
+        unclaimed: their logs and files go through rank 0's folder (``trainer.log_dir``).
+
+        Raises:
+            RunFolderTaken: the user's run name holds a run.
+        """
+        root = Path(self._trainer_config().get("default_root_dir") or Path.cwd()) / LOGS
+        template = self._get(self.config_init, "run_name", default=DEFAULT_RUN_NAME)
+        folder = root / run_name(template, **self._run_fields())
+        if rank_zero_only.rank != 0:
+            return folder
+        claimer = claim_next if template == DEFAULT_RUN_NAME else claim
+        FaevalCLI.claimed = claimer(folder, self._run_fields())
+        return FaevalCLI.claimed
+
+    def _claim_eval_dir(self) -> Path:
+        """Claims ``RUN/eval/<command>-<checkpoint>`` for ``faeval test|validate`` (rank 0).
+
+        Raises:
+            ConfigError: no checkpoint given: there is no trained run to evaluate.
+        """
         ckpt = self._get(self.config_init, "ckpt_path", default=None)
-        logger = self._get(self.config_init, "trainer", default={}).get("logger")
-        if not ckpt or logger not in (None, True) or ckpt in ("last", "best", "hpc"):
+        if not ckpt:
+            raise ConfigError(
+                f"faeval {self.subcommand} evaluates a trained run: faeval {self.subcommand} "
+                "RUN_FOLDER, or --ckpt_path CHECKPOINT with the run's --config"
+            )
+        ckpt = Path(ckpt).resolve()
+        run_dir = self._resumed_run_dir()
+        base = (run_dir or ckpt.parent) / "eval" / f"{self.subcommand}-{ckpt.stem}"
+        if rank_zero_only.rank != 0:
+            return base
+        FaevalCLI.claimed = claim_next(base, {**self._run_fields(), "checkpoint": str(ckpt)})
+        return FaevalCLI.claimed
+
+    def after_test(self) -> None:
+        self._write_results()
+
+    def after_validate(self) -> None:
+        self._write_results()
+
+    def _write_results(self) -> None:
+        """``results.json`` in the evaluation's folder: the figures and what was evaluated."""
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        if not self.trainer.is_global_zero or log_dir is None:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        record = {
+            "command": self.subcommand,
+            "checkpoint": str(self._get(self.config_init, "ckpt_path", default=None)),
+            "metrics": metrics,
+        }
+        path = Path(log_dir) / "results.json"
+        path.write_text(json.dumps(record, indent=1))
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        print(f"[faeval] {self.subcommand}: {figures}; written to {path}", flush=True)
+
+    def _resumed_run_dir(self) -> Path | None:
+        """The run folder of ``--ckpt_path`` when the checkpoint lies in a run's checkpoints/."""
+        ckpt = self._get(self.config_init, "ckpt_path", default=None)
+        if not ckpt or ckpt in ("last", "best", "hpc", "registry"):
             return None
-        run_dir = Path(ckpt).resolve().parent.parent
-        if run_dir.name.startswith("version_") and (run_dir / "config.yaml").is_file():
+        ckpt = Path(ckpt).resolve()
+        run_dir = ckpt.parent.parent
+        if ckpt.parent.name == "checkpoints" and holds_run(run_dir):
             return run_dir
         return None
+
+
+def folder_logger(run_dir: Path) -> TensorBoardLogger:
+    """A TensorBoard logger writing straight into ``run_dir``."""
+    return TensorBoardLogger(
+        save_dir=run_dir.parent, name="", version=run_dir.name, default_hp_metric=False
+    )
 
 
 def run(args: list[str] | None = None) -> FaevalCLI:
@@ -158,24 +412,73 @@ def run(args: list[str] | None = None) -> FaevalCLI:
     """
     # lightning 2.6 calls a torch 2.14 API that warns on every run; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # On a Slurm login node (or any machine with Slurm installed) Lightning asks every run
+    # outside srun whether it meant to use srun; faeval's sweeps submit through Slurm itself.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+    quiet_lightning_banners()
     return FaevalCLI(
         CreditMethod,
-        InMemoryDataModule,
+        LightningDataModule,  # faeval's data sets by name, anyone's by class path
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_class=FaevalParser,
+        parser_kwargs=parser_kwargs(),
         trainer_class=FaevalTrainer,
         seed_everything_default=0,
-        trainer_defaults={"max_epochs": 100},
+        # faeval writes its own HParams row (method, data, seed, options) without hp_metric.
+        trainer_defaults={"max_epochs": 100, "enable_autolog_hparams": False},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,
     )
 
 
+#: Lightning's start-up lines that say nothing about the run (faeval prints its own).
+BANNERS = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:", "Seed set to")
+
+
+class _DropBanners(logging.Filter):
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(BANNERS)
+
+
+def quiet_lightning_banners() -> None:
+    """Drops Lightning's tips and hardware banners from its log handlers (once)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _DropBanners) for f in handler.filters):
+                handler.addFilter(_DropBanners())
+
+
 def main(args: list[str] | None = None) -> None:
-    """The ``faeval`` console script."""
-    run(args)
+    """The ``faeval`` console script: a user's mistake is one line and exit code 2.
+
+    A ``FaevalError`` (a bad value, a missing data set or file, an unreadable checkpoint, a
+    taken run folder) and Lightning's own configuration errors are printed without a
+    traceback; any other exception is a bug in faeval and keeps its traceback.
+    """
+    FaevalCLI.claimed = None
+    try:
+        run(args)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:
+        release_unused(FaevalCLI.claimed)  # a run that failed before writing anything
+        mistake = user_error(err) or _lightning_misconfiguration(err)
+        if mistake is None:
+            raise
+        sys.stderr.write(f"faeval: error: {mistake}\n")
+        raise SystemExit(2) from None
+
+
+def _lightning_misconfiguration(err: BaseException) -> BaseException | None:
+    """Lightning's MisconfigurationException behind ``err`` (a bad Trainer option), if any."""
+    while err is not None:
+        if isinstance(err, MisconfigurationException):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 Usage:
     python tools/sweep.py configs/sweeps/fmnist_reference.yaml --out sweeps/fmnist_reference
     python tools/sweep.py SPEC.yaml --out DIR [--jobs N] [--dry_run]
+    python tools/sweep.py SPEC.yaml --out DIR --executor slurm [--partition P] [--time MIN]
+        [--cpus_per_task N] [--gpus_per_node N] [--mem_gb G] [--array_parallelism N]
+        [--sbatch KEY=VALUE ...] [--no_wait] [--dry_run]
 
 The YAML:
     base: configs/some_experiment.yaml   # a `faeval fit` config (optional)
@@ -12,14 +15,37 @@ The YAML:
       d256: {model.backbone.d_hidden: 256}
     args: ["--trainer.max_epochs", "5"]  # optional, passed to every run
     protocol: {every_n_epochs: 5, settings: {null_draws: 8}}  # Protocol callback; false: off
+    slurm:                               # optional: --executor slurm's resources
+      partition: gpu
+      time: 120                          # minutes per run (one array task; default 60)
+      cpus_per_task: 4
+      gpus_per_node: 1
+      mem_gb: 16
+      array_parallelism: 32              # tasks of the array running at once
+      signal_delay_s: 90                 # USR2 this long before the time limit: requeue
+      sbatch: {account: my_lab, qos: normal}   # any other sbatch option
+      setup: ["source ~/venv/bin/activate"]    # shell lines before each task
 
 Each run lives in DIR/runs/<setting>/<method>/seed<S>/ (config.yaml, diagnostics.jsonl,
-protocol.jsonl, checkpoints/, run.log, status.json). The sweep is resumable: a run whose
-status.json says "ok" is skipped; any other is started again from scratch, its earlier folder
-kept as DIR/attempts/<setting>/<method>/seed<S>-<time>/. A failed run is
-recorded (status "failed", exit code, the end of its log) and the sweep goes on. Runs go side
-by side as ``--jobs`` processes with cores // jobs threads each (OMP_NUM_THREADS); on two
-cores two single-thread runs gave 1.4-1.6× the throughput of one two-thread run.
+protocol.jsonl, checkpoints/last.ckpt, run.log, status.json). The sweep can be started again
+at any time: a run whose status.json says "ok" is skipped; an unfinished one (killed, its job
+lost, preempted: no status, or status "interrupted") continues from its checkpoints/last.ckpt
+in place, bit for bit; a failed one (the process exited with an error) starts again from
+scratch, its earlier folder kept as DIR/attempts/<setting>/<method>/seed<S>-<time>/. A failed
+run is recorded (status "failed", exit code, the end of its log) and the sweep goes on.
+
+Executors. ``local`` (the default, nothing to install): ``--jobs`` processes side by side with
+cores // jobs threads each (OMP_NUM_THREADS); on two cores two single-thread runs gave
+1.4-1.6× the throughput of one two-thread run. ``slurm`` (``pip install 'faeval[slurm]'``):
+one Slurm job array through submitit, one task per run not yet finished, resources from the
+spec's ``slurm:`` with the command line's options on top; each task runs with
+cpus_per_task threads. The submitter then waits for the array (``--no_wait``: it returns
+after submitting; each task rewrites results.csv as it ends) and prints the same lines and
+files as a local sweep. Submitit's logs go to DIR/slurm/. Requeue: Slurm sends USR2
+``signal_delay_s`` before a task's time limit (and on preemption); submitit's handler stops
+the run (it loses at most the work since its last checkpoint: every epoch, or every N steps
+with ``--checkpoint_every_n_steps N`` in ``args``), requeues the task, and the requeued task
+continues from checkpoints/last.ckpt (up to 3 time-outs per task, preemptions unlimited).
 
 Prints one line per run as it ends and, at the end, the throughput in seed-epochs per second.
 Writes DIR/sweep.json (the plan) and DIR/results.csv (one row per run, timm bulk_runner style).
@@ -29,20 +55,26 @@ Then: python tools/report.py DIR
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import difflib
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from faeval.errors import ConfigError, FaevalError
 from faeval.runlog import RunLog
 
 FROZEN = "FrozenBlocks"
@@ -97,22 +129,67 @@ def cli_value(value: object) -> str:
     return str(value)
 
 
+#: The keys a sweep YAML may hold.
+SPEC_KEYS = ("base", "seeds", "methods", "settings", "args", "protocol", "slurm")
+
+
 def load_spec(path: Path) -> dict:
     """The sweep YAML, checked.
 
     Raises:
-        ValueError: a required key is missing or malformed.
+        ConfigError: the file is missing or not YAML, a key is unknown, missing or malformed,
+            a method is not one faeval knows.
     """
-    spec = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ConfigError(f"no sweep spec at {path}; pass the YAML file of a sweep")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path} must be a mapping with keys {', '.join(SPEC_KEYS)}")
+    for key in spec:
+        if key not in SPEC_KEYS:
+            close = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise ConfigError(f"{path}: unknown key `{key}`{hint} (keys: {', '.join(SPEC_KEYS)})")
     for key in ("seeds", "methods"):
         if not isinstance(spec.get(key), list) or not spec[key]:
-            raise ValueError(f"{path}: `{key}` must be a non-empty list, got {spec.get(key)!r}")
+            raise ConfigError(f"{path}: `{key}` must be a non-empty list, got {spec.get(key)!r}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in spec["seeds"]):
+        raise ConfigError(f"{path}: `seeds` must be integers, got {spec['seeds']!r}")
+    known = known_methods()
+    for method in spec["methods"]:
+        if "." not in str(method) and method not in known:
+            close = difflib.get_close_matches(str(method), known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(
+                f"{path}: unknown method {method!r}; {hint}(methods: {', '.join(known)}, or a "
+                "class path)"
+            )
+    settings = spec.get("settings")
+    if settings is not None and not (
+        isinstance(settings, dict) and all(isinstance(v, dict) for v in settings.values())
+    ):
+        raise ConfigError(
+            f"{path}: `settings` must map names to option dicts, e.g. "
+            "{d256: {model.backbone.d_hidden: 256}}"
+        )
+    if spec.get("protocol") not in (None, False) and not isinstance(spec["protocol"], dict):
+        raise ConfigError(f"{path}: `protocol` must be a mapping of Protocol options or false")
     if spec.get("base") is not None and not Path(spec["base"]).is_file():
-        raise ValueError(
+        raise ConfigError(
             f"{path}: base config {spec['base']} not found (paths are relative to "
             "the directory the sweep runs from)"
         )
     return spec
+
+
+def known_methods() -> list[str]:
+    """The short method names ``faeval fit --model`` accepts."""
+    from faeval.cli import known_names  # loads torch: only when a spec is checked
+
+    return known_names()["model"]
 
 
 def plan(spec: dict) -> list[Run]:
@@ -158,25 +235,70 @@ def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
     return cmd
 
 
-def execute(spec: dict, run: Run, out: Path, threads: int) -> dict:
-    """Runs one training process and records its status (never raises for a failed run)."""
+LAST_CKPT = Path("checkpoints") / "last.ckpt"
+#: Environment variables a run does not inherit from a Slurm task: with them Lightning would
+#: take the run for a process of a multi-process Slurm launch (and handle Slurm's signals).
+SLURM_PREFIXES = ("SLURM_", "SLURMD_", "SUBMITIT_")
+
+
+def resumable(run_dir: Path) -> bool:
+    """Whether an earlier attempt of the run can be continued from its last checkpoint.
+
+    Yes when it left ``checkpoints/last.ckpt`` and did not fail (no status.json: killed or
+    lost with its job; status "interrupted": stopped for a requeue). A failed run (an error
+    in the process) starts again from scratch.
+    """
+    status = read_status(run_dir) or {}
+    return (run_dir / LAST_CKPT).is_file() and status.get("status") in (None, "interrupted")
+
+
+def execute(
+    spec: dict,
+    run: Run,
+    out: Path,
+    threads: int,
+    started: Callable[[subprocess.Popen], None] | None = None,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> dict:
+    """Runs one training process and records its status (never raises for a failed run).
+
+    Args:
+        spec, run, out: the sweep, the run and the sweep folder.
+        threads: OMP_NUM_THREADS of the run.
+        started: called with the process once started (the Slurm task keeps it to stop it).
+        env: the run's environment (default: this process's).
+        preexec_fn: run in the child before ``faeval`` starts (the Slurm task's signals).
+    """
     run_dir = run.dir(out)
-    if run_dir.exists():  # an unfinished or failed earlier attempt: keep it, out of the way
+    resume = run_dir.exists() and resumable(run_dir)
+    if run_dir.exists() and not resume:  # a failed earlier attempt: keep it, out of the way
         kept = Path(out) / "attempts" / run_dir.relative_to(Path(out) / "runs")
         kept = kept.with_name(f"{kept.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(run_dir, kept)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "status.json").unlink(missing_ok=True)  # "interrupted" no longer holds
     cmd = command(spec, run, run_dir)
+    if resume:
+        cmd += ["--ckpt_path", str(run_dir / LAST_CKPT)]
     env = {
-        **os.environ,
+        **(os.environ if env is None else env),
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "PYTHONUNBUFFERED": "1",
     }
     start = time.perf_counter()
-    with (run_dir / "run.log").open("w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    with (run_dir / "run.log").open("a" if resume else "w") as log:
+        if resume:
+            log.write(f"[sweep] continuing from {LAST_CKPT} ({time.strftime('%c')})\n")
+            log.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn
+        )
+        if started is not None:
+            started(proc)
+        rc = proc.wait()
     seconds = time.perf_counter() - start
     row = RunLog(run_dir).last_row() or {}
     error = ""
@@ -194,7 +316,8 @@ def execute(spec: dict, run: Run, out: Path, threads: int) -> dict:
         "test_acc": row.get("test/acc"),
         "g_L": row.get("g_L"),
         "growth": row.get("growth"),
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir.relative_to(out)),
+        "resumed": resume,
         "error": error or ("" if row else "no diagnostics rows"),
         "cmd": cmd,
     }
@@ -208,9 +331,14 @@ def read_status(run_dir: Path) -> dict | None:
 
 
 def write_results(out: Path, runs: list[Run]) -> Path:
-    """DIR/results.csv: one row per planned run, from the runs' status files."""
+    """DIR/results.csv: one row per planned run, from the runs' status files.
+
+    Written to a temporary file and renamed over the old one: Slurm tasks ending together
+    each rewrite it, and a reader never sees half a file.
+    """
     path = out / "results.csv"
-    with path.open("w", newline="") as fh:
+    temp = out / f".results.csv.{os.getpid()}.tmp"
+    with temp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for run in runs:
@@ -219,10 +347,228 @@ def write_results(out: Path, runs: list[Run]) -> Path:
                 "method": run.method,
                 "seed": run.seed,
                 "status": "missing",
-                "run_dir": str(run.dir(out)),
+                "run_dir": str(run.dir(out).relative_to(out)),
             }
             writer.writerow(status)
+    os.replace(temp, path)
     return path
+
+
+def report_line(run: Run, status: dict) -> str:
+    """The line printed when a run ends."""
+    acc = status.get("test_acc")
+    return (
+        f"[sweep] {status['status']:<6} {run.setting}/{run.method}/seed{run.seed}: "
+        f"{status.get('epochs') or 0} epochs in {status.get('seconds') or 0:.1f} s, test acc "
+        + ("n/a" if acc is None else f"{acc:.4f}")
+        + (f"  ({status['error']})" if status.get("error") else "")
+    )
+
+
+# --- Slurm: one job array through submitit ------------------------------------------------
+
+#: The Slurm resources a spec's ``slurm:`` and the command line may set (submitit's names).
+SLURM_KEYS = (
+    "partition",
+    "time",
+    "cpus_per_task",
+    "gpus_per_node",
+    "mem_gb",
+    "array_parallelism",
+    "signal_delay_s",
+    "sbatch",
+    "setup",
+)
+
+
+class SlurmRun:
+    """One run as a Slurm array task: ``execute`` in the task, requeued on USR2.
+
+    Submitit calls ``checkpoint`` from its USR2 handler (Slurm's warning before the time
+    limit, or preemption): it stops the training process (SIGTERM, then SIGKILL), marks the
+    run "interrupted", and hands submitit the same task to requeue, which continues from
+    checkpoints/last.ckpt. The training process ignores USR2, so that only this handler
+    decides when it stops.
+    """
+
+    def __init__(self, spec: dict, run: Run, out: Path, threads: int, runs: list[Run]) -> None:
+        self.spec, self.run, self.out, self.threads, self.runs = spec, run, out, threads, runs
+        self._proc: subprocess.Popen | None = None
+
+    def __call__(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(SLURM_PREFIXES)}
+        job = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        status = execute(
+            self.spec,
+            self.run,
+            self.out,
+            self.threads,
+            started=self._started,
+            env=env,
+            preexec_fn=_ignore_usr2,
+        )
+        status["slurm_job"] = "_".join(filter(None, job))
+        (self.run.dir(self.out) / "status.json").write_text(json.dumps(status, indent=1))
+        write_results(self.out, self.runs)
+        return status
+
+    def _started(self, proc: subprocess.Popen) -> None:
+        self._proc = proc
+
+    def checkpoint(self, *args, **kwargs):
+        """Stops the run where its last checkpoint stands and returns the task to requeue."""
+        import submitit
+
+        if self._proc is not None:
+            _stop(self._proc.pid)
+        run_dir = self.run.dir(self.out)
+        status = {"status": "interrupted", "setting": self.run.setting, "method": self.run.method,
+                  "seed": self.run.seed, "run_dir": str(run_dir.relative_to(self.out))}  # fmt: skip
+        (run_dir / "status.json").write_text(json.dumps(status, indent=1))
+        return submitit.helpers.DelayedSubmission(
+            SlurmRun(self.spec, self.run, self.out, self.threads, self.runs)
+        )
+
+
+def _stop(pid: int, grace_s: float = 30.0) -> None:
+    """SIGTERM (Lightning stops after the step it is in), SIGKILL after ``grace_s``.
+
+    Waits with os.waitpid: this runs in a signal handler that interrupted Popen.wait in the
+    same thread, which holds the Popen's (non-reentrant) wait lock.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    try:
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.1)
+    except ChildProcessError:
+        pass  # already reaped
+
+
+def _ignore_usr2() -> None:
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def slurm_options(spec: dict, args: argparse.Namespace) -> dict:
+    """The Slurm resources: the spec's ``slurm:``, then the command line's on top."""
+    options = dict(spec.get("slurm") or {})
+    unknown = set(options) - set(SLURM_KEYS)
+    if unknown:
+        raise ValueError(
+            f"slurm: unknown keys {sorted(unknown)}; known: {', '.join(SLURM_KEYS)} (other "
+            "sbatch options go under slurm.sbatch)"
+        )
+    for key in SLURM_KEYS:
+        value = getattr(args, key, None)
+        if key == "sbatch" and value:
+            options["sbatch"] = {**(options.get("sbatch") or {}), **dict(value)}
+        elif key != "sbatch" and value is not None:
+            options[key] = value
+    options.setdefault("cpus_per_task", 1)
+    options.setdefault("time", 60)
+    return options
+
+
+def slurm_parameters(options: dict, name: str) -> dict:
+    """submitit's SlurmExecutor parameters for the options."""
+    params = {"job_name": name, "additional_parameters": dict(options.get("sbatch") or {})}
+    for key in ("partition", "time", "cpus_per_task", "gpus_per_node", "array_parallelism",
+                "signal_delay_s", "setup"):  # fmt: skip
+        if options.get(key) is not None:
+            params[key] = options[key]
+    if options.get("mem_gb") is not None:
+        params["mem"] = f"{options['mem_gb']}GB"
+    return params
+
+
+def submitit_module():
+    """submitit, or a clear error naming the extra that installs it."""
+    try:
+        import submitit
+    except ImportError:
+        raise SystemExit(
+            "--executor slurm needs submitit: pip install 'faeval[slurm]' (or pip install submitit)"
+        ) from None
+    return submitit
+
+
+def sbatch_script(options: dict, out: Path, tasks: int) -> str:
+    """The sbatch script submitit writes for the array (for ``--dry_run``)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(
+        command="python -u -m submitit.core._submit <folder>",
+        folder=out / "slurm" / "%j",
+        map_count=tasks,
+        **slurm_parameters(options, out.name),
+    )
+
+
+def submit_slurm(spec: dict, todo: list[Run], runs: list[Run], out: Path, options: dict) -> list:
+    """Submits one job array, one task per run; returns submitit's jobs (one per task)."""
+    submitit = submitit_module()
+    # The tasks unpickle this module's classes: by value, since tools/ is no package.
+    module = sys.modules[__name__]
+    if __name__ != "__main__":
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+    executor = submitit.SlurmExecutor(folder=out / "slurm" / "%j", max_num_timeout=3)
+    executor.update_parameters(**slurm_parameters(options, out.name))
+    threads = int(options["cpus_per_task"])
+    with executor.batch():
+        jobs = [executor.submit(SlurmRun(spec, r, out, threads, runs)) for r in todo]
+    return jobs
+
+
+#: Slurm job states a task does not leave again (squeue's short codes).
+FINAL_STATES = {"BF", "CA", "CD", "DL", "F", "NF", "OOM", "PR", "RV", "TO"}
+
+
+def queued(job_ids: list[str]) -> set[str]:
+    """The array tasks not yet ended (squeue; sacct may be off on small clusters).
+
+    Asks for every state: by default squeue hides a task in the brief "requeued" (RQ)
+    state between its USR2 stop and its return to pending, and the sweep would read it as
+    ended. A task is ended once squeue shows it in a final state or no longer knows it.
+
+    Raises:
+        RuntimeError: squeue fails (no cluster).
+    """
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    cmd = ["squeue", "--noheader", "--array", "--states=all", "--format=%i %t",
+           "--jobs", ",".join(arrays)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode and "Invalid job id" not in done.stderr:
+        raise RuntimeError(f"squeue failed: {done.stderr.strip()}")
+    rows = (line.split() for line in done.stdout.splitlines())
+    return {row[0] for row in rows if len(row) == 2 and row[1] not in FINAL_STATES}
+
+
+def wait_slurm(jobs: list, todo: list[Run], out: Path, poll: float = 2.0) -> list[dict]:
+    """Waits until every task has left the queue; prints each run's line as it ends."""
+    pending = {job.job_id: run for job, run in zip(jobs, todo, strict=True)}
+    done = []
+    while pending:
+        time.sleep(poll)
+        waiting = queued(list(pending))
+        for job_id in [j for j in pending if j not in waiting]:
+            run = pending.pop(job_id)
+            status = read_status(run.dir(out)) or {
+                "status": "failed",
+                "epochs": 0,
+                "error": f"Slurm task {job_id} ended without a status: see {out / 'slurm'}",
+            }
+            if status["status"] == "interrupted":
+                status = {**status, "status": "failed", "error": "interrupted, not requeued"}
+            print(report_line(run, status), flush=True)
+            done.append(status)
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,21 +577,50 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("spec", type=Path, help="the sweep YAML")
     parser.add_argument("--out", type=Path, required=True, help="the sweep directory")
-    parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (local)")
     parser.add_argument(
         "--cores",
         type=int,
         default=os.cpu_count() or 1,
-        help="cores to share out (threads per job = cores // jobs)",
+        help="cores to share out (local; threads per job = cores // jobs)",
     )
-    parser.add_argument("--dry_run", action="store_true", help="print the commands only")
+    parser.add_argument("--dry_run", action="store_true", help="print what would run only")
+    parser.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local process pool, or one Slurm job array through submitit",
+    )
+    slurm = parser.add_argument_group("Slurm (--executor slurm; over the spec's slurm:)")
+    slurm.add_argument("--partition", help="sbatch --partition")
+    slurm.add_argument("--time", type=int, help="minutes per run (sbatch --time)")
+    slurm.add_argument("--cpus_per_task", type=int, help="CPUs per run (default 1)")
+    slurm.add_argument("--gpus_per_node", type=int, help="GPUs per run")
+    slurm.add_argument("--mem_gb", type=int, help="memory per run, GB")
+    slurm.add_argument("--array_parallelism", type=int, help="array tasks running at once")
+    slurm.add_argument("--signal_delay_s", type=int, help="USR2 this long before the limit")
+    slurm.add_argument(
+        "--sbatch",
+        action="append",
+        type=lambda kv: tuple(kv.split("=", 1)) if "=" in kv else _bad_sbatch(kv),
+        metavar="KEY=VALUE",
+        help="any other sbatch option (repeatable): --sbatch account=lab --sbatch qos=high",
+    )
+    slurm.add_argument(
+        "--no_wait", action="store_true", help="return once submitted (tasks write results)"
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    spec = load_spec(args.spec)
+    try:
+        spec = load_spec(args.spec)
+    except FaevalError as err:
+        print(f"sweep: error: {err}", file=sys.stderr)
+        return 2
     runs = plan(spec)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sweep.json").write_text(
+    out = args.out.resolve()
+    (out / "sweep.json").write_text(
         json.dumps(
             {
                 "spec": str(args.spec),
@@ -258,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                         "setting": r.setting,
                         "method": r.method,
                         "seed": r.seed,
-                        "run_dir": str(r.dir(args.out)),
+                        "run_dir": str(r.dir(out)),
                     }
                     for r in runs
                 ],
@@ -266,46 +641,71 @@ def main(argv: list[str] | None = None) -> int:
             indent=1,
         )
     )
-    todo = [r for r in runs if (read_status(r.dir(args.out)) or {}).get("status") != "ok"]
-    threads = max(1, args.cores // args.jobs)
+    todo = [r for r in runs if (read_status(r.dir(out)) or {}).get("status") != "ok"]
+    finished = len(runs) - len(todo)
+    go_on = sum(r.dir(out).exists() and resumable(r.dir(out)) for r in todo)
+    if args.executor == "slurm":
+        options = slurm_options(spec, args)
+        threads = int(options["cpus_per_task"])
+        how = f"one Slurm job array of {len(todo)} tasks × {threads} threads"
+    else:
+        threads = max(1, args.cores // args.jobs)
+        how = f"{args.jobs} jobs × {threads} threads"
     print(
-        f"[sweep] {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to "
-        f"run as {args.jobs} jobs × {threads} threads",
+        f"[sweep] {len(runs)} runs, {finished} already finished, {len(todo)} to run "
+        f"({go_on} continuing from their last checkpoint) as {how}",
         flush=True,
     )
     if args.dry_run:
+        if args.executor == "slurm" and todo:
+            print(sbatch_script(options, out, len(todo)))
         for r in todo:
-            print(" ".join(command(spec, r, r.dir(args.out))))
+            cmd = command(spec, r, r.dir(out))
+            if r.dir(out).exists() and resumable(r.dir(out)):
+                cmd += ["--ckpt_path", str(r.dir(out) / LAST_CKPT)]
+            print(shlex.join(cmd))
         return 0
-    lock = threading.Lock()
     start = time.perf_counter()
-
-    def one(run: Run) -> dict:
-        status = execute(spec, run, args.out, threads)
-        with lock:
+    if args.executor == "slurm":
+        if not todo:
+            done = []
+        else:
+            jobs = submit_slurm(spec, todo, runs, out, options)
             print(
-                f"[sweep] {status['status']:<6} {run.setting}/{run.method}/seed{run.seed}: "
-                f"{status['epochs']} epochs in {status['seconds']:.1f} s, test acc "
-                + ("n/a" if status["test_acc"] is None else f"{status['test_acc']:.4f}")
-                + (f"  ({status['error']})" if status["error"] else ""),
+                f"[sweep] submitted job array {jobs[0].job_id.split('_')[0]} "
+                f"({len(jobs)} tasks); submitit logs in {out / 'slurm'}",
                 flush=True,
             )
-        return status
+            if args.no_wait:
+                return 0
+            done = wait_slurm(jobs, todo, out)
+    else:
+        lock = threading.Lock()
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        done = list(pool.map(one, todo))
+        def one(run: Run) -> dict:
+            status = execute(spec, run, out, threads)
+            with lock:
+                print(report_line(run, status), flush=True)
+            return status
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            done = list(pool.map(one, todo))
     wall = time.perf_counter() - start
-    epochs = sum(s["epochs"] or 0 for s in done)
+    epochs = sum(s.get("epochs") or 0 for s in done)
     failed = [s for s in done if s["status"] != "ok"]
-    results = write_results(args.out, runs)
+    results = write_results(out, runs)
     rate = epochs / wall if wall > 0 else 0.0
     print(
         f"[sweep] {len(done) - len(failed)} ok, {len(failed)} failed; {epochs} seed-epochs in "
-        f"{wall:.1f} s = {rate:.3f} seed-epochs/s ({args.jobs} jobs × {threads} threads)\n"
+        f"{wall:.1f} s = {rate:.3f} seed-epochs/s ({how})\n"
         f"[sweep] results: {results}\n[sweep] report: python tools/report.py {args.out}",
         flush=True,
     )
     return 1 if failed else 0
+
+
+def _bad_sbatch(value: str):
+    raise argparse.ArgumentTypeError(f"--sbatch takes KEY=VALUE, got {value!r}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """EP: equilibrium propagation on the layered backbone, the free state being the forward pass.
 
-The energy of states h = (h_0..h_L) for an input x with label y (DESIGN.md):
+The energy of states h = (h_0..h_L) for an input x with label y (docs/methods.md):
 
     E(h; β) = ½‖h_0 − embed(x)‖² + Σ_{l=1..L} ½‖h_l − Φ_l(h_{l-1})‖² + β·ℓ(h_L),
 
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, Trace
+from faeval.errors import ConfigError, TrainingDiverged
 from faeval.methods.base import CreditMethod
 
 
@@ -78,12 +79,12 @@ class EP(CreditMethod):
     ) -> None:
         super().__init__(*args, **kwargs)
         if beta <= 0 or steps < 0 or step_size <= 0 or tol < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"EP needs beta > 0, steps >= 0, step_size > 0 and tol >= 0, got beta={beta}, "
                 f"steps={steps}, step_size={step_size}, tol={tol}"
             )
         if credit not in ("error", "displacement"):
-            raise ValueError(f"credit must be 'error' or 'displacement', got {credit!r}")
+            raise ConfigError(f"credit must be 'error' or 'displacement', got {credit!r}")
         self.beta = beta
         self.steps = steps
         self.step_size = step_size
@@ -131,7 +132,7 @@ class EP(CreditMethod):
                 grads = torch.autograd.grad(energy, states)
                 norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()
                 if not math.isfinite(norm):
-                    raise FloatingPointError(
+                    raise TrainingDiverged(
                         f"EP's relaxation diverged after {k} steps of size {self.step_size} "
                         "(non-finite energy gradient); lower --model.step_size."
                     )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from faeval.errors import ConfigError
+
 #: Seeds of the null band's fresh feedback draws start here, far from the small seeds runs
 #: are given.
 NULL_SEED = 1_000_003
@@ -44,7 +46,7 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         if not (self.growth_threshold > 0 and self.grad_floor > 0 and self.null_sigmas >= 0):
-            raise ValueError(
+            raise ConfigError(
                 "thresholds need growth_threshold > 0, grad_floor > 0 and null_sigmas >= 0, got "
                 f"{self.growth_threshold}, {self.grad_floor}, {self.null_sigmas}"
             )
@@ -57,7 +59,7 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class ProtocolSettings:
-    """Settings of the heavier pieces (DESIGN's defaults).
+    """Settings of the heavier pieces (defaults and reasons: docs/protocol.md).
 
     Attributes:
         null_draws: K, fresh feedback draws of the null band (at least 2).
@@ -82,6 +84,12 @@ class ProtocolSettings:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
+
+#: Epochs of the study's reference runs (CIFAR-10, 100 epochs; docs/reference-results.md), on
+#: which the thresholds were read: (a) and (b) may fire only late (the floor was crossed
+#: within 11 of 100 epochs) and (d)'s margin moves as both runs train, so a shorter budget
+#: is reported with a warning.
+REFERENCE_EPOCHS = 100
 
 #: The defaults, for arguments that take one threshold alone.
 DEFAULT_THRESHOLDS = Thresholds()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 import matplotlib.image
@@ -14,42 +14,8 @@ import pytest
 import yaml
 
 from faeval.cli import known_names
-from tests.helpers import TINY_RUN
-from tests.protocol.cli_args import CHEAP
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"faeval_tools_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep, report = load_tool("sweep"), load_tool("report")
-
-SPEC = {
-    "seeds": [0, 1],
-    "methods": ["DFA"],  # FrozenBlocks joins automatically: 2 methods × 2 seeds
-    "args": [*TINY_RUN, "--trainer.max_epochs", "1"],
-    "protocol": {"every_n_epochs": 1, "settings": CHEAP},
-    "settings": {"tiny": {"model.backbone.w2_std": 0.01}},
-}
-
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sweep")
-    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    assert (
-        sweep.main(
-            [str(root / "spec.yaml"), "--out", str(root / "out"), "--jobs", "2", "--cores", "2"]
-        )
-        == 0
-    )
-    return root
+from faeval.runlog import load_sweep
+from tests.tools.sweeps import TOOLS, report, sweep
 
 
 def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
@@ -140,7 +106,57 @@ def test_report_writes_tables_and_plots_of_the_expected_size(swept):
     for name, (w, h) in report.SIZES.items():
         image = matplotlib.image.imread(out / f"tiny_{name}.png")
         assert image.shape[:2] == (round(h * report.DPI), round(w * report.DPI)), name
-        assert f"tiny_{name}.png" in md
+        assert f"tiny_{name}.png" in md and f"tiny_{name}.pdf" in md
+        pdf = (out / f"tiny_{name}.pdf").read_bytes()
+        # A vector file with its text as embedded TrueType fonts, no raster image inside.
+        assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf and b"/Subtype /Image" not in pdf
+
+
+def test_report_states_the_budget_everywhere_and_warns_that_it_is_short(swept, monkeypatch):
+    titles = []
+    save = report.save
+
+    def keep_title(fig, title, path):
+        titles.append(title)
+        save(fig, title, path)
+
+    monkeypatch.setattr(report, "save", keep_title)
+    out = swept / "report-budget"
+    assert report.main([str(swept / "out"), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    budget = "SyntheticLadder · ResMLP d_hidden=8 num_blocks=2"
+    head = md.split("## Setting")[0]
+    assert "| tiny | SyntheticLadder | ResMLP d_hidden=8 num_blocks=2 | 1 | 4 | 0, 1 |" in head
+    assert "budget shorter than the reference's 100 epochs" in head
+    assert f"Budget: {budget} · 1 epochs × 4 batches per epoch · seeds 0, 1." in md
+    assert "**Warning: short budget.** These runs trained 1 epochs, the reference results 100" in md
+    assert len(titles) == len(report.SIZES)
+    assert all(budget in t and "1 epochs × 4 batches per epoch · seeds 0, 1" in t for t in titles)
+    # Budget-dependent verdicts carry the mark: (d) and Mode 2 always; (a), (b) unless fired.
+    data = json.loads((out / "report.json").read_text())["settings"]["tiny"]
+    assert data["budget"]["epochs"] == "1" and data["budget"]["seeds"] == [0, 1]
+    dfa = data["methods"]["DFA"]
+    assert {"d", "mode2"} <= set(dfa["budget_dependent"]) and "c" not in dfa["budget_dependent"]
+    row = next(line for line in md.splitlines() if line.startswith("| DFA |"))
+    assert row.count(report.SHORT.strip()) == len(dfa["budget_dependent"])
+    # How sure: (d) across two seeds is decided by its interval, explained in words.
+    d = dfa["verdicts"]["d"]
+    assert d["interval"]["n"] == 2 and d["interval"]["threshold"] == 0.02
+    assert "### How sure (across seeds)" in md and "DFA, (d) depth utilisation: the margin" in md
+    assert report.main([str(swept / "out"), "--out", str(out / "long"),
+                        "--reference_epochs", "1"]) == 0  # fmt: skip
+    assert "Warning" not in (out / "long" / "report.md").read_text()
+
+
+def test_load_sweep_gives_the_rows_the_sweep_wrote(swept):
+    records = load_sweep(swept / "out")
+    files = sorted((swept / "out" / "runs").glob("*/*/seed*/diagnostics.jsonl"))
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert len(records) == len(rows) == 8  # 4 runs × (init + 1 epoch)
+    strip = [{k: v for k, v in r.items() if k not in ("setting", "run_dir")} for r in records]
+    order = partial(json.dumps, sort_keys=True)
+    assert sorted(strip, key=order) == sorted(rows, key=order)
+    assert {r["setting"] for r in records} == {"tiny"}
 
 
 def test_report_on_partial_mixed_and_empty_sweeps_says_what_is_missing(swept, tmp_path, capsys):
@@ -176,6 +192,26 @@ def test_the_reference_sweep_plans_bp_fa_dfa_and_frozen_on_three_seeds(monkeypat
     cmd = sweep.command(spec, runs[0], Path("/tmp/x"))
     assert cmd[cmd.index("--model.backbone.d_hidden") + 1] == "256"
     assert "--trainer.callbacks+=Protocol" in cmd
+
+
+def test_a_sweep_started_again_continues_an_unfinished_run_from_its_checkpoint(swept, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(swept / "out", out)
+    run_dir = out / "runs" / "tiny" / "DFA" / "seed1"
+    (run_dir / "status.json").unlink()  # its process was killed: no status, a last.ckpt
+    before = (run_dir / "diagnostics.jsonl").read_text()
+    spec = yaml.safe_load((swept / "spec.yaml").read_text())
+    spec["args"] += ["--trainer.max_epochs", "2"]  # the budget it had not reached
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out), "--dry_run"]) == 0
+    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out)]) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "ok" and status["resumed"] is True
+    assert "--ckpt_path" in status["cmd"]
+    rows = (run_dir / "diagnostics.jsonl").read_text()
+    assert rows.startswith(before)  # epochs 0 and 1 kept, epoch 2 appended
+    assert [json.loads(line)["epoch"] for line in rows.splitlines()] == [0, 1, 2]
+    assert not (out / "attempts").exists()  # continued in place, nothing set aside
 
 
 def test_the_second_round_sweep_plans_every_new_method_with_the_reference_settings(monkeypatch):

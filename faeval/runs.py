@@ -1,0 +1,130 @@
+"""Run folders: named by what the run is, claimed atomically, never shared.
+
+A run folder holds one run's ``config.yaml``, its row files, its TensorBoard events and its
+``checkpoints/``. By default it is ``lightning_logs/<data>/<method>/seed<S>`` under the
+trainer's root folder; when that name is taken, the next free ``seed<S>-run2``, ``-run3``…
+Claiming a folder is the exclusive creation of its ``faeval_run.json`` (who claimed it,
+when, with which command), so any number of runs started at once, on one machine or on
+several sharing a file system, end up in folders of their own. A folder that holds a run is
+never given to another: continuing a run with ``--ckpt_path`` is the one way back in.
+
+Pure Python (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+from faeval.errors import ConfigError, RunFolderTaken
+
+#: The file whose exclusive creation claims a folder for one run.
+CLAIM_FILE = "faeval_run.json"
+#: The default run name: fields ``data``, ``method``, ``backbone``, ``seed``.
+DEFAULT_RUN_NAME = "{data}/{method}/seed{seed}"
+#: The folder under the trainer's root that holds the runs named by default.
+LOGS = "lightning_logs"
+#: Files and folders whose presence means a folder holds a run.
+RUN_MARKERS = (CLAIM_FILE, "config.yaml", "diagnostics.jsonl", "checkpoints")
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` already holds a run (a claim, a config, rows, checkpoints or events)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    return any((folder / m).exists() for m in RUN_MARKERS) or any(
+        folder.glob("events.out.tfevents.*")
+    )
+
+
+def claim(folder: Path, info: dict | None = None) -> Path:
+    """Claims ``folder`` for one run: creates it and, exclusively, its claim file.
+
+    Args:
+        folder: the run folder (created with its parents when absent).
+        info: what to record in the claim file besides host, pid, time and command.
+
+    Raises:
+        RunFolderTaken: the folder holds a run, or another process claimed it first.
+    """
+    folder = Path(folder)
+    if holds_run(folder):
+        raise RunFolderTaken(_taken(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv,
+        **(info or {}),
+    }
+    try:
+        with (folder / CLAIM_FILE).open("x") as fh:  # O_EXCL: one process wins
+            json.dump(record, fh, indent=1)
+    except FileExistsError:
+        raise RunFolderTaken(_taken(folder)) from None
+    return folder
+
+
+def release_unused(folder: Path | None) -> bool:
+    """Removes a claimed run folder that the run left without rows or checkpoints.
+
+    A run that fails before its first row (a missing data set, a bad option found late)
+    leaves nothing worth keeping; its folder would only push the next run to ``-run2``.
+
+    Returns:
+        Whether the folder was removed.
+    """
+    if folder is None or not (Path(folder) / CLAIM_FILE).is_file():
+        return False
+    folder = Path(folder)
+    if (folder / "diagnostics.jsonl").exists() or (folder / "checkpoints").exists():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+def claim_next(base: Path, info: dict | None = None) -> Path:
+    """Claims ``base``, or when it is taken the first free ``base-run2``, ``base-run3``…"""
+    base = Path(base)
+    for n in range(1, 100_000):
+        folder = base if n == 1 else base.with_name(f"{base.name}-run{n}")
+        try:
+            return claim(folder, info)
+        except RunFolderTaken:
+            continue
+    raise RunFolderTaken(f"no free run folder next to {base}")
+
+
+def run_name(template: str, **fields: object) -> str:
+    """The run's name from a template such as ``{data}/{method}/seed{seed}``.
+
+    Raises:
+        ValueError: the template names a field that is not known, or is not a relative path.
+    """
+    try:
+        name = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(
+            f"--run_name {template!r} cannot be filled ({err}); it may use "
+            + ", ".join("{" + k + "}" for k in fields)
+        ) from None
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ConfigError(
+            f"--run_name {template!r} gives {name!r}; it must be a relative folder name such as "
+            f"{DEFAULT_RUN_NAME}"
+        )
+    return name
+
+
+def _taken(folder: Path) -> str:
+    return (
+        f"{folder} already holds a run; give the new run another name (--run_name) or "
+        "folder, or continue that run with --ckpt_path <its checkpoint>"
+    )
