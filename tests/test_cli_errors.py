@@ -80,6 +80,16 @@ MISTAKES = [
         id="value out of range",
     ),
     pytest.param(
+        ["fit", "--model", "KP", *LADDER, "--model.decay", "0"],
+        r"KP needs 0 < decay < 1 .*got decay=0.0; set --model.decay",
+        id="second-round method, value out of range",
+    ),
+    pytest.param(
+        ["fit", "--model", "PC", *LADDER, "--model.step_size", "0"],
+        r"PC needs steps >= 0 and step_size > 0, got steps=20, step_size=0.0",
+        id="relaxation step of zero",
+    ),
+    pytest.param(
         ["fit", "--model", "DFA", *LADDER, "--data.batch_size", "0"],
         r"batch_size must be a positive integer, got 0",
         id="batch size zero",

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from faeval.errors import ConfigError
 from faeval.methods.common import FeedbackMatrices
 from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_uniform
 from faeval.seeding import mixed_seed, resolve_seed
@@ -41,8 +42,9 @@ class KP(LayerFeedbackMethod):
     ) -> None:
         super().__init__(*args, **kwargs)
         if not 0 < decay < 1:
-            raise ValueError(
-                f"KP needs a weight decay 0 < decay < 1 (it is what aligns B with W), got {decay}"
+            raise ConfigError(
+                f"KP needs 0 < decay < 1 (the decay is what aligns B with W), got decay={decay}; "
+                "set --model.decay (1e-3 in configs/resmlp_d256_l4_kp.yaml)"
             )
         self.decay = decay
         stream = mixed_seed(resolve_seed(feedback_seed), FIXED_DRAW)  # LayerFA's draw

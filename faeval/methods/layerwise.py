@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, Trace
+from faeval.errors import ConfigError
 from faeval.methods.base import CreditMethod
 from faeval.methods.ep import running_statistics_frozen
 
@@ -37,13 +38,15 @@ FEEDBACK_LAYERS = (nn.Linear, nn.Conv2d)
 OTHER_CONVOLUTIONS = (
     nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d
 )  # fmt: skip
+#: The way out of a backbone the mechanism refuses.
+OTHER_BACKBONE = "pick another --model.backbone, or a block-level method (FA, DFA)"
 
 
 def feedback_layers(backbone: LayeredBackbone) -> list[tuple[str, nn.Module]]:
     """Every nn.Linear and nn.Conv2d of the backbone, with its name, in module order.
 
     Raises:
-        ValueError: the backbone has a convolution this mechanism does not handle (another
+        ConfigError: the backbone has a convolution this mechanism does not handle (another
             dimension, a transposed one, string padding or a padding mode other than zeros).
     """
     layers = []
@@ -51,15 +54,15 @@ def feedback_layers(backbone: LayeredBackbone) -> list[tuple[str, nn.Module]]:
         if isinstance(module, nn.Conv2d) and (
             isinstance(module.padding, str) or module.padding_mode != "zeros"
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"layer-wise feedback handles zero-padded convolutions with numeric padding; "
                 f"{type(backbone).__name__}.{name} has padding={module.padding!r}, "
-                f"padding_mode={module.padding_mode!r}"
+                f"padding_mode={module.padding_mode!r}; {OTHER_BACKBONE}"
             )
         if isinstance(module, OTHER_CONVOLUTIONS):
-            raise ValueError(
+            raise ConfigError(
                 f"layer-wise feedback handles nn.Linear and nn.Conv2d; "
-                f"{type(backbone).__name__}.{name} is a {type(module).__name__}"
+                f"{type(backbone).__name__}.{name} is a {type(module).__name__}; {OTHER_BACKBONE}"
             )
         if isinstance(module, FEEDBACK_LAYERS):
             layers.append((name, module))
@@ -195,7 +198,7 @@ class LayerFeedbackMethod(CreditMethod):
             ``num_classes``, ``backbone``, ``optimizer``, ``penalty``).
 
     Raises:
-        ValueError: the backbone has a layer the mechanism does not handle.
+        ConfigError: the backbone has a layer the mechanism does not handle.
     """
 
     local: ClassVar[bool] = False

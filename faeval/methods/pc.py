@@ -39,6 +39,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.backbones import Trace
+from faeval.errors import ConfigError, TrainingDiverged
 from faeval.methods.base import CreditMethod
 from faeval.methods.ep import layered_energy, prediction_errors, running_statistics_frozen
 
@@ -62,7 +63,8 @@ class PC(CreditMethod):
         *args, **kwargs: the arguments of ``CreditMethod``.
 
     Raises:
-        FloatingPointError: the relaxation diverged (γ too large for the block Jacobians).
+        ConfigError: ``steps`` < 0 or ``step_size`` <= 0.
+        TrainingDiverged: the relaxation diverged (γ too large for the block Jacobians).
     """
 
     def __init__(
@@ -75,7 +77,10 @@ class PC(CreditMethod):
     ) -> None:
         super().__init__(*args, **kwargs)
         if steps < 0 or step_size <= 0:
-            raise ValueError(f"PC needs steps >= 0 and step_size > 0, got {steps}, {step_size}")
+            raise ConfigError(
+                f"PC needs steps >= 0 and step_size > 0, got steps={steps}, "
+                f"step_size={step_size}; set --model.steps and --model.step_size"
+            )
         self.steps = steps
         self.step_size = step_size
         self.fixed_predictions = fixed_predictions
@@ -111,7 +116,7 @@ class PC(CreditMethod):
                 shifts = [(d - gamma * g).detach() for d, g in zip(shifts, grads, strict=True)]
         self.energies = torch.stack(energies)
         if not torch.isfinite(self.energies[-1]):  # the one host sync of the relaxation
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"PC's relaxation diverged within {self.steps} steps of size {gamma} "
                 "(non-finite energy); lower --model.step_size."
             )

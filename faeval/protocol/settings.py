@@ -51,7 +51,10 @@ class Thresholds:
                 f"{self.growth_threshold}, {self.grad_floor}, {self.null_sigmas}"
             )
         if not self.backprop_tol > 0:
-            raise ValueError(f"thresholds need backprop_tol > 0, got {self.backprop_tol}")
+            raise ConfigError(
+                f"thresholds need backprop_tol > 0, got {self.backprop_tol}; set "
+                "--thresholds.backprop_tol (1e-4 by default)"
+            )
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -10,6 +10,7 @@ import torch
 from faeval.backbones import ResMLP
 from faeval.data import TensorBatches
 from faeval.diagnostics import matrix_angle
+from faeval.errors import ConfigError
 from faeval.methods import KP, LayerFA
 from tests.helpers import GradRecorder, quiet_trainer, sgd
 
@@ -62,5 +63,5 @@ def test_training_aligns_feedback_with_the_weights(tiny_ladder, quiet_trainer):
 
 
 def test_decay_must_be_a_fraction():
-    with pytest.raises(ValueError, match="decay"):
+    with pytest.raises(ConfigError, match=r"decay=0.0; set --model.decay"):
         KP((12,), 4, decay=0.0, backbone=BACKBONE)

@@ -12,6 +12,7 @@ from torch import nn
 
 from faeval.backbones import ResMLP
 from faeval.data import TensorBatches
+from faeval.errors import ConfigError
 from faeval.methods import BRSF, FRSF, KP, USF, LayerFA
 from faeval.methods.layerwise import feedback_attached, feedback_layers
 from tests.helpers import GradRecorder, LinearNet, quiet_trainer, sgd
@@ -172,7 +173,7 @@ def test_mismatched_feedback_and_unsupported_layers_are_refused():
             super().__init__(*args, **kwargs)
             self.extra = nn.Conv1d(1, 1, 3)
 
-    with pytest.raises(ValueError, match=r"Conv1dNet\.extra is a Conv1d"):
+    with pytest.raises(ConfigError, match=r"Conv1dNet\.extra is a Conv1d; pick another"):
         LayerFA((6,), 3, backbone=Conv1dNet)
 
 

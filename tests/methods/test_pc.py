@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from faeval.backbones import ResMLP, SmallCNN
 from faeval.data import TensorBatches
 from faeval.diagnostics import sample_cosines, sample_norms, true_gradients
+from faeval.errors import ConfigError, TrainingDiverged
 from faeval.methods import PC
 from tests.helpers import EpochMetric, quiet_trainer, reference_states, sgd
 
@@ -110,7 +111,7 @@ def test_a_divergent_relaxation_raises():
     method = make(steps=50, step_size=5.0).float()
     x, y = data()
     x = x.float()
-    with pytest.raises(FloatingPointError, match="step_size"):
+    with pytest.raises(TrainingDiverged, match=r"lower --model\.step_size"):
         method.credits(method.backbone.trace(x).detached(), y)
 
 
@@ -122,7 +123,7 @@ def test_training_logs_the_final_energy(tiny_ladder, quiet_trainer):
 
 
 def test_invalid_settings_raise():
-    with pytest.raises(ValueError, match="step_size > 0"):
+    with pytest.raises(ConfigError, match="step_size > 0"):
         PC((12,), 4, step_size=0.0)
 
 

@@ -13,6 +13,7 @@ from scipy import stats
 
 from faeval.backbones import ResMLP
 from faeval.diagnostics import measure_layers
+from faeval.errors import ConfigError
 from faeval.methods import BP, DFA, PC, LayerFA
 from faeval.protocol import Thresholds, judge_run, judge_seeds, run_markdown, run_text
 from faeval.protocol.render import interval_text, seed_cell
@@ -189,6 +190,11 @@ def test_backprop_note_fires_when_every_layer_is_backprops_gradient(errors, scal
     assert ("the credit is backprop's" in v.detail) == (status == "FIRES")
     if scales and status == "FIRES":
         assert "factor c_l 0.05…0.9" in v.detail
+
+
+def test_the_backprop_tolerance_must_be_positive():
+    with pytest.raises(ConfigError, match=r"backprop_tol > 0, got 0.0; set --thresholds\."):
+        Thresholds(backprop_tol=0.0)
 
 
 def test_backprop_note_is_unmeasurable_under_the_floor_or_without_the_figure():
