@@ -84,3 +84,35 @@ def test_every_cited_docs_page_exists_and_nothing_cites_a_missing_design_documen
     assert {"docs/notation.md", "docs/protocol.md", "docs/methods.md"} <= cited
     missing = sorted(c for c in cited if not (root / c).is_file())
     assert not missing
+
+
+def _expand(pattern: str) -> set[str]:
+    """``a_{x,y}.yaml`` -> {``a_x.yaml``, ``a_y.yaml``} (the README's shorthand; one brace)."""
+    import re
+
+    m = re.search(r"\{([^}]*)\}", pattern)
+    if not m:
+        return {pattern}
+    return {pattern[: m.start()] + part + pattern[m.end() :] for part in m.group(1).split(",")}
+
+
+def test_every_method_and_config_is_documented():
+    """Each method the CLI knows has a row in the README's method table and an entry in
+    docs/methods.md; each shipped config has a row in the README's config table."""
+    import re
+    from pathlib import Path
+
+    from faeval.cli import known_names
+
+    root = Path(faeval.__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    methods = (root / "docs" / "methods.md").read_text()
+    for name in known_names()["model"]:
+        assert f"| `{name}` |" in readme, name
+        assert re.search(rf"^#+ .*\b{name}\b", methods, re.MULTILINE), name
+    listed = set()
+    for cell in re.findall(r"^\| (`[^|]*\.yaml`[^|]*) \|", readme, re.MULTILINE):
+        for pattern in re.findall(r"`([\w{},]+\.yaml)`", cell):
+            listed |= _expand(pattern)
+    shipped = {p.name for p in (root / "configs").glob("*.yaml")}
+    assert shipped <= listed, sorted(shipped - listed)
