@@ -26,6 +26,7 @@ from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
 from faeval.runs import DEFAULT_RUN_NAME, LOGS, claim, claim_next, holds_run, run_name
+from faeval.stacked.cli import StackedFit, add_stack_arguments
 from faeval.trainer import FaevalTrainer
 
 
@@ -104,6 +105,7 @@ class FaevalCLI(LightningCLI):
                 "-run2, -run3… when taken; a name you give is refused when it holds a run."
             ),
         )
+        add_stack_arguments(parser)  # --seeds, --stack.*: seeds stacked in one process (issue 13)
         parser.link_arguments(
             "data.input_shape", "model.init_args.input_shape", apply_on="instantiate"
         )
@@ -135,6 +137,15 @@ class FaevalCLI(LightningCLI):
         # from the run's config.yaml, and the checkpoint's class is checked against it.
         if self.config.get("subcommand") != "audit":
             super()._parse_ckpt_path()
+
+    @override
+    def instantiate_classes(self) -> None:
+        # `faeval fit --seeds 0-9` (issue 13): faeval.stacked builds one method and data module
+        # per seed, the stack, its trainer and the seeds' run folders in place of the usual ones.
+        if self.subcommand == "fit" and self._get(self.config, "seeds") is not None:
+            StackedFit(self).instantiate()
+            return
+        super().instantiate_classes()
 
     @override
     def instantiate_trainer(self, **kwargs):

@@ -248,11 +248,15 @@ class CreditMethod(LightningModule, abc.ABC):
             means[name] = float(mean)
         return means
 
+    def clear_epoch_means(self) -> None:
+        """Starts the next epoch's figures afresh."""
+        self._epoch_sums.clear()
+
     @override
     def on_train_epoch_end(self) -> None:
         for name, value in self.epoch_means().items():
             self.log(name, value)
-        self._epoch_sums.clear()
+        self.clear_epoch_means()
 
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
