@@ -7,12 +7,13 @@ Each of them here holds every tensor of the K originals stacked along a new firs
 (K, *shape) under the original's name, so seed k's state is ``tensor[k]`` and the state
 dict of a stack has exactly the keys of one seed's.
 
-Each module is checked against K separate calls of the original, bit for bit on the CPU
-(tests/stacked/test_modules.py): batched matmuls (``baddbmm``) and grouped convolutions give
-every seed the same kernel a lone run uses. LayerNorm is the exception: on the CPU it runs
-one kernel per seed (bit for bit, and as fast there as one kernel for all); on an accelerator
-it normalises all seeds in one kernel and applies each seed's affine after, which rounds the
-affine and its gradient differently (within 1e-6 relative).
+Each module is checked against K separate calls of the original (tests/stacked/
+test_modules.py). Linear layers and feedback products are one batched matmul for all seeds,
+with a lone run's operands forward and backward: bit for bit on the CPU. LayerNorm,
+convolutions and BatchNorm run one kernel per seed on the CPU (bit for bit, and no slower
+there: measured); on an accelerator one kernel serves all seeds (a normalisation followed by
+each seed's affine, a grouped convolution, a BatchNorm over seeds folded into channels),
+which rounds differently (within 1e-6 relative).
 """
 
 from __future__ import annotations
