@@ -78,17 +78,20 @@ class _BatchedLinear(torch.autograd.Function):
     """
 
     @staticmethod
+    @override
     def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         w = weight.transpose(1, 2)  # (K, in, out)
         # (K, N, in) @ (K, in, out) (+ (K, 1, out)) -> (K, N, out)
         return torch.bmm(x, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, w)
 
     @staticmethod
+    @override
     def setup_context(ctx, inputs, output) -> None:
         x, weight, _ = inputs
         ctx.save_for_backward(x, weight)
 
     @staticmethod
+    @override
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad

@@ -56,6 +56,8 @@ class SeedRun:
         logger: its TensorBoard run, or None.
         stopped: the epoch at which its floor stop ended it, or None while it trains.
         checkpoint: its last checkpoint file.
+        resumed_from: the checkpoint the run was resumed from, which stays (as Lightning keeps
+            the checkpoint a lone run resumed from).
     """
 
     seed: int
@@ -68,6 +70,7 @@ class SeedRun:
     logger: TensorBoardLogger | None = None
     stopped: int | None = None
     checkpoint: Path | None = None
+    resumed_from: Path | None = None
     logged: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -154,7 +157,7 @@ class SeedRuns(Callback):
         ):
             run.diagnostics.load_state_dict(diag)
             run.stopped = stopped
-            run.checkpoint = None if ckpt is None else Path(ckpt)
+            run.checkpoint = run.resumed_from = None if ckpt is None else Path(ckpt)
 
     def sync(self, stack: LightningModule) -> None:
         """Reads each seed's state out of the stack into its single-seed method."""
@@ -196,9 +199,9 @@ class SeedRuns(Callback):
                 for callback in run.callbacks():
                     callback.on_train_epoch_end(view, run.method)
             metrics = {**{k: float(v) for k, v in view.callback_metrics.items()}, **run.logged}
-            if run.logger is not None:
+            if run.logger is not None:  # at the step Lightning logs a lone run's epoch figures
                 metrics["epoch"] = trainer.current_epoch
-                run.logger.log_metrics(metrics, step=trainer.global_step)
+                run.logger.log_metrics(metrics, step=trainer.global_step - 1)
             g_last = run.logged.get("diag/g_L")
             if self.floor_stop and g_last is not None and not g_last >= self.grad_floor:
                 self.stop(trainer, pl_module, run, g_last)
@@ -248,9 +251,12 @@ class SeedRuns(Callback):
             tmp = path.with_name(f".{path.name}.tmp")
             torch.save(seed_ckpt, tmp)
             os.replace(tmp, path)  # a reader never sees half a file
-            if run.checkpoint is not None and run.checkpoint != path and run.checkpoint.is_file():
-                run.checkpoint.unlink()  # one checkpoint per run, as a lone run keeps by default
+            previous = run.checkpoint
+            if previous not in (None, path, run.resumed_from) and previous.is_file():
+                previous.unlink()  # one checkpoint per run, as a lone run keeps by default
             run.checkpoint = path
+        if self.state_key in checkpoint.get("callbacks", {}):  # the files this save wrote
+            checkpoint["callbacks"][self.state_key] = self.state_dict()
 
 
 def checkpoint_name(checkpoint: dict[str, Any]) -> str:
