@@ -89,14 +89,18 @@ class _BatchedLinear(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         x, weight, _ = inputs
         ctx.save_for_backward(x, weight)
+        device = x.device.type  # the backward multiplies under the forward's autocast
+        ctx.amp = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
 
     @staticmethod
     @override
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x = torch.bmm(grad, weight) if need_x else None  # (K, N, out) @ (K, out, in)
-        grad_w = torch.bmm(grad.transpose(1, 2), x) if need_w else None  # (K, out, N) @ (K, N, in)
+        device, dtype, enabled = ctx.amp
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            grad_x = torch.bmm(grad, weight) if need_x else None  # (K, N, out) @ (K, out, in)
+            grad_w = torch.bmm(grad.transpose(1, 2), x) if need_w else None  # (K,out,N)@(K,N,in)
         grad_b = grad.sum(1) if need_b else None  # (K, out)
         return grad_x, grad_w, grad_b
 

@@ -168,3 +168,17 @@ def test_feedback_projects_each_seeds_rows_through_its_own_draw():
     assert torch.equal(stacked.project(1, w), want)
     with pytest.raises(RuntimeError, match="feedback matrix B2 is missing"):
         stacked.project(2, v)
+
+
+def test_linear_under_autocast_differentiates_outside_it():
+    # bf16 training: the forward runs under autocast, the backward may run outside it.
+    lone, stacked, x = lone_and_stacked(lambda: nn.Linear(16, 32), StackedLinear, (8, 16))
+    xs = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = stacked(xs)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert xs.grad.dtype == torch.float32 and stacked.weight.grad.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.cat([m(xk) for m, xk in zip(lone, x.chunk(K), strict=True)])
+    assert torch.allclose(out.float(), want.float(), rtol=1e-2, atol=1e-2)
