@@ -2,7 +2,7 @@
 
 Usage:
     python tools/sweep.py configs/sweeps/fmnist_reference.yaml --out sweeps/fmnist_reference
-    python tools/sweep.py SPEC.yaml --out DIR [--jobs N] [--dry_run]
+    python tools/sweep.py SPEC.yaml --out DIR [--jobs N] [--threads T] [--stack K] [--dry_run]
 
 The YAML:
     base: configs/some_experiment.yaml   # a `faeval fit` config (optional)
@@ -17,9 +17,16 @@ Each run lives in DIR/runs/<setting>/<method>/seed<S>/ (config.yaml, diagnostics
 protocol.jsonl, checkpoints/, run.log, status.json). The sweep is resumable: a run whose
 status.json says "ok" is skipped; any other is started again from scratch, its earlier folder
 kept as DIR/attempts/<setting>/<method>/seed<S>-<time>/. A failed run is
-recorded (status "failed", exit code, the end of its log) and the sweep goes on. Runs go side
-by side as ``--jobs`` processes with cores // jobs threads each (OMP_NUM_THREADS); on two
-cores two single-thread runs gave 1.4-1.6× the throughput of one two-thread run.
+recorded (status "failed", exit code, the end of its log) and the sweep goes on.
+
+The seeds of a (setting, method) train stacked in one process (``faeval fit --seeds``: each
+seed still an ordinary run in its own folder; the stack's own checkpoints and log go to
+DIR/stacks/<setting>/<method>/seeds<list>/, and a run's ``seconds`` are its stack's). Processes
+× threads × seeds per process are chosen for the machine unless given: on a GPU machine one
+process per GPU with every seed of a (setting, method) stacked; on a CPU one single-thread
+process per core, each stacking its share of the seeds (tools/bench_stack.py: on two cores
+two single-thread processes of stacked seeds beat one two-thread process and one process per
+seed). ``--stack 1`` runs one process per seed, as before.
 
 Prints one line per run as it ends and, at the end, the throughput in seed-epochs per second.
 Writes DIR/sweep.json (the plan) and DIR/results.csv (one row per run, timm bulk_runner style).
@@ -127,12 +134,12 @@ def plan(spec: dict) -> list[Run]:
     ]
 
 
-def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
-    """The ``faeval fit`` command line of one run, logging straight into ``run_dir``."""
+def fit_command(spec: dict, run: Run, seed_args: list[str]) -> list[str]:
+    """``faeval fit`` of a run's setting and method, seeded by ``seed_args``."""
     cmd = [sys.executable, "-m", "faeval", "fit"]
     if spec.get("base"):
         cmd += ["--config", str(spec["base"])]
-    cmd += ["--model", run.method, "--seed_everything", str(run.seed)]
+    cmd += ["--model", run.method, *seed_args]
     for key, value in run.overrides:
         cmd += [f"--{key}", cli_value(value)]
     cmd += [str(a) for a in spec.get("args") or []]
@@ -141,6 +148,12 @@ def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
         cmd += ["--trainer.callbacks+=Protocol"]
         for key, value in flat_options(protocol or {}):
             cmd += [f"--trainer.callbacks.{key}", cli_value(value)]
+    return cmd
+
+
+def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
+    """The ``faeval fit`` command line of one run, logging straight into ``run_dir``."""
+    cmd = fit_command(spec, run, ["--seed_everything", str(run.seed)])
     cmd += [
         "--trainer.default_root_dir",
         str(run_dir),
@@ -158,16 +171,68 @@ def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
     return cmd
 
 
+def seed_list(seeds: list[int]) -> str:
+    """[0, 1, 2, 5] -> ``"0,1,2,5"``: the ``--seeds`` of a stack."""
+    return ",".join(str(s) for s in seeds)
+
+
+def stack_dir(out: Path, runs: list[Run]) -> Path:
+    """Where a stack of runs keeps its own config, checkpoints and log."""
+    first = runs[0]
+    name = "seeds" + "-".join(str(r.seed) for r in runs)
+    return Path(out) / "stacks" / first.setting / first.method / name
+
+
+def stacked_command(spec: dict, runs: list[Run], out: Path) -> list[str]:
+    """``faeval fit --seeds``: the runs' seeds stacked in one process, each in its run folder."""
+    cmd = fit_command(spec, runs[0], ["--seeds", seed_list([r.seed for r in runs])])
+    template = str(runs[0].dir(out).with_name("seed{seed}"))
+    folder = stack_dir(out, runs)
+    return [
+        *cmd,
+        "--stack.run_dirs",
+        template,
+        "--stack.dir",
+        str(folder),
+        "--trainer.default_root_dir",
+        str(folder),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+
+
+def set_aside(out: Path, folder: Path) -> None:
+    """Moves an unfinished or failed earlier attempt out of the way, to DIR/attempts/…-<time>."""
+    if not folder.exists():
+        return
+    runs = Path(out) / "runs"
+    rel = folder.relative_to(runs) if folder.is_relative_to(runs) else folder.relative_to(out)
+    kept = Path(out) / "attempts" / rel
+    kept = kept.with_name(f"{kept.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(folder, kept)
+
+
 def execute(spec: dict, run: Run, out: Path, threads: int) -> dict:
     """Runs one training process and records its status (never raises for a failed run)."""
-    run_dir = run.dir(out)
-    if run_dir.exists():  # an unfinished or failed earlier attempt: keep it, out of the way
-        kept = Path(out) / "attempts" / run_dir.relative_to(Path(out) / "runs")
-        kept = kept.with_name(f"{kept.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(run_dir, kept)
-    run_dir.mkdir(parents=True)
-    cmd = command(spec, run, run_dir)
+    return execute_stack(spec, [run], out, threads)[0]
+
+
+def execute_stack(spec: dict, runs: list[Run], out: Path, threads: int) -> list[dict]:
+    """Trains ``runs`` (one setting and method) in one process: stacked when more than one.
+
+    Records each run's status (never raises for a failed run).
+    """
+    for run in runs:
+        set_aside(out, run.dir(out))
+        run.dir(out).mkdir(parents=True)
+    if len(runs) == 1:
+        log_dir, cmd = runs[0].dir(out), command(spec, runs[0], runs[0].dir(out))
+    else:
+        log_dir = stack_dir(out, runs)
+        set_aside(out, log_dir)
+        log_dir.parent.mkdir(parents=True, exist_ok=True)
+        cmd = stacked_command(spec, runs, out)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(threads),
@@ -175,14 +240,24 @@ def execute(spec: dict, run: Run, out: Path, threads: int) -> dict:
         "PYTHONUNBUFFERED": "1",
     }
     start = time.perf_counter()
-    with (run_dir / "run.log").open("w") as log:
+    log_file = runs[0].dir(out) / "run.log"
+    with log_file.open("w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     seconds = time.perf_counter() - start
+    text = log_file.read_text()
+    if len(runs) > 1:  # the stack's log: beside its checkpoints and in every run's folder
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for target in [log_dir, *[r.dir(out) for r in runs[1:]]]:
+            (target / "run.log").write_text(text)
+    return [record_status(run, run.dir(out), rc, seconds, text, cmd) for run in runs]
+
+
+def record_status(run: Run, run_dir: Path, rc: int, seconds: float, log: str, cmd: list) -> dict:
+    """Writes and returns a run's status.json from its rows and its process's exit."""
     row = RunLog(run_dir).last_row() or {}
     error = ""
     if rc:
-        tail = (run_dir / "run.log").read_text().strip().splitlines()[-3:]
-        error = " | ".join(tail)[-500:]
+        error = " | ".join(log.strip().splitlines()[-3:])[-500:]
     status = {
         "setting": run.setting,
         "method": run.method,
@@ -225,23 +300,66 @@ def write_results(out: Path, runs: list[Run]) -> Path:
     return path
 
 
+def gpu_count() -> int:
+    """GPUs on this machine (``nvidia-smi -L``), 0 without one."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(line.startswith("GPU ") for line in done.stdout.splitlines())
+
+
+def layout(groups: int, seeds: int, cores: int, gpus: int) -> tuple[int, int, int]:
+    """Processes, threads per process and seeds stacked per process for this machine.
+
+    With GPUs: one process per GPU, every seed of a (setting, method) stacked, the cores
+    shared out. On a CPU: one single-thread process per core, each stacking its share of a
+    (setting, method)'s seeds, so that the processes have work from the start.
+    """
+    if gpus:
+        return gpus, max(1, cores // gpus), seeds
+    per_group = max(1, -(-cores // max(1, groups)))  # processes each group is split into
+    return cores, 1, max(1, -(-seeds // per_group))
+
+
+def chunks(runs: list[Run], stack: int) -> list[list[Run]]:
+    """The runs grouped by (setting, method), each group cut into stacks of ``stack`` seeds."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.setting, run.method), []).append(run)
+    out = []
+    for group in groups.values():
+        n = -(-len(group) // stack)  # as many stacks as needed, as even as can be
+        out += [group[i::n] for i in range(n)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("spec", type=Path, help="the sweep YAML")
     parser.add_argument("--out", type=Path, required=True, help="the sweep directory")
-    parser.add_argument("--jobs", type=int, default=1, help="runs side by side")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="processes side by side (default: for the machine)"
+    )
     parser.add_argument(
         "--cores",
         type=int,
         default=os.cpu_count() or 1,
         help="cores to share out (threads per job = cores // jobs)",
     )
+    parser.add_argument("--threads", type=int, default=None, help="threads per process")
+    parser.add_argument(
+        "--stack",
+        type=int,
+        default=None,
+        help="seeds of a (setting, method) stacked per process; 1: one process per run",
+    )
     parser.add_argument("--dry_run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    for name in ("jobs", "threads", "stack"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     spec = load_spec(args.spec)
     runs = plan(spec)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -267,33 +385,42 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     todo = [r for r in runs if (read_status(r.dir(args.out)) or {}).get("status") != "ok"]
-    threads = max(1, args.cores // args.jobs)
+    groups = len({(r.setting, r.method) for r in todo})
+    jobs, threads, stack = layout(groups, len(spec["seeds"]), args.cores, gpu_count())
+    jobs = args.jobs or jobs
+    threads = args.threads or (max(1, args.cores // jobs) if args.jobs else threads)
+    stack = args.stack or stack
+    work = chunks(todo, stack)
     print(
         f"[sweep] {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to "
-        f"run as {args.jobs} jobs × {threads} threads",
+        f"run as {jobs} jobs × {threads} threads, up to {stack} seeds stacked per job",
         flush=True,
     )
     if args.dry_run:
-        for r in todo:
-            print(" ".join(command(spec, r, r.dir(args.out))))
+        for group in work:
+            if len(group) == 1:
+                print(" ".join(command(spec, group[0], group[0].dir(args.out))))
+            else:
+                print(" ".join(stacked_command(spec, group, args.out)))
         return 0
     lock = threading.Lock()
     start = time.perf_counter()
 
-    def one(run: Run) -> dict:
-        status = execute(spec, run, args.out, threads)
+    def one(group: list[Run]) -> list[dict]:
+        statuses = execute_stack(spec, group, args.out, threads)
         with lock:
-            print(
-                f"[sweep] {status['status']:<6} {run.setting}/{run.method}/seed{run.seed}: "
-                f"{status['epochs']} epochs in {status['seconds']:.1f} s, test acc "
-                + ("n/a" if status["test_acc"] is None else f"{status['test_acc']:.4f}")
-                + (f"  ({status['error']})" if status["error"] else ""),
-                flush=True,
-            )
-        return status
+            for run, status in zip(group, statuses, strict=True):
+                print(
+                    f"[sweep] {status['status']:<6} {run.setting}/{run.method}/seed{run.seed}: "
+                    f"{status['epochs']} epochs in {status['seconds']:.1f} s, test acc "
+                    + ("n/a" if status["test_acc"] is None else f"{status['test_acc']:.4f}")
+                    + (f"  ({status['error']})" if status["error"] else ""),
+                    flush=True,
+                )
+        return statuses
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        done = list(pool.map(one, todo))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        done = [status for statuses in pool.map(one, work) for status in statuses]
     wall = time.perf_counter() - start
     epochs = sum(s["epochs"] or 0 for s in done)
     failed = [s for s in done if s["status"] != "ok"]
@@ -301,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     rate = epochs / wall if wall > 0 else 0.0
     print(
         f"[sweep] {len(done) - len(failed)} ok, {len(failed)} failed; {epochs} seed-epochs in "
-        f"{wall:.1f} s = {rate:.3f} seed-epochs/s ({args.jobs} jobs × {threads} threads)\n"
+        f"{wall:.1f} s = {rate:.3f} seed-epochs/s ({jobs} jobs × {threads} threads, up to "
+        f"{stack} seeds stacked)\n"
         f"[sweep] results: {results}\n[sweep] report: python tools/report.py {args.out}",
         flush=True,
     )

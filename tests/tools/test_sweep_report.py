@@ -71,6 +71,31 @@ def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
     assert "4 already finished, 0 to run" in capsys.readouterr().out
 
 
+def test_the_seeds_of_a_setting_and_method_train_stacked_each_in_its_own_run_folder(swept):
+    for method in ("DFA", "FrozenBlocks"):
+        stack = swept / "out" / "stacks" / "tiny" / method / "seeds0-1"
+        assert (stack / "run.log").is_file() and (stack / "stack.json").is_file()
+        for seed in (0, 1):
+            run_dir = swept / "out" / "runs" / "tiny" / method / f"seed{seed}"
+            status = json.loads((run_dir / "status.json").read_text())
+            assert (
+                "--seeds" in status["cmd"]
+                and status["cmd"][status["cmd"].index("--seeds") + 1] == "0,1"
+            )
+            assert (run_dir / "run.log").read_text() == (stack / "run.log").read_text()
+            assert list((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+def test_the_layout_fits_the_machine():
+    assert sweep.layout(groups=4, seeds=3, cores=2, gpus=0) == (2, 1, 3)  # a stack per group
+    assert sweep.layout(groups=1, seeds=10, cores=2, gpus=0) == (2, 1, 5)  # two stacks of 5
+    assert sweep.layout(groups=4, seeds=10, cores=16, gpus=1) == (1, 16, 10)
+    runs = [sweep.Run("s", m, seed, ()) for m in ("A", "B") for seed in range(5)]
+    stacks = sweep.chunks(runs, 2)
+    assert [[r.seed for r in c] for c in stacks] == [[0, 3], [1, 4], [2], [0, 3], [1, 4], [2]]
+    assert {c[0].method for c in stacks[:3]} == {"A"}
+
+
 def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     spec = {"seeds": [0, 1], "methods": ["DFA"]}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -97,6 +122,8 @@ def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_
                 "2",
                 "--cores",
                 "4",
+                "--stack",
+                "1",
             ]
         )
         == 1
@@ -112,6 +139,7 @@ def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_
     # Again: the finished runs are skipped, the failed ones retried, and nothing is lost:
     # each earlier attempt's folder is kept under attempts/.
     args = [str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"), "--cores", "4"]
+    args += ["--stack", "1"]
     assert sweep.main(args) == 1
     assert len(seen) == 6 and {r.seed for r in seen[4:]} == {0}
     kept = sorted((tmp_path / "out" / "attempts" / "default").glob("*/seed0-*/run.log"))
