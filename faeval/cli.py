@@ -26,7 +26,7 @@ from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
 from faeval.runs import DEFAULT_RUN_NAME, LOGS, claim, claim_next, holds_run, run_name
-from faeval.stacked.cli import StackedFit, add_stack_arguments
+from faeval.stacked.cli import StackedFit, add_stack_arguments, check_lone_run
 from faeval.trainer import FaevalTrainer
 
 
@@ -145,6 +145,9 @@ class FaevalCLI(LightningCLI):
         if self.subcommand == "fit" and self._get(self.config, "seeds") is not None:
             StackedFit(self).instantiate()
             return
+        check_lone_run(
+            self.subcommand, self._get(self.config, "seeds"), self._get(self.config, "stack")
+        )
         super().instantiate_classes()
 
     @override

@@ -74,6 +74,25 @@ def add_stack_arguments(parser) -> None:
     parser.add_class_arguments(StackSettings, "stack")
 
 
+def check_lone_run(subcommand: str, seeds, settings) -> None:
+    """Refuses stack options where no stack is trained (they would be ignored).
+
+    Raises:
+        ValueError: ``--seeds`` on another subcommand than fit, or a ``--stack`` option
+            without ``--seeds``.
+    """
+    if seeds is not None:
+        raise ValueError(
+            f"faeval {subcommand} reads one run: point it at a seed's own run folder or "
+            "config (lightning_logs/<data>/<method>/seed<S>), not at a stack's"
+        )
+    given = [k for k, v in vars(StackSettings()).items() if getattr(settings, k, v) != v]
+    if given:
+        raise ValueError(
+            f"--stack.{given[0]} applies to stacked runs; add --seeds (for one seed: --seeds S)"
+        )
+
+
 def parse_seeds(spec: str | int) -> list[int]:
     """``"0-3,7"`` -> [0, 1, 2, 3, 7].
 

@@ -195,6 +195,8 @@ class SeedRuns(Callback):
         for run in self.active():
             view = self.view(trainer, pl_module, run)
             run.logged = {}
+            if run.diagnostics.verbose and trainer.is_global_zero:
+                tqdm.write(f"[faeval] seed {run.seed} of the stack ({run.run_dir})")
             with run_seed(run.seed):
                 for callback in run.callbacks():
                     callback.on_train_epoch_end(view, run.method)

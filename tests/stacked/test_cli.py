@@ -23,6 +23,7 @@ from faeval.cli import run
 from faeval.runlog import RunLog
 from faeval.stacked import NotStackable
 from faeval.stacked.cli import STACK_FILE, format_seeds, parse_seeds
+from tests.helpers import TINY_RUN
 from tests.stacked.fits import (
     ALIGNED,
     assert_close_rows,
@@ -173,6 +174,10 @@ def test_settings_a_stack_cannot_honour_are_refused(tmp_path):
         fit(tmp_path, "--seeds", "0-1", "--trainer.devices", "2", epochs=1)
     with pytest.raises(ValueError, match="one seed twice"):
         fit(tmp_path, "--seeds", "1,1", epochs=1)
+    with pytest.raises(ValueError, match=r"--stack\.compile applies to stacked runs; add --seeds"):
+        fit(tmp_path, "--stack.compile", "true", epochs=1)
+    with pytest.raises(ValueError, match="faeval test reads one run: point it at a seed's own"):
+        run(["test", "--model", "DFA", *TINY_RUN, "--seeds", "0-1"])
 
 
 def test_seed_lists():
