@@ -15,12 +15,15 @@ Configurations:
 - ``alone PxT``: one ordinary single-seed run per process, P processes of T threads (the
   layouts a sweep without stacking can take: 1×cores and cores×1);
 - ``stack K``: one process of ``cores`` threads training K seeds stacked;
+- ``1x1 stack K``: one single-thread process training K seeds stacked (against ``alone 1x1``);
 - ``Px1 stack K/P``: ``cores`` single-thread processes, each K/P seeds stacked;
-- ``stack K compiled``: ``stack K`` with the compiled step (``--stack.compile``).
+- ``1x1 stack K compiled``: ``1x1 stack K`` with the compiled step (``--stack.compile``).
 
 The machine may be shared: every rep runs each configuration once, in an order rotated rep by
 rep, and each throughput is divided by the best ``alone`` layout's throughput of the same rep
-before the median over reps is taken. The load average is printed with each rep.
+before the median over reps is taken. The load average is printed with each rep. Seed-epochs
+per CPU-second (the workers' own processor time) are printed too: for single-thread workers
+they measure the work per core, which other processes' load does not change much.
 """
 
 from __future__ import annotations
@@ -67,11 +70,12 @@ def worker(args: argparse.Namespace) -> None:
             if batch_idx == args.warmup:
                 print("ready", flush=True)
                 sys.stdin.readline()
-                self.start = time.perf_counter()
+                self.start, self.cpu = time.perf_counter(), time.process_time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if batch_idx == args.warmup + args.batches - 1:
-                print(f"seconds {time.perf_counter() - self.start:.6f}", flush=True)
+                wall, cpu = time.perf_counter() - self.start, time.process_time() - self.cpu
+                print(f"seconds {wall:.6f} {cpu:.6f}", flush=True)
 
     cls = getattr(faeval.methods, args.method)
     seeds = [args.seed0 + k for k in range(args.k)]
@@ -124,14 +128,17 @@ def launch(args, mode: str, processes: int, threads: int, k: int, compile: bool 
     for proc in procs:
         proc.stdin.write("go\n")
         proc.stdin.flush()
-    seconds = []
+    seconds, cpu = [], []
     for proc in procs:
         out, _ = proc.communicate()
-        seconds += [float(line.split()[1]) for line in out.splitlines() if line.startswith("sec")]
+        for line in out.splitlines():
+            if line.startswith("seconds"):
+                seconds.append(float(line.split()[1]))
+                cpu.append(float(line.split()[2]))
     if len(seconds) != processes:
         raise RuntimeError(f"{mode} k={k}: a worker did not report its time")
     epochs = args.batches * 128 / args.n  # the share of an epoch each seed covered
-    return processes * k * epochs / max(seconds)
+    return processes * k * epochs / max(seconds), processes * k * epochs / sum(cpu)
 
 
 def main() -> None:
@@ -144,6 +151,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
     parser.add_argument("--method", default="DFA")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", nargs="*", default=[], help="run only these configurations")
     parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="stack", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
@@ -159,46 +167,54 @@ def main() -> None:
     if cores > 1:
         configs.append((f"alone {cores}x1", "alone", cores, 1, 1, False))
     configs += [(f"stack {k}", "stack", 1, cores, k, False) for k in args.ks]
+    if cores > 1:
+        configs.append(("alone 1x1", "alone", 1, 1, 1, False))
+        configs += [(f"1x1 stack {k}", "stack", 1, 1, k, False) for k in args.ks]
     configs += [
         (f"{cores}x1 stack {k // cores}", "stack", cores, 1, k // cores, False)
         for k in args.ks
         if cores > 1 and k >= cores and k % cores == 0
     ]
-    configs += [(f"stack {k} compiled", "stack", 1, cores, k, True) for k in args.compile_ks]
-    configs += [(f"stack {k} eager", "stack", 1, cores, k, False) for k in args.compile_ks]
+    configs += [(f"1x1 stack {k} compiled", "stack", 1, 1, k, True) for k in args.compile_ks]
+    if args.only:
+        configs = [c for c in configs if c[0] in args.only]
     rates: dict[str, list[float]] = {name: [] for name, *_ in configs}
     ratios: dict[str, list[float]] = {name: [] for name, *_ in configs}
+    per_cpu: dict[str, list[float]] = {name: [] for name, *_ in configs}
     for rep in range(args.reps):
         loadavg = Path("/proc/loadavg")
         load = loadavg.read_text().split()[:3] if loadavg.exists() else []
         order = configs[rep % len(configs) :] + configs[: rep % len(configs)]
         got = {name: launch(args, mode, p, t, k, c) for name, mode, p, t, k, c in order}
-        best_alone = max(v for name, v in got.items() if name.startswith("alone"))
-        for name, value in got.items():
+        best_alone = max(v for name, (v, _) in got.items() if name.startswith("alone"))
+        for name, (value, value_cpu) in got.items():
             rates[name].append(value)
             ratios[name].append(value / best_alone)
+            per_cpu[name].append(value_cpu)
         print(
             f"rep {rep + 1} (load average {' '.join(load)}): "
-            + "  ".join(f"{name} {v:.3f}" for name, v in got.items()),
+            + "  ".join(f"{name} {v:.3f} ({c:.3f}/cpu-s)" for name, (v, c) in got.items()),
             flush=True,
         )
     print(
         f"\n{args.method}, ResMLP d=256 L=4, N = {args.n}, batch 128, {cores} cores, "
         f"{args.batches} timed batches per worker, {args.reps} reps"
     )
-    print(f"{'configuration':<22}{'seed-epochs/s':>14}{'/ best alone':>14}{'range':>16}")
+    print(
+        f"{'configuration':<22}{'seed-epochs/s':>14}{'/ best alone':>14}{'range':>16}"
+        f"{'per CPU-second':>16}"
+    )
     for name in rates:
         r = ratios[name]
         print(
             f"{name:<22}{statistics.median(rates[name]):>14.3f}{statistics.median(r):>14.2f}"
-            f"{f'[{min(r):.2f}-{max(r):.2f}]':>16}"
+            f"{f'[{min(r):.2f}-{max(r):.2f}]':>16}{statistics.median(per_cpu[name]):>16.3f}"
         )
     for k in args.compile_ks:
-        gain = [
-            a / b
-            for a, b in zip(rates[f"stack {k} compiled"], rates[f"stack {k} eager"], strict=True)
-        ]
-        print(f"compile gain at K = {k}: {statistics.median(gain):.2f}× (median of reps)")
+        compiled, eager = per_cpu.get(f"1x1 stack {k} compiled"), per_cpu.get(f"1x1 stack {k}")
+        if compiled and eager:
+            gain = [a / b for a, b in zip(compiled, eager, strict=True)]
+            print(f"compile gain at K = {k}, per CPU-second: {statistics.median(gain):.2f}×")
 
 
 if __name__ == "__main__":
