@@ -2,16 +2,22 @@
 
 faeval fit --model DFA --data CIFAR10
 faeval fit --config configs/resmlp_d256_l4_dfa.yaml
-faeval audit lightning_logs/version_0          # or a .ckpt file: the protocol's verdict
+faeval audit lightning_logs/CIFAR10/DFA/seed0   # or a .ckpt file: the protocol's verdict
+faeval test lightning_logs/CIFAR10/DFA/seed0    # test accuracy, in the run's eval/ folder
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -20,8 +26,11 @@ from typing_extensions import override
 import faeval.backbones  # short names: --model.backbone ResMLP
 import faeval.data
 import faeval.methods
-from faeval.callbacks import Diagnostics, FloorStopping
+from faeval.callbacks import Diagnostics, FloorStopping, LineProgress
+from faeval.cli_help import arrange_groups, parser_kwargs, summarize_commands
+from faeval.cli_messages import short_message
 from faeval.data import InMemoryDataModule
+from faeval.errors import ConfigError, DataNotFoundError, user_error
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
@@ -30,8 +39,9 @@ from faeval.stacked.cli import StackedFit, add_stack_arguments, check_lone_run
 from faeval.trainer import FaevalTrainer
 
 
-def audit_arguments(path: str) -> list[str]:
-    """``--config`` and ``--ckpt_path`` for ``faeval audit PATH`` (a run dir or a checkpoint).
+def run_arguments(path: str) -> list[str]:
+    """``--config`` and ``--ckpt_path`` for ``faeval audit|test|validate PATH`` (a run folder
+    or a checkpoint).
 
     Raises:
         FileNotFoundError: no checkpoint there, or no ``config.yaml`` in its run directory.
@@ -41,7 +51,7 @@ def audit_arguments(path: str) -> list[str]:
     load_checkpoint(ckpt)  # a clear error for a corrupt or foreign file, before parsing
     config = run_dir_of(ckpt) / "config.yaml"
     if not config.is_file():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"no config.yaml in {config.parent}, the run directory of {ckpt}; pass the run's "
             "config yourself: faeval audit --config RUN/config.yaml --ckpt_path CKPT"
         )
@@ -67,24 +77,57 @@ def known_names() -> dict[str, list[str]]:
     }
 
 
+def known_classes(key: str) -> dict[str, type]:
+    """Short name -> class for a class key (``model``, ``data``, ``model.backbone``…)."""
+    module = {
+        "model": faeval.methods,
+        "data": faeval.data,
+        "model.backbone": faeval.backbones,
+        "model.optimizer": torch.optim,
+    }.get(key)
+    if module is None:
+        return {}
+    return {n: c for n in dir(module) if isinstance(c := getattr(module, n), type)}
+
+
 class FaevalParser(LightningArgumentParser):
-    """Adds the accepted short names to errors about --model, --data or --model.backbone."""
+    """Reports a mistake on the command line in one or two lines, with exit code 2.
+
+    The bad value, what is accepted (with a "did you mean") and the way out; no usage dump
+    (``--help`` has it).
+    """
+
+    #: The command line being parsed (set by ``FaevalCLI.parse_arguments``).
+    argv: ClassVar[list[str]] = []
+
+    @override
+    def format_help(self) -> str:
+        arrange_groups(self)
+        return super().format_help()
 
     @override
     def error(self, message: str, ex: Exception | None = None):
-        names = known_names()
-        key = (
-            "model.backbone"
-            if "key='backbone'" in message
-            else next((k for k in ("model", "data") if f'Parser key "{k}"' in message), None)
+        if not self.exit_on_error:  # jsonargparse trying alternatives internally
+            super().error(message, ex)
+        text = short_message(
+            message,
+            self.argv,
+            known_names(),
+            known_classes,
+            [s for s in self._option_string_actions if s.startswith("--")],
+            FaevalCLI.subcommands(),
         )
-        if key is not None:
-            message += f"\n  --{key} takes one of: {', '.join(names[key])} (or a class path)"
-        super().error(message, ex)
+        sys.stderr.write(f"faeval: error: {text}\n")
+        self.exit(2)
 
 
 class FaevalCLI(LightningCLI):
     """LightningCLI with the diagnostics always on and a one-switch floor stop."""
+
+    @override
+    def setup_parser(self, add_subcommands, main_kwargs, subparser_kwargs) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        summarize_commands(self.parser)
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -116,18 +159,21 @@ class FaevalCLI(LightningCLI):
     @staticmethod
     @override
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "audit": {"model", "datamodule"}}
+        # predict is Lightning's, not faeval's: methods return logits, nothing to write.
+        lightning = {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+        return {**lightning, "audit": {"model", "datamodule"}}
 
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         raw = sys.argv[1:] if args is None else args
+        FaevalParser.argv = [str(a) for a in raw] if isinstance(raw, list) else []
         if (
             isinstance(raw, list)
-            and raw[:1] == ["audit"]
+            and raw[:1] in (["audit"], ["test"], ["validate"])
             and len(raw) > 1
             and not str(raw[1]).startswith("-")
-        ):
-            self.config = parser.parse_args(["audit", *audit_arguments(raw[1]), *raw[2:]])
+        ):  # faeval audit|test|validate RUN_OR_CKPT: the run's own config and checkpoint
+            self.config = parser.parse_args([raw[0], *run_arguments(raw[1]), *raw[2:]])
             return
         super().parse_arguments(parser, args)
 
@@ -164,7 +210,21 @@ class FaevalCLI(LightningCLI):
                 kwargs["logger"] = folder_logger(self._claim_named_run())
             else:  # a logger the user configured: its folder must be a new one
                 claim_explicit = True
-        trainer = super().instantiate_trainer(**kwargs)
+        elif self.subcommand in ("test", "validate"):
+            # An evaluation never writes into the run it evaluates: it gets a folder of its own.
+            if default_logger:
+                kwargs["logger"] = folder_logger(self._claim_eval_dir())
+            kwargs["enable_checkpointing"] = False  # nothing to save, nothing to move
+        elif self.subcommand == "audit":
+            kwargs["logger"] = False  # the audit writes its own files beside the checkpoint
+        trainer_config = self._trainer_config()
+        if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False:
+            # A log file gets a few lines per epoch, not a bar redrawn on every batch.
+            kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), LineProgress()]
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as err:  # a bad --trainer.* value
+            raise ConfigError(f"--trainer: {err}") from err
         if claim_explicit and trainer.logger is not None and trainer.logger.log_dir:
             if trainer.is_global_zero:
                 claim(Path(trainer.logger.log_dir), self._run_fields())
@@ -204,6 +264,47 @@ class FaevalCLI(LightningCLI):
             return claim_next(folder, self._run_fields())
         return claim(folder, self._run_fields())
 
+    def _claim_eval_dir(self) -> Path:
+        """Claims ``RUN/eval/<command>-<checkpoint>`` for ``faeval test|validate`` (rank 0).
+
+        Raises:
+            ConfigError: no checkpoint given: there is no trained run to evaluate.
+        """
+        ckpt = self._get(self.config_init, "ckpt_path", default=None)
+        if not ckpt:
+            raise ConfigError(
+                f"faeval {self.subcommand} evaluates a trained run: faeval {self.subcommand} "
+                "RUN_FOLDER, or --ckpt_path CHECKPOINT with the run's --config"
+            )
+        ckpt = Path(ckpt).resolve()
+        run_dir = self._resumed_run_dir()
+        base = (run_dir or ckpt.parent) / "eval" / f"{self.subcommand}-{ckpt.stem}"
+        if rank_zero_only.rank != 0:
+            return base
+        return claim_next(base, {**self._run_fields(), "checkpoint": str(ckpt)})
+
+    def after_test(self) -> None:
+        self._write_results()
+
+    def after_validate(self) -> None:
+        self._write_results()
+
+    def _write_results(self) -> None:
+        """``results.json`` in the evaluation's folder: the figures and what was evaluated."""
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        if not self.trainer.is_global_zero or log_dir is None:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        record = {
+            "command": self.subcommand,
+            "checkpoint": str(self._get(self.config_init, "ckpt_path", default=None)),
+            "metrics": metrics,
+        }
+        path = Path(log_dir) / "results.json"
+        path.write_text(json.dumps(record, indent=1))
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        print(f"[faeval] {self.subcommand}: {figures}; written to {path}", flush=True)
+
     def _resumed_run_dir(self) -> Path | None:
         """The run folder of ``--ckpt_path`` when the checkpoint lies in a run's checkpoints/."""
         ckpt = self._get(self.config_init, "ckpt_path", default=None)
@@ -218,7 +319,9 @@ class FaevalCLI(LightningCLI):
 
 def folder_logger(run_dir: Path) -> TensorBoardLogger:
     """A TensorBoard logger writing straight into ``run_dir``."""
-    return TensorBoardLogger(save_dir=run_dir.parent, name="", version=run_dir.name)
+    return TensorBoardLogger(
+        save_dir=run_dir.parent, name="", version=run_dir.name, default_hp_metric=False
+    )
 
 
 def run(args: list[str] | None = None) -> FaevalCLI:
@@ -229,24 +332,71 @@ def run(args: list[str] | None = None) -> FaevalCLI:
     """
     # lightning 2.6 calls a torch 2.14 API that warns on every run; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # On a Slurm login node (or any machine with Slurm installed) Lightning asks every run
+    # outside srun whether it meant to use srun; faeval's sweeps submit through Slurm itself.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+    quiet_lightning_banners()
     return FaevalCLI(
         CreditMethod,
         InMemoryDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_class=FaevalParser,
+        parser_kwargs=parser_kwargs(),
         trainer_class=FaevalTrainer,
         seed_everything_default=0,
-        trainer_defaults={"max_epochs": 100},
+        # faeval writes its own HParams row (method, data, seed, options) without hp_metric.
+        trainer_defaults={"max_epochs": 100, "enable_autolog_hparams": False},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,
     )
 
 
+#: Lightning's start-up lines that say nothing about the run (faeval prints its own).
+BANNERS = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:", "Seed set to")
+
+
+class _DropBanners(logging.Filter):
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(BANNERS)
+
+
+def quiet_lightning_banners() -> None:
+    """Drops Lightning's tips and hardware banners from its log handlers (once)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _DropBanners) for f in handler.filters):
+                handler.addFilter(_DropBanners())
+
+
 def main(args: list[str] | None = None) -> None:
-    """The ``faeval`` console script."""
-    run(args)
+    """The ``faeval`` console script: a user's mistake is one line and exit code 2.
+
+    A ``FaevalError`` (a bad value, a missing data set or file, an unreadable checkpoint, a
+    taken run folder) and Lightning's own configuration errors are printed without a
+    traceback; any other exception is a bug in faeval and keeps its traceback.
+    """
+    try:
+        run(args)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:
+        mistake = user_error(err) or _lightning_misconfiguration(err)
+        if mistake is None:
+            raise
+        sys.stderr.write(f"faeval: error: {mistake}\n")
+        raise SystemExit(2) from None
+
+
+def _lightning_misconfiguration(err: BaseException) -> BaseException | None:
+    """Lightning's MisconfigurationException behind ``err`` (a bad Trainer option), if any."""
+    while err is not None:
+        if isinstance(err, MisconfigurationException):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ PROTOCOL_FILE = "protocol.jsonl"
 DEPTH_BASELINE = "depth_baseline"
 #: The role of every other run.
 METHOD = "method"
+#: Width of the null band drawn in TensorBoard, in null standard deviations (the verdict's
+#: own width is ``Thresholds.null_sigmas``, 2 by default).
+NULL_BAND_SIGMAS = 2.0
 
 
 class EpochRow(TypedDict, total=False):
@@ -42,7 +45,8 @@ class EpochRow(TypedDict, total=False):
     (‖h_l‖/‖h_{l-1}‖, l = 1..L), ``growth`` (max_l ‖h_l‖ / ‖h_l‖ at init), ``h_L``, ``g_L``,
     ``floor_hit`` (diagnostic (b)), ``nonfinite``, ``cos_l0``, ``cos_deep`` (mean over
     l = 1..L), ``gamma`` (Γ, mean over every layer), ``probe_loss``, ``probe_acc``,
-    ``grad_floor``, ``seconds`` (cost of the pass).
+    ``grad_floor`` and ``growth_threshold`` (the thresholds the pass flagged against),
+    ``seconds`` (cost of the pass).
     """
 
     epoch: int
@@ -65,6 +69,7 @@ class EpochRow(TypedDict, total=False):
     probe_loss: float
     probe_acc: float
     grad_floor: float
+    growth_threshold: float
     seconds: float
 
 
@@ -160,8 +165,19 @@ def _scalar(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
+def log10(value: float | None) -> float:
+    """log10 of a positive figure; NaN for zero, negative, unmeasured or non-finite ones."""
+    return math.log10(value) if measured(value) and value > 0 else math.nan
+
+
 def epoch_scalars(row: EpochRow) -> dict[str, float]:
-    """The logger's view of an epoch row: ``diag/...`` scalars (unmeasured as NaN)."""
+    """The logger's view of an epoch row (unmeasured as NaN).
+
+    ``diag/...``: the figures as they are. ``log10/...``: log10 of every norm, ratio and the
+    growth, for charts that span orders of magnitude (TensorBoard's custom-scalar layouts
+    have no log-scale switch). ``ref/...``: the thresholds of diagnostics (a) and (b) on the
+    log10 scale, drawn as reference lines beside the curves they judge.
+    """
     out = {}
     for family in ("h_norm", "g_norm", "cos"):
         for l, v in enumerate(row[family]):
@@ -171,6 +187,19 @@ def epoch_scalars(row: EpochRow) -> dict[str, float]:
     for key in ("h_L", "g_L", "growth", "probe_acc", "probe_loss"):
         out[f"diag/{key}"] = row[key]
     out["diag/floor"] = float(row["floor_hit"])
+    for family in ("h_norm", "g_norm"):
+        for l, v in enumerate(row[family]):
+            out[f"log10/{family}/l{l}"] = log10(v)
+    for l, v in enumerate(row["h_ratio"], start=1):
+        out[f"log10/h_ratio/l{l}"] = log10(v)
+    for key in ("h_L", "g_L", "growth"):
+        out[f"log10/{key}"] = log10(row[key])
+    norms = [out[f"log10/h_norm/l{l}"] for l in range(len(row["h_norm"]))]
+    out["log10/h_min"], out["log10/h_max"] = min(norms), max(norms)
+    if "grad_floor" in row:
+        out["ref/log10_grad_floor"] = log10(row["grad_floor"])
+    if "growth_threshold" in row:
+        out["ref/log10_growth_threshold"] = log10(row["growth_threshold"])
     return out
 
 
@@ -182,6 +211,10 @@ def protocol_scalars(row: ProtocolRow) -> dict[str, float]:
         out["protocol/cos_deep"] = _scalar(null["deep"])
         out["protocol/null_deep_mean"] = _scalar(null["deep_mean"])
         out["protocol/null_deep_std"] = _scalar(null["deep_std"])
+        # The null band at the default 2σ, drawn around the deep cosine.
+        band = NULL_BAND_SIGMAS * out["protocol/null_deep_std"]
+        out["protocol/null_deep_lower"] = out["protocol/null_deep_mean"] - band
+        out["protocol/null_deep_upper"] = out["protocol/null_deep_mean"] + band
     rho = row["rho"]
     for layer, v in enumerate(rho["rho"]):
         out[f"protocol/rho/l{layer}"] = _scalar(v)

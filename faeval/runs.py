@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from faeval.errors import ConfigError, RunFolderTaken
+
 #: The file whose exclusive creation claims a folder for one run.
 CLAIM_FILE = "faeval_run.json"
 #: The default run name: fields ``data``, ``method``, ``backbone``, ``seed``.
@@ -28,10 +30,6 @@ DEFAULT_RUN_NAME = "{data}/{method}/seed{seed}"
 LOGS = "lightning_logs"
 #: Files and folders whose presence means a folder holds a run.
 RUN_MARKERS = (CLAIM_FILE, "config.yaml", "diagnostics.jsonl", "checkpoints")
-
-
-class RunFolderTaken(FileExistsError):
-    """A run was pointed at a folder that already holds another run."""
 
 
 def holds_run(folder: Path) -> bool:
@@ -94,12 +92,12 @@ def run_name(template: str, **fields: object) -> str:
     try:
         name = template.format(**fields)
     except (KeyError, IndexError, ValueError) as err:
-        raise ValueError(
+        raise ConfigError(
             f"--run_name {template!r} cannot be filled ({err}); it may use "
             + ", ".join("{" + k + "}" for k in fields)
         ) from None
     if not name or Path(name).is_absolute() or ".." in Path(name).parts:
-        raise ValueError(
+        raise ConfigError(
             f"--run_name {template!r} gives {name!r}; it must be a relative folder name such as "
             f"{DEFAULT_RUN_NAME}"
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from lightning.pytorch import Trainer
 
+from faeval.errors import ConfigError
 from faeval.protocol.audit import audit_checkpoint, audit_text, write_audit
 from faeval.protocol.settings import ProtocolSettings, Thresholds
 
@@ -54,7 +55,7 @@ class FaevalTrainer(Trainer):
             RuntimeError: the checkpoint lacks its credit source (feedback, helper nets).
         """
         if ckpt_path is None:
-            raise ValueError(
+            raise ConfigError(
                 "faeval audit needs a checkpoint: faeval audit RUN_DIR_OR_CKPT, or "
                 "--ckpt_path CKPT with the run's --config"
             )

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer
@@ -105,3 +114,41 @@ def quiet_trainer(tmp_path, **kwargs) -> Trainer:
 def sgd(lr: float = 0.0):
     """An optimizer factory for methods (``optimizer=`` argument); picklable for hparams."""
     return functools.partial(torch.optim.SGD, lr=lr)
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir: Path) -> Iterator[Callable[..., object]]:
+    """Serves ``logdir`` with TensorBoard on a free local port; yields ``get(path, body=None)``.
+
+    ``get`` asks TensorBoard's HTTP data API what the browser asks it (JSON in, JSON out).
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
+         "--host", "127.0.0.1", "--reload_interval", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def get(path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data, headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get("/data/plugins_listing")
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield get
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

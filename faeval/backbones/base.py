@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from faeval.errors import ConfigError
+
 
 @dataclass
 class Trace:
@@ -132,7 +134,7 @@ class LayeredBackbone(nn.Module, abc.ABC):
             ValueError: the data's sample shape or class count differs from the backbone's.
         """
         if tuple(input_shape) != self.input_shape or num_classes != self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} was built for inputs {self.input_shape} with "
                 f"{self.num_classes} classes, but the data gives {tuple(input_shape)} with "
                 f"{num_classes} classes; build the model from this data (faeval fit links them) "

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones.base import LayeredBackbone
+from faeval.errors import ConfigError
 
 
 class ConvBlock(nn.Sequential):
@@ -70,13 +71,13 @@ class SmallCNN(LayeredBackbone):
     ) -> None:
         super().__init__(input_shape, num_classes)
         if width < 1 or num_blocks < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"SmallCNN needs width >= 1 and num_blocks >= 1, got width={width}, "
                 f"num_blocks={num_blocks}"
             )
         halvings = 1 + (num_blocks if downsample else 0)
         if len(input_shape) != 3 or any(s % 2**halvings for s in input_shape[1:]):
-            raise ValueError(
+            raise ConfigError(
                 f"SmallCNN with num_blocks={num_blocks}, downsample={downsample} halves the "
                 f"image sides {halvings} times, which needs (channels, height, width) inputs "
                 f"with sides divisible by {2**halvings}, got {tuple(input_shape)}; use fewer "

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones.base import LayeredBackbone
+from faeval.errors import ConfigError
 
 
 class ResMLPBlock(nn.Module):
@@ -52,7 +53,7 @@ class ResMLP(LayeredBackbone):
     ) -> None:
         super().__init__(input_shape, num_classes)
         if d_hidden < 1 or num_blocks < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"ResMLP needs d_hidden >= 1 and num_blocks >= 1, got d_hidden={d_hidden}, "
                 f"num_blocks={num_blocks}"
             )

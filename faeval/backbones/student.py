@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones.base import LayeredBackbone
+from faeval.errors import ConfigError
 from faeval.ladder import ladder_activation
 
 
@@ -65,13 +66,13 @@ class StudentNet(LayeredBackbone):
     ) -> None:
         super().__init__(input_shape, num_classes)
         if depth < 2 or width < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"StudentNet needs depth >= 2 (depth − 1 blocks) and width >= 1, got "
                 f"depth={depth}, width={width}; pass --model.backbone.depth 2 or more (and the "
                 "same --data.depth)"
             )
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"StudentNet's alpha must lie in [0, 1], got {alpha}")
+            raise ConfigError(f"StudentNet's alpha must lie in [0, 1], got {alpha}")
         self.residual_add = False
         self.alpha = alpha
         self.embed = nn.Sequential(

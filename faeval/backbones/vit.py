@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones.base import LayeredBackbone
+from faeval.errors import ConfigError
 
 
 class PatchEmbed(nn.Module):
@@ -129,13 +130,13 @@ class ViTMini(LayeredBackbone):
     ) -> None:
         super().__init__(input_shape, num_classes)
         if len(input_shape) != 3 or any(s % patch_size for s in input_shape[1:]):
-            raise ValueError(
+            raise ConfigError(
                 f"ViTMini needs (channels, height, width) inputs with sides divisible by "
                 f"patch_size={patch_size}, got {tuple(input_shape)}; pick image data or another "
                 "--model.backbone.patch_size"
             )
         if num_blocks < 1 or d_model % num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"ViTMini needs num_blocks >= 1 and num_heads dividing d_model, got "
                 f"num_blocks={num_blocks}, d_model={d_model}, num_heads={num_heads}"
             )

@@ -2,6 +2,7 @@
 
 from faeval.callbacks.diagnostics import Diagnostics
 from faeval.callbacks.floor_stop import FloorStopping
+from faeval.callbacks.progress import LineProgress
 from faeval.callbacks.protocol import Protocol
 
-__all__ = ["Diagnostics", "FloorStopping", "Protocol"]
+__all__ = ["Diagnostics", "FloorStopping", "LineProgress", "Protocol"]

@@ -12,25 +12,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 from typing_extensions import override
 
+from faeval.callbacks.tensorboard import flat_hparams, write_hparams, write_layout
 from faeval.diagnostics.layers import LayerFigures, measure_layers
+from faeval.errors import ConfigError
 from faeval.protocol.settings import DEFAULT_THRESHOLDS
 from faeval.runlog import METHOD, ROWS_FILE, EpochRow, RunLog, epoch_scalars, summarize
+from faeval.runs import LOGS
 from faeval.seeding import resolve_seed
-
-# TensorBoard custom-scalar layout: each family, all layers, in one chart.
-LAYOUT = {
-    "faeval: watch ‖h_L‖ and ‖g_L‖ first": {
-        "‖h_L‖ and ‖g_L‖": ["Multiline", [r"diag/h_L$", r"diag/g_L$"]],
-        "max growth ‖h_l‖ / ‖h_l‖ at init": ["Multiline", [r"diag/growth$"]],
-        "test accuracy": ["Multiline", [r"test/acc$"]],
-    },
-    "faeval: per layer": {
-        "‖h_l‖": ["Multiline", [r"diag/h_norm/l\d+"]],
-        "‖g_l‖": ["Multiline", [r"diag/g_norm/l\d+"]],
-        "cos(a_l, g_l)": ["Multiline", [r"diag/cos/l\d+"]],
-        "‖h_l‖ / ‖h_{l-1}‖": ["Multiline", [r"diag/h_ratio/l\d+"]],
-    },
-}
 
 
 def _fmt(v: float | None) -> str:
@@ -64,7 +52,7 @@ class Diagnostics(Callback):
         verbose: bool = True,
     ) -> None:
         if grad_floor <= 0 or growth_threshold <= 0 or every_n_epochs < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"Diagnostics needs grad_floor > 0, growth_threshold > 0 and "
                 f"every_n_epochs >= 1, got {grad_floor}, {growth_threshold}, {every_n_epochs}"
             )
@@ -95,7 +83,8 @@ class Diagnostics(Callback):
         self.seed = resolve_seed(None)
         self._probe = trainer.datamodule.probe(pl_module.device)
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
-            trainer.logger.experiment.add_custom_scalars(LAYOUT)
+            write_layout(trainer.logger)
+            write_hparams(trainer.logger, self._hparams(trainer, pl_module))
         if self.init_h_norm is None:  # a fresh run; a resumed one restored it
             fig = measure_layers(pl_module, *self._probe)
             self.init_h_norm = fig.h_norm
@@ -114,8 +103,11 @@ class Diagnostics(Callback):
         fig = measure_layers(pl_module, *self._probe)
         self.last_seconds = time.perf_counter() - start
         row = self._row(trainer, pl_module, fig, epoch)
-        for name, value in epoch_scalars(row).items():
-            pl_module.log(name, value)
+        scalars = epoch_scalars(row)
+        for name, value in scalars.items():  # for early stopping and checkpoint callbacks
+            pl_module.log(name, value, logger=False)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(scalars, step=epoch)  # x = epoch, as the method's own
         self._write(trainer, row)
 
     @override
@@ -125,8 +117,31 @@ class Diagnostics(Callback):
             tqdm.write(
                 f"[faeval] run folder {run_dir}: {ROWS_FILE} (one row per epoch), "
                 f"config.yaml, checkpoints/; TensorBoard: tensorboard --logdir "
-                f"{run_dir.parent}"
+                f"{logs_root(run_dir)}"
             )
+
+    @staticmethod
+    def _hparams(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        """The run's HParams row: what it is, capitalised so TensorBoard lists it first
+        (Method, Data, Backbone, Seed), then its options."""
+        options = {
+            k: v
+            for k, v in pl_module.hparams.items()
+            if k not in ("input_shape", "num_classes") and not k.startswith("_")
+        }
+        flat = flat_hparams(options)
+        data = trainer.datamodule
+        params = {
+            "Method": type(pl_module).__name__,
+            "Data": type(data).__name__,
+            "Backbone": flat.pop("backbone", type(pl_module.backbone).__name__),
+            "Seed": resolve_seed(None),
+            **flat,
+        }
+        for key in ("batch_size", "random_targets"):
+            if hasattr(data, key):
+                params[f"data.{key}"] = getattr(data, key)
+        return params
 
     def _row(
         self, trainer: Trainer, pl_module: LightningModule, fig: LayerFigures, epoch: int
@@ -144,6 +159,7 @@ class Diagnostics(Callback):
             row[key] = float(metrics[key]) if key in metrics and epoch > 0 else None
         row.update(summarize(fig, self.init_h_norm or fig.h_norm, self.grad_floor))
         row["grad_floor"] = self.grad_floor
+        row["growth_threshold"] = self.growth_threshold
         row["seconds"] = self.last_seconds
         return row
 
@@ -175,5 +191,15 @@ class Diagnostics(Callback):
             "  cos     " + "".join("      n/a" if v is None else f" {v:+8.4f}" for v in row["cos"]),
         ]
         if row["epoch"] == 0:
-            lines.append(f"  rows: {path}   TensorBoard: tensorboard --logdir {path.parent.parent}")
+            lines.append(
+                f"  rows: {path}   TensorBoard: tensorboard --logdir {logs_root(path.parent)}"
+            )
         return "\n".join(lines)
+
+
+def logs_root(run_dir: Path) -> Path:
+    """The folder to point TensorBoard at: the ``lightning_logs`` above the run, if any."""
+    for parent in run_dir.parents:
+        if parent.name == LOGS:
+            return parent
+    return run_dir.parent

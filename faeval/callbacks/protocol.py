@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 from typing_extensions import override
 
+from faeval.errors import ConfigError
 from faeval.protocol.measure import measure_protocol
 from faeval.protocol.settings import ProtocolSettings
 from faeval.runlog import ProtocolRow, RunLog, deep_mean, fmt, protocol_scalars
@@ -38,7 +39,7 @@ class Protocol(Callback):
         verbose: bool = True,
     ) -> None:
         if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+            raise ConfigError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.settings = settings
         self.verbose = verbose
@@ -58,8 +59,11 @@ class Protocol(Callback):
         if epoch % self.every_n_epochs and not last:
             return
         row = self._measure(trainer, pl_module, epoch)
-        for name, value in protocol_scalars(row).items():
-            pl_module.log(name, value)
+        scalars = protocol_scalars(row)
+        for name, value in scalars.items():
+            pl_module.log(name, value, logger=False)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(scalars, step=epoch)  # x = epoch, as the diagnostics
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -68,7 +72,7 @@ class Protocol(Callback):
             return
         row = self._measure(trainer, pl_module, epoch)
         if trainer.logger is not None:
-            trainer.logger.log_metrics(protocol_scalars(row), step=trainer.global_step)
+            trainer.logger.log_metrics(protocol_scalars(row), step=epoch)
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> ProtocolRow:
         x, y = trainer.datamodule.probe(pl_module.device)

@@ -10,6 +10,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from typing_extensions import override
 
+from faeval.errors import ConfigError
 from faeval.seeding import resolve_seed
 
 #: Samples in the diagnostics' fixed probe batch (DESIGN's 1024).
@@ -109,7 +110,7 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
             ("probe_size", probe_size),
         ):
             if value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
+                raise ConfigError(f"{name} must be a positive integer, got {value}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.probe_size = probe_size
@@ -130,12 +131,12 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
         splits = self.load()
         x_test = splits["test"][0]
         if tuple(x_test.shape[1:]) != tuple(self.input_shape):
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} loaded samples of shape {tuple(x_test.shape[1:])}, "
                 f"expected {tuple(self.input_shape)}"
             )
         if self.probe_size > len(x_test):
-            raise ValueError(
+            raise ConfigError(
                 f"probe_size={self.probe_size} exceeds the {len(x_test)} test samples of "
                 f"{type(self).__name__}; pass a smaller --data.probe_size"
             )

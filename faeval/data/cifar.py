@@ -10,6 +10,7 @@ from torchvision import datasets
 from typing_extensions import override
 
 from faeval.data.base import InMemoryDataModule
+from faeval.errors import DataNotFoundError
 
 
 def _present_files_only(dataset_cls: type[datasets.CIFAR10]) -> type[datasets.CIFAR10]:
@@ -64,7 +65,7 @@ class _CIFAR(InMemoryDataModule):
             try:
                 ds = reader(self.data_dir, train=train, download=self.download)
             except RuntimeError as err:
-                raise FileNotFoundError(
+                raise DataNotFoundError(
                     f"no valid {self.dataset_cls.__name__} batches under {folder}; pass "
                     "--data.download true to fetch them, or --data.data_dir to point at the "
                     "folder that holds them"

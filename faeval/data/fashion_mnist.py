@@ -11,6 +11,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.data.base import InMemoryDataModule
+from faeval.errors import DataError, DataNotFoundError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
@@ -29,12 +30,12 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as fh:
         raw = fh.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not a uint8 IDX file (header {raw[:4]!r})")
+        raise DataError(f"{path} is not a uint8 IDX file (header {raw[:4]!r})")
     ndim = raw[3]
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path} holds {data.size} values, its header says {dims}")
+        raise DataError(f"{path} holds {data.size} values, its header says {dims}")
     return data.reshape(dims)
 
 
@@ -62,7 +63,7 @@ class FashionMNIST(InMemoryDataModule):
         for name in (stem + ".gz", stem):
             if (folder / name).is_file():
                 return folder / name
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"no Fashion-MNIST file {stem}[.gz] under {folder}; install Debian's package "
             f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist, files in "
             f"{DEBIAN_DIR}) or pass --data.data_dir to the folder that holds the IDX files"

@@ -10,6 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.data.base import PROBE_SIZE, InMemoryDataModule
+from faeval.errors import ConfigError
 from faeval.ladder import ladder_activation
 
 
@@ -93,9 +94,9 @@ class SyntheticLadder(InMemoryDataModule):
         **kwargs,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+            raise ConfigError(f"alpha must lie in [0, 1], got {alpha}")
         if depth < 1 or input_dim < 1 or width < 1 or num_classes < 2 or min(n_train, n_test) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"SyntheticLadder needs depth, input_dim, width, n_train, n_test >= 1 and "
                 f"num_classes >= 2, got depth={depth}, input_dim={input_dim}, width={width}, "
                 f"n_train={n_train}, n_test={n_test}, num_classes={num_classes}"

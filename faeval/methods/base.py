@@ -26,11 +26,14 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, ResMLP, Trace
+from faeval.errors import ConfigError
 from faeval.runlog import METHOD
 
 BackboneFactory = Callable[[tuple[int, ...], int], LayeredBackbone]
@@ -117,13 +120,14 @@ class CreditMethod(LightningModule, abc.ABC):
     ) -> None:
         super().__init__()
         if penalty < 0:
-            raise ValueError(f"penalty must be >= 0, got {penalty}")
+            raise ConfigError(f"penalty must be >= 0, got {penalty}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.backbone = backbone(tuple(input_shape), num_classes)
         self.optimizer_factory = optimizer
         self.penalty = penalty
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_loss = MeanMetric()
         self._epoch_sums: dict[str, tuple[Tensor | float, int]] = {}
         self._in_step = False
 
@@ -252,23 +256,52 @@ class CreditMethod(LightningModule, abc.ABC):
         """Starts the next epoch's figures afresh."""
         self._epoch_sums.clear()
 
+    def log_epoch(self, metrics: dict[str, float]) -> None:
+        """Logs an epoch's figures at x = epochs completed.
+
+        Callbacks (early stopping, checkpoints) see them through ``self.log``; the logger gets
+        them at x = epoch rather than at the global step, so runs of any batch size or
+        ``limit_train_batches`` line up, and the diagnostics rows share the same x.
+        """
+        for name, value in metrics.items():
+            self.log(name, value, logger=False)
+        if self.logger is not None and not self.trainer.sanity_checking:
+            self.logger.log_metrics(metrics, step=self.epochs_completed())
+
+    def epochs_completed(self) -> int:
+        """Epochs trained so far, counting the one ending now while fitting."""
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        return self.current_epoch + int(fitting)
+
     @override
     def on_train_epoch_end(self) -> None:
-        for name, value in self.epoch_means().items():
-            self.log(name, value)
+        self.log_epoch(self.epoch_means())
         self.clear_epoch_means()
 
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.backbone(x)
-        self.test_acc(logits, y)
-        self.log("test/loss", F.cross_entropy(logits, y), on_epoch=True)
-        self.log("test/acc", self.test_acc, on_epoch=True)
+        self.test_acc.update(logits, y)
+        self.test_loss.update(F.cross_entropy(logits, y), weight=len(y))
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        metrics = {
+            "test/acc": float(self.test_acc.compute()),
+            "test/loss": float(self.test_loss.compute()),
+        }
+        self.test_acc.reset()
+        self.test_loss.reset()
+        self.log_epoch(metrics)
 
     @override
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:

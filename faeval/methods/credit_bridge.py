@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones import Trace
+from faeval.errors import ConfigError
 from faeval.methods.base import CreditMethod
 from faeval.methods.common import direct_credits, direct_feedback, helper_nets, state_sizes
 from faeval.seeding import resolve_seed
@@ -64,7 +65,7 @@ class CreditBridge(CreditMethod):
     ) -> None:
         super().__init__(*args, **kwargs)
         if value_width < 1 or value_depth < 1 or value_lr <= 0 or lam < 0 or warmup_epochs < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"CreditBridge needs value_width >= 1, value_depth >= 1, value_lr > 0, lam >= 0 "
                 f"and warmup_epochs >= 0, got {value_width}, {value_depth}, {value_lr}, {lam}, "
                 f"{warmup_epochs}"

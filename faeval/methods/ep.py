@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, Trace
+from faeval.errors import ConfigError, TrainingDiverged
 from faeval.methods.base import CreditMethod
 
 
@@ -86,13 +87,13 @@ class EP(CreditMethod):
     ) -> None:
         super().__init__(*args, **kwargs)
         if beta <= 0 or steps < 0 or step_size <= 0 or tol < 0 or (check_every or 1) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"EP needs beta > 0, steps >= 0, step_size > 0, tol >= 0 and check_every >= 1, "
                 f"got beta={beta}, steps={steps}, step_size={step_size}, tol={tol}, "
                 f"check_every={check_every}"
             )
         if credit not in ("error", "displacement"):
-            raise ValueError(f"credit must be 'error' or 'displacement', got {credit!r}")
+            raise ConfigError(f"credit must be 'error' or 'displacement', got {credit!r}")
         self.beta = beta
         self.steps = steps
         self.step_size = step_size
@@ -127,7 +128,7 @@ class EP(CreditMethod):
             gradient steps taken, per seed (K,).
 
         Raises:
-            FloatingPointError: the relaxation diverged (non-finite energy gradient).
+            TrainingDiverged: the relaxation diverged (non-finite energy gradient).
         """
         backbone = self.backbone
         anchor = trace.states[0]  # embed(x): the free state's h_0, all EP needs of x
@@ -173,7 +174,7 @@ class EP(CreditMethod):
         if diverged.any():
             seeds = diverged.nonzero().flatten().tolist()
             where = f" (seeds {seeds} of the stack)" if self.stack_size > 1 else ""
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"EP's relaxation diverged within {steps} steps of size {self.step_size}{where} "
                 "(non-finite energy gradient); lower --model.step_size."
             )

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.backbones import Trace
+from faeval.errors import ConfigError
 from faeval.methods.base import CreditMethod
 from faeval.methods.common import helper_nets, state_sizes
 from faeval.seeding import resolve_seed
@@ -72,7 +73,7 @@ class StateBridge(CreditMethod):
     ) -> None:
         super().__init__(*args, **kwargs)
         if bridge_width < 1 or bridge_depth < 1 or bridge_lr <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"StateBridge needs bridge_width >= 1, bridge_depth >= 1 and bridge_lr > 0, got "
                 f"{bridge_width}, {bridge_depth}, {bridge_lr}"
             )

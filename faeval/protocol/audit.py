@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from faeval.diagnostics.layers import LayerFigures, full_precision, measure_layers
+from faeval.errors import DataNotFoundError, FaevalError
 from faeval.protocol.checkpoint import load_checkpoint, load_method_state
 from faeval.protocol.measure import measure_protocol
 from faeval.protocol.render import run_markdown, run_text
@@ -281,10 +282,10 @@ def find_checkpoint(path: str | Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint or run directory at {path}")
+        raise DataNotFoundError(f"no checkpoint or run directory at {path}")
     found = sorted(path.glob("checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"no checkpoints/*.ckpt under {path}; was it trained with checkpointing off?"
         )
     last = [p for p in found if p.name == "last.ckpt"]
@@ -307,7 +308,7 @@ def frozen_accuracy(path: str | Path) -> tuple[float, int | None]:
         rows_file = RunLog(path if path.is_dir() else run_dir_of(path)).rows_path
     rows = [r for r in read_rows(rows_file) if r.get("test/acc") is not None]
     if not rows:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"no test accuracy in {rows_file}; pass the directory of a "
             "finished FrozenBlocks run, or --train_frozen true"
         )
@@ -352,7 +353,7 @@ def fit_frozen_baseline(config: Path, out: Path, epochs: int) -> Path:
     print(f"[faeval] training the FrozenBlocks baseline: {' '.join(cmd)}", flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(
+        raise FaevalError(
             f"the FrozenBlocks baseline failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
         )
     return out

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from faeval.errors import CheckpointError, DataNotFoundError, IncompleteCheckpoint
+
 
 def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
     """A faeval Lightning checkpoint, loaded without running pickled code by default.
@@ -30,12 +32,12 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"no checkpoint at {path}; pass a .ckpt file from a run's checkpoints/ folder or "
             "the run directory itself"
         )
     if not zipfile.is_zipfile(path):
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a torch checkpoint (not the zip format torch.save "
             "writes: corrupt, truncated or another kind of file)"
         )
@@ -43,21 +45,21 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
         ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" in str(err):
-            raise ValueError(
+            raise CheckpointError(
                 f"{path} holds pickled objects that weights-only loading refuses: "
                 f"{str(err).splitlines()[-1][:200]}. If you trust the file, pass "
                 "--weights_only false"
             ) from None
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a readable checkpoint (corrupt or not a torch file): {err}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a readable checkpoint (corrupt or not a torch file): "
             f"{str(err).splitlines()[0][:200]}"
         ) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a Lightning checkpoint (no state_dict); audit a .ckpt "
             "that `faeval fit` wrote"
         )
@@ -65,7 +67,7 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
     if not class_path.startswith("faeval.") or not any(
         k.startswith("backbone.") for k in ckpt["state_dict"]
     ):
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a faeval checkpoint (model class {class_path or 'unknown'!r}, no "
             "backbone.* weights); audit a checkpoint that `faeval fit` wrote"
         )
@@ -88,7 +90,7 @@ def load_method_state(model: nn.Module, ckpt: dict[str, Any], path: str | Path) 
     """
     saved = method_name(ckpt)
     if saved != type(model).__name__:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is a {saved} checkpoint but the config builds {type(model).__name__}; "
             "audit it with the config.yaml of its own run"
         )
@@ -103,17 +105,19 @@ def load_method_state(model: nn.Module, ckpt: dict[str, Any], path: str | Path) 
             if credit
             else "backbone weights (" + ", ".join(missing[:6]) + ")"
         )
-        raise RuntimeError(
+        raise IncompleteCheckpoint(
             f"{path} lacks {what}: the {saved} credit cannot be computed, and it never falls "
             "back to the true gradient (Γ would read 1.0). Audit a complete checkpoint written "
             "by `faeval fit`"
         )
     if unexpected:
-        raise RuntimeError(
+        raise IncompleteCheckpoint(
             f"{path} holds state that {saved} built from this config does not have "
             f"({', '.join(unexpected[:6])}); the config does not match the checkpoint"
         )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise RuntimeError(f"{path} does not fit the model its config builds: {err}") from None
+        raise IncompleteCheckpoint(
+            f"{path} does not fit the model its config builds: {err}"
+        ) from None

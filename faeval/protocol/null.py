@@ -19,6 +19,7 @@ from torch import Tensor
 
 from faeval.backbones.base import Trace
 from faeval.diagnostics.functional import mean_cosine
+from faeval.errors import ConfigError
 from faeval.protocol.settings import NULL_SEED
 from faeval.runlog import deep_mean, mean_std
 
@@ -77,7 +78,7 @@ def null_band(
         RuntimeError: a fresh draw equals the training-time feedback.
     """
     if draws < 2:
-        raise ValueError(f"the null band needs at least 2 fresh draws, got draws={draws}")
+        raise ConfigError(f"the null band needs at least 2 fresh draws, got draws={draws}")
     if not has_feedback(method):
         return None
     trained = method.feedback

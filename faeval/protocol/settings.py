@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from faeval.errors import ConfigError
+
 #: Seeds of the null band's fresh feedback draws start here, far from the small seeds runs
 #: are given.
 NULL_SEED = 1_000_003
@@ -38,7 +40,7 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         if not (self.growth_threshold > 0 and self.grad_floor > 0 and self.null_sigmas >= 0):
-            raise ValueError(
+            raise ConfigError(
                 "thresholds need growth_threshold > 0, grad_floor > 0 and null_sigmas >= 0, got "
                 f"{self.growth_threshold}, {self.grad_floor}, {self.null_sigmas}"
             )

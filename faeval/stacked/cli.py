@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,8 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from faeval.callbacks import Diagnostics, Protocol
+from faeval.callbacks import Diagnostics, LineProgress, Protocol
+from faeval.errors import ConfigError
 from faeval.runs import LOGS, claim, claim_next, holds_run
 from faeval.stacked.convert import RUN_ALONE, NotStackable
 from faeval.stacked.data import StackedData
@@ -55,8 +57,10 @@ class StackSettings:
 
 
 def folder_logger(run_dir: Path) -> TensorBoardLogger:
-    """A TensorBoard logger writing straight into ``run_dir`` (as a lone run's)."""
-    return TensorBoardLogger(save_dir=run_dir.parent, name="", version=run_dir.name)
+    """The TensorBoard logger of a lone run in ``run_dir`` (``faeval.cli.folder_logger``)."""
+    from faeval.cli import folder_logger  # faeval.cli imports this module
+
+    return folder_logger(run_dir)
 
 
 def add_stack_arguments(parser) -> None:
@@ -78,17 +82,17 @@ def check_lone_run(subcommand: str, seeds, settings) -> None:
     """Refuses stack options where no stack is trained (they would be ignored).
 
     Raises:
-        ValueError: ``--seeds`` on another subcommand than fit, or a ``--stack`` option
+        ConfigError: ``--seeds`` on another subcommand than fit, or a ``--stack`` option
             without ``--seeds``.
     """
     if seeds is not None:
-        raise ValueError(
+        raise ConfigError(
             f"faeval {subcommand} reads one run: point it at a seed's own run folder or "
             "config (lightning_logs/<data>/<method>/seed<S>), not at a stack's"
         )
     given = [k for k, v in vars(StackSettings()).items() if getattr(settings, k, v) != v]
     if given:
-        raise ValueError(
+        raise ConfigError(
             f"--stack.{given[0]} applies to stacked runs; add --seeds (for one seed: --seeds S)"
         )
 
@@ -97,7 +101,7 @@ def parse_seeds(spec: str | int) -> list[int]:
     """``"0-3,7"`` -> [0, 1, 2, 3, 7].
 
     Raises:
-        ValueError: not a list of integers and ranges, or a seed given twice.
+        ConfigError: not a list of integers and ranges, or a seed given twice.
     """
     seeds: list[int] = []
     try:
@@ -105,11 +109,11 @@ def parse_seeds(spec: str | int) -> list[int]:
             first, _, last = part.partition("-")
             seeds += range(int(first), int(last or first) + 1)
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"--seeds {spec!r} is not a list of seeds; write e.g. 0-9 or 0,2,5-7"
         ) from None
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds {spec!r} names no seed, or one seed twice")
+        raise ConfigError(f"--seeds {spec!r} names no seed, or one seed twice")
     return seeds
 
 
@@ -124,7 +128,7 @@ def format_seeds(seeds: list[int]) -> str:
 
 
 #: Callbacks a stack knows how to run per seed or leaves as they are.
-KNOWN_CALLBACKS = (Diagnostics, Protocol, ModelCheckpoint, ModelSummary, ProgressBar)
+KNOWN_CALLBACKS = (Diagnostics, Protocol, ModelCheckpoint, ModelSummary, ProgressBar, LineProgress)
 
 
 class StackedFit:
@@ -133,7 +137,7 @@ class StackedFit:
     Raises:
         NotStackable: the configuration cannot be stacked (method, modules, optimizer,
             logger, callbacks or devices), with the reason.
-        ValueError: bad ``--seeds``, or a checkpoint that is not a stack's.
+        ConfigError: bad ``--seeds``, or a checkpoint that is not a stack's.
     """
 
     def __init__(self, cli: FaevalCLI) -> None:
@@ -175,6 +179,8 @@ class StackedFit:
             runs, floor_stop=bool(fit.get("floor_stop")), grad_floor=runs[0].diagnostics.grad_floor
         )
         others = [c for c in trainer_config.get("callbacks") or [] if not isinstance(c, Protocol)]
+        if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False:
+            others.append(LineProgress())  # a log file gets a few lines per epoch (as lone)
         trainer_config.update(
             callbacks=[*others, seed_runs], logger=False, default_root_dir=str(stack_dir)
         )
@@ -239,20 +245,20 @@ class StackedFit:
         """The stack's folder and its seeds' folders when ``ckpt`` is a stack's checkpoint.
 
         Raises:
-            ValueError: ``ckpt`` is not in a stack's folder, or the stack has other seeds.
+            ConfigError: ``ckpt`` is not in a stack's folder, or the stack has other seeds.
         """
         if not ckpt:
             return None
         stack_dir = Path(ckpt).resolve().parent.parent
         record_file = stack_dir / STACK_FILE
         if not record_file.is_file() or not holds_run(stack_dir):
-            raise ValueError(
+            raise ConfigError(
                 f"{ckpt} is not a stack's checkpoint (no {STACK_FILE} in {stack_dir}); resume a "
                 "stack from STACK/checkpoints/<file>.ckpt, or one seed without --seeds"
             )
         record = json.loads(record_file.read_text())
         if record["seeds"] != self.seeds:
-            raise ValueError(
+            raise ConfigError(
                 f"{ckpt} is the stack of seeds {format_seeds(record['seeds'])}, not "
                 f"{format_seeds(self.seeds)}; resume it with its own config.yaml"
             )

@@ -19,11 +19,13 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from faeval.backbones.cnn import ConvBlock, SmallCNN
 from faeval.backbones.resmlp import ResMLP, ResMLPBlock
 from faeval.backbones.student import LadderBlock, StudentNet
 from faeval.backbones.vit import PatchEmbed, SelfAttention, TransformerBlock, ViTMini
+from faeval.errors import ConfigError
 from faeval.methods import BP, DFA, EP, FA, CreditBridge, CreditMethod, FrozenBlocks, StateBridge
 from faeval.methods.common import FeedbackMatrices
 from faeval.methods.state_bridge import Bridge
@@ -86,7 +88,7 @@ PER_SAMPLE: tuple[type[nn.Module], ...] = (
 ELEMENTWISE_OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad")
 
 
-class NotStackable(ValueError):
+class NotStackable(ConfigError):
     """The run cannot be stacked over seeds; the message says why and what to do instead."""
 
 
@@ -160,7 +162,7 @@ def stack_modules(modules: list[nn.Module], path: str = "") -> nn.Module:
     if modules[0]._parameters:
         raise NotStackable(f"{where} holds parameters of its own; {RUN_ALONE}")
     for name, child in modules[0]._modules.items():
-        if child is None or name == "test_acc":  # the stack measures its seeds' accuracy itself
+        if child is None or isinstance(child, Metric):  # the stack measures each seed's tests
             continue
         stacked._modules[name] = stack_modules(
             [m._modules[name] for m in modules], f"{path}.{name}" if path else name

@@ -200,10 +200,9 @@ class SeedRuns(Callback):
             with run_seed(run.seed):
                 for callback in run.callbacks():
                     callback.on_train_epoch_end(view, run.method)
-            metrics = {**{k: float(v) for k, v in view.callback_metrics.items()}, **run.logged}
-            if run.logger is not None:  # at the step Lightning logs a lone run's epoch figures
-                metrics["epoch"] = trainer.current_epoch
-                run.logger.log_metrics(metrics, step=trainer.global_step - 1)
+            if run.logger is not None:  # the method's figures, at x = epoch as a lone run's
+                metrics = {k: float(v) for k, v in view.callback_metrics.items()}
+                run.logger.log_metrics(metrics, step=trainer.current_epoch + 1)
             g_last = run.logged.get("diag/g_L")
             if self.floor_stop and g_last is not None and not g_last >= self.grad_floor:
                 self.stop(trainer, pl_module, run, g_last)
