@@ -105,6 +105,11 @@ class _BatchedLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def join(parts: list[Tensor]) -> Tensor:
+    """The seeds' outputs one after the other (one seed's as it is, without a copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def seeds_first(x: Tensor, seeds: int) -> Tensor:
     """(K·B, ...) -> (K, B·…, last): each seed's rows as one matrix for a batched matmul."""
     return x.reshape(seeds, -1, x.shape[-1])
@@ -136,12 +141,20 @@ class StackedLinear(nn.Module):
 
     @override
     def forward(self, x: Tensor) -> Tensor:
+        bias = [None] * self.seeds if self.bias is None else self.bias
+        if self.seeds == 1:  # one seed: a lone run's own layer
+            return F.linear(x, self.weight[0], bias[0])
         rows_per_seed = x.reshape(self.seeds, -1, self.in_features)[0]
         if per_seed_matmul(rows_per_seed, self.in_features, self.out_features):
-            bias = [None] * self.seeds if self.bias is None else self.bias
             seeds = zip(x.chunk(self.seeds), self.weight, bias, strict=True)
             return torch.cat([F.linear(xk, w, b) for xk, w, b in seeds])
-        y = _BatchedLinear.apply(seeds_first(x, self.seeds), self.weight, self.bias)
+        xs, w = seeds_first(x, self.seeds), self.weight
+        if per_seed_kernels(x):  # a lone run's products, forward and backward: bit for bit
+            y = _BatchedLinear.apply(xs, w, self.bias)
+        elif self.bias is None:  # autograd's own batched products: no Python in the backward
+            y = torch.bmm(xs, w.transpose(1, 2))
+        else:
+            y = torch.baddbmm(self.bias.unsqueeze(1), xs, w.transpose(1, 2))
         return y.reshape(*x.shape[:-1], self.out_features)  # (K, B·…, out) -> (K·B, …, out)
 
 
@@ -165,6 +178,8 @@ class StackedLayerNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.weight is None:
             return F.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        if self.seeds == 1:
+            return F.layer_norm(x, self.normalized_shape, self.weight[0], self.bias[0], self.eps)
         if per_seed_kernels(x):  # one kernel per seed: bit for bit a lone run's
             return torch.cat(
                 [
@@ -204,9 +219,9 @@ class StackedConv2d(nn.Module):
     @override
     def forward(self, x: Tensor) -> Tensor:
         k = self.seeds
-        if per_seed_kernels(x):  # one kernel per seed: a grouped kernel differs for 3 channels
+        if k == 1 or per_seed_kernels(x):  # one kernel per seed: grouped rounds otherwise
             bias = [None] * k if self.bias is None else self.bias
-            return torch.cat(
+            return join(
                 [
                     F.conv2d(xk, w, b, self.stride, self.padding, self.dilation, self.groups)
                     for xk, w, b in zip(x.chunk(k), self.weight, bias, strict=True)
@@ -261,8 +276,8 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
         running = not self.training or self.track_running_stats
         factor = self.momentum if update else 0.0
-        if per_seed_kernels(x):  # one kernel per seed, as for the convolutions
-            return torch.cat(
+        if self.seeds == 1 or per_seed_kernels(x):  # one kernel per seed, as convolutions
+            return join(
                 [
                     F.batch_norm(
                         xk,
@@ -325,6 +340,8 @@ class StackedFeedbackMatrices(FeedbackMatrices):
     @override
     def project(self, i: int, v: Tensor) -> Tensor:
         b = self[i]  # (K, rows, cols)
+        if self.seeds == 1:
+            return v @ b[0]
         if per_seed_matmul(v.reshape(self.seeds, -1, b.shape[1])[0], *b.shape[1:]):
             return torch.cat([vk @ bk for vk, bk in zip(v.chunk(self.seeds), b, strict=True)])
         # (K, B, rows) @ (K, rows, cols) -> (K·B, cols): v·B_i with seed k's own B_i

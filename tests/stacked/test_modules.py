@@ -85,6 +85,25 @@ def test_linear_is_bit_for_bit_k_linears(rows, d_in, d_out):
     assert_same(*run_both(lone, stacked, x))
 
 
+def test_linear_in_the_accelerators_form(monkeypatch):
+    # autograd's own baddbmm backward (no Python in it) forms the weight gradient as xᵀ·g
+    monkeypatch.setattr(stacked_modules, "per_seed_kernels", lambda x: False)
+    lone, stacked, x = lone_and_stacked(lambda: nn.Linear(16, 8), StackedLinear, (6, 16))
+    assert_same(*run_both(lone, stacked, x), rel=1e-6)
+
+
+def test_one_seed_runs_the_lone_layers_themselves():
+    for make, cls, shape in (
+        (lambda: nn.Linear(16, 8), StackedLinear, (6, 16)),
+        (lambda: nn.LayerNorm(8), StackedLayerNorm, (6, 8)),
+        (lambda: nn.Conv2d(3, 4, 3), StackedConv2d, (2, 3, 6, 6)),
+    ):
+        torch.manual_seed(0)
+        lone = make()
+        x = torch.randn(*shape)
+        assert torch.equal(cls([lone])(x), lone(x))
+
+
 def test_linear_on_token_states_and_without_bias():
     make = lambda: nn.Linear(16, 24, bias=False)  # noqa: E731
     lone, stacked, x = lone_and_stacked(make, StackedLinear, (4, 9, 16))
