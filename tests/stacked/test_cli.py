@@ -45,6 +45,14 @@ def test_each_seed_is_bit_for_bit_the_run_it_would_be_alone(aligned):
         assert [r["seed"] for r in rows(stacked)] == [seed] * 3
 
 
+def test_a_stack_of_one_seed_is_its_lone_run(aligned, tmp_path):
+    fit(tmp_path, "--seeds", "1", data=ALIGNED)
+    stacked, alone = seed_dir(tmp_path, 1), seed_dir(aligned / "alone", 1)
+    assert rows(stacked) == rows(alone)
+    got, want = tensors(checkpoint(stacked)), tensors(checkpoint(alone))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_each_seed_has_an_ordinary_run_folder(aligned):
     stack = aligned / "stack" / "lightning_logs" / "SyntheticLadder" / "DFA" / "stack-0-2"
     record = json.loads((stack / STACK_FILE).read_text())
