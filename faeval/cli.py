@@ -34,7 +34,15 @@ from faeval.errors import ConfigError, DataNotFoundError, user_error
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
-from faeval.runs import DEFAULT_RUN_NAME, LOGS, claim, claim_next, holds_run, run_name
+from faeval.runs import (
+    DEFAULT_RUN_NAME,
+    LOGS,
+    claim,
+    claim_next,
+    holds_run,
+    release_unused,
+    run_name,
+)
 from faeval.stacked.cli import StackedFit, add_stack_arguments, check_lone_run
 from faeval.trainer import FaevalTrainer
 
@@ -124,6 +132,10 @@ class FaevalParser(LightningArgumentParser):
 class FaevalCLI(LightningCLI):
     """LightningCLI with the diagnostics always on and a one-switch floor stop."""
 
+    #: The run folder this process claimed last (``main`` releases it if the run fails
+    #: before writing anything).
+    claimed: ClassVar[Path | None] = None
+
     @override
     def setup_parser(self, add_subcommands, main_kwargs, subparser_kwargs) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
@@ -167,6 +179,11 @@ class FaevalCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         raw = sys.argv[1:] if args is None else args
         FaevalParser.argv = [str(a) for a in raw] if isinstance(raw, list) else []
+        if isinstance(raw, list) and raw in (["audit"], ["test"], ["validate"]):
+            raise ConfigError(
+                f"faeval {raw[0]} needs a trained run: faeval {raw[0]} RUN_FOLDER (or a "
+                f"checkpoint); faeval {raw[0]} --help for its options"
+            )
         if (
             isinstance(raw, list)
             and raw[:1] in (["audit"], ["test"], ["validate"])
@@ -215,6 +232,10 @@ class FaevalCLI(LightningCLI):
             if default_logger:
                 kwargs["logger"] = folder_logger(self._claim_eval_dir())
             kwargs["enable_checkpointing"] = False  # nothing to save, nothing to move
+            # An evaluation restores the weights; the training callbacks' states do not matter.
+            warnings.filterwarnings(
+                "ignore", message="Be aware that when using `ckpt_path`, callbacks used to create"
+            )
         elif self.subcommand == "audit":
             kwargs["logger"] = False  # the audit writes its own files beside the checkpoint
         trainer_config = self._trainer_config()
@@ -227,7 +248,7 @@ class FaevalCLI(LightningCLI):
             raise ConfigError(f"--trainer: {err}") from err
         if claim_explicit and trainer.logger is not None and trainer.logger.log_dir:
             if trainer.is_global_zero:
-                claim(Path(trainer.logger.log_dir), self._run_fields())
+                FaevalCLI.claimed = claim(Path(trainer.logger.log_dir), self._run_fields())
         if self._get(self.config_init, "floor_stop", default=False):
             grad_floor = self._get(self.config_init, "diagnostics").grad_floor
             trainer.callbacks.append(FloorStopping(grad_floor))
@@ -260,9 +281,9 @@ class FaevalCLI(LightningCLI):
         folder = root / run_name(template, **self._run_fields())
         if rank_zero_only.rank != 0:
             return folder
-        if template == DEFAULT_RUN_NAME:
-            return claim_next(folder, self._run_fields())
-        return claim(folder, self._run_fields())
+        claimer = claim_next if template == DEFAULT_RUN_NAME else claim
+        FaevalCLI.claimed = claimer(folder, self._run_fields())
+        return FaevalCLI.claimed
 
     def _claim_eval_dir(self) -> Path:
         """Claims ``RUN/eval/<command>-<checkpoint>`` for ``faeval test|validate`` (rank 0).
@@ -281,7 +302,8 @@ class FaevalCLI(LightningCLI):
         base = (run_dir or ckpt.parent) / "eval" / f"{self.subcommand}-{ckpt.stem}"
         if rank_zero_only.rank != 0:
             return base
-        return claim_next(base, {**self._run_fields(), "checkpoint": str(ckpt)})
+        FaevalCLI.claimed = claim_next(base, {**self._run_fields(), "checkpoint": str(ckpt)})
+        return FaevalCLI.claimed
 
     def after_test(self) -> None:
         self._write_results()
@@ -378,11 +400,13 @@ def main(args: list[str] | None = None) -> None:
     taken run folder) and Lightning's own configuration errors are printed without a
     traceback; any other exception is a bug in faeval and keeps its traceback.
     """
+    FaevalCLI.claimed = None
     try:
         run(args)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:
+        release_unused(FaevalCLI.claimed)  # a run that failed before writing anything
         mistake = user_error(err) or _lightning_misconfiguration(err)
         if mistake is None:
             raise

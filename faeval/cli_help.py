@@ -84,7 +84,7 @@ class HelpFormatter(DefaultHelpFormatter):
 
 def parser_kwargs() -> dict:
     """LightningCLI's ``parser_kwargs``: the main parser's and each command's."""
-    out: dict = {"description": MAIN, "formatter_class": HelpFormatter}
+    out: dict = {"prog": "faeval", "description": MAIN, "formatter_class": HelpFormatter}
     for command, (usage, description) in COMMANDS.items():
         out[command] = {
             "usage": usage,

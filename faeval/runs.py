@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -69,6 +70,24 @@ def claim(folder: Path, info: dict | None = None) -> Path:
     except FileExistsError:
         raise RunFolderTaken(_taken(folder)) from None
     return folder
+
+
+def release_unused(folder: Path | None) -> bool:
+    """Removes a claimed run folder that the run left without rows or checkpoints.
+
+    A run that fails before its first row (a missing data set, a bad option found late)
+    leaves nothing worth keeping; its folder would only push the next run to ``-run2``.
+
+    Returns:
+        Whether the folder was removed.
+    """
+    if folder is None or not (Path(folder) / CLAIM_FILE).is_file():
+        return False
+    folder = Path(folder)
+    if (folder / "diagnostics.jsonl").exists() or (folder / "checkpoints").exists():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def claim_next(base: Path, info: dict | None = None) -> Path:

@@ -69,6 +69,29 @@ def write_fake_cifar(
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _never_download(monkeypatch):
+    """Tests never reach the network: CIFAR's downloader fails as it would offline."""
+
+    def offline(url, *args, **kwargs):
+        raise OSError(f"tests do not download ({url})")
+
+    monkeypatch.setattr("faeval.data.cifar.download_and_extract_archive", offline)
+
+
+@pytest.fixture
+def fake_downloader(monkeypatch) -> list[str]:
+    """CIFAR's downloader replaced by one that writes the fake folder; returns its calls."""
+    calls: list[str] = []
+
+    def download(url, root, filename=None, md5=None):
+        calls.append(url)
+        write_fake_cifar(Path(root), num_classes=100 if "100" in url else 10)
+
+    monkeypatch.setattr("faeval.data.cifar.download_and_extract_archive", download)
+    return calls
+
+
 @pytest.fixture
 def fake_cifar(tmp_path: Path) -> Path:
     """A tiny fake CIFAR-10 folder; returns the data_dir to pass to the data module."""

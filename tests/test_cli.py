@@ -205,7 +205,7 @@ def test_unknown_names_list_the_choices(capsys):
 
 
 def test_cifar_without_files_names_the_folder_and_flag(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py; pass --data.download"):
+    with pytest.raises(FileNotFoundError, match=r"could not download CIFAR10 .*--data.data_dir"):
         run(
             [
                 "fit",

@@ -36,6 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from faeval.errors import FaevalError
 from faeval.protocol.render import verdict_table
 from faeval.protocol.settings import Thresholds
 from faeval.protocol.verdicts import DIAGNOSTICS, RunVerdict, judge_run, judge_seeds
@@ -272,7 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in defaults.as_dict().items():
         parser.add_argument(f"--{name}", type=float, default=value)
     args = parser.parse_args(argv)
-    thresholds = Thresholds(**{k: getattr(args, k) for k in defaults.as_dict()})
+    if not args.sweep.is_dir():
+        print(
+            f"report: error: no sweep folder at {args.sweep}; pass the --out folder of "
+            "tools/sweep.py",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        thresholds = Thresholds(**{k: getattr(args, k) for k in defaults.as_dict()})
+    except FaevalError as err:
+        print(f"report: error: {err}", file=sys.stderr)
+        return 2
     out = args.out or args.sweep
     out.mkdir(parents=True, exist_ok=True)
     runs, problems = discover(args.sweep)

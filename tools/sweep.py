@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import json
 import os
 import shutil
@@ -50,6 +51,7 @@ from pathlib import Path
 
 import yaml
 
+from faeval.errors import ConfigError, FaevalError
 from faeval.runlog import RunLog
 
 FROZEN = "FrozenBlocks"
@@ -104,22 +106,67 @@ def cli_value(value: object) -> str:
     return str(value)
 
 
+#: The keys a sweep YAML may hold.
+SPEC_KEYS = ("base", "seeds", "methods", "settings", "args", "protocol")
+
+
 def load_spec(path: Path) -> dict:
     """The sweep YAML, checked.
 
     Raises:
-        ValueError: a required key is missing or malformed.
+        ConfigError: the file is missing or not YAML, a key is unknown, missing or malformed,
+            a method is not one faeval knows.
     """
-    spec = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ConfigError(f"no sweep spec at {path}; pass the YAML file of a sweep")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path} must be a mapping with keys {', '.join(SPEC_KEYS)}")
+    for key in spec:
+        if key not in SPEC_KEYS:
+            close = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise ConfigError(f"{path}: unknown key `{key}`{hint} (keys: {', '.join(SPEC_KEYS)})")
     for key in ("seeds", "methods"):
         if not isinstance(spec.get(key), list) or not spec[key]:
-            raise ValueError(f"{path}: `{key}` must be a non-empty list, got {spec.get(key)!r}")
+            raise ConfigError(f"{path}: `{key}` must be a non-empty list, got {spec.get(key)!r}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in spec["seeds"]):
+        raise ConfigError(f"{path}: `seeds` must be integers, got {spec['seeds']!r}")
+    known = known_methods()
+    for method in spec["methods"]:
+        if "." not in str(method) and method not in known:
+            close = difflib.get_close_matches(str(method), known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(
+                f"{path}: unknown method {method!r}; {hint}(methods: {', '.join(known)}, or a "
+                "class path)"
+            )
+    settings = spec.get("settings")
+    if settings is not None and not (
+        isinstance(settings, dict) and all(isinstance(v, dict) for v in settings.values())
+    ):
+        raise ConfigError(
+            f"{path}: `settings` must map names to option dicts, e.g. "
+            "{d256: {model.backbone.d_hidden: 256}}"
+        )
+    if spec.get("protocol") not in (None, False) and not isinstance(spec["protocol"], dict):
+        raise ConfigError(f"{path}: `protocol` must be a mapping of Protocol options or false")
     if spec.get("base") is not None and not Path(spec["base"]).is_file():
-        raise ValueError(
+        raise ConfigError(
             f"{path}: base config {spec['base']} not found (paths are relative to "
             "the directory the sweep runs from)"
         )
     return spec
+
+
+def known_methods() -> list[str]:
+    """The short method names ``faeval fit --model`` accepts."""
+    from faeval.cli import known_names  # loads torch: only when a spec is checked
+
+    return known_names()["model"]
 
 
 def plan(spec: dict) -> list[Run]:
@@ -360,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("jobs", "threads", "stack"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    spec = load_spec(args.spec)
+    try:
+        spec = load_spec(args.spec)
+    except FaevalError as err:
+        print(f"sweep: error: {err}", file=sys.stderr)
+        return 2
     runs = plan(spec)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sweep.json").write_text(

@@ -12,7 +12,8 @@ from faeval.errors import ConfigError
 
 
 class ConvBlock(nn.Sequential):
-    """ReLU(BN(conv3×3(h))), then a 2×2 max-pool when it downsamples."""
+    """ReLU(BN(conv3×3(h))), then a 2×2 max-pool when it downsamples (odd sides round up,
+    so 28×28 Fashion-MNIST goes 14, 7, 4, 2, 1 as 32×32 CIFAR goes 16, 8, 4, 2, 1)."""
 
     def __init__(self, in_channels: int, out_channels: int, downsample: bool) -> None:
         layers = [
@@ -21,7 +22,7 @@ class ConvBlock(nn.Sequential):
             nn.ReLU(),
         ]
         if downsample:
-            layers.append(nn.MaxPool2d(2))
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
         super().__init__(*layers)
 
 
@@ -41,14 +42,13 @@ class SmallCNN(LayeredBackbone):
     4096, 2048, 1024, 512 and 256 values, so FA's dense |h_l|×|h_{l-1}| feedback stays small.
 
     BatchNorm: training uses batch statistics (every method's local update goes through
-    them); the diagnostics (``faeval.diagnostics.measure``, hence the per-epoch callback and
+    them); the diagnostics (``faeval.diagnostics.measure_layers``, hence the per-epoch callback and
     ``faeval audit``) put the network in eval mode, so each probe sample is measured with the
     running statistics, independently of the rest of the probe batch, and the running
     statistics are not updated by a diagnostic pass.
 
     Args:
-        input_shape: (channels, height, width); the sides must stay divisible by 2 through
-            the stem (and every block, with ``downsample``).
+        input_shape: (channels, height, width), any sides (odd sides round up when halved).
         num_classes: C.
         width: channels of the stem output h_0.
         num_blocks: depth L.
@@ -57,7 +57,7 @@ class SmallCNN(LayeredBackbone):
             ``downsample`` is off; the ``residual_add`` attribute says whether it is applied.
 
     Raises:
-        ValueError: the input is not an image or its sides do not halve often enough.
+        ConfigError: the input is not an image.
     """
 
     def __init__(
@@ -75,13 +75,11 @@ class SmallCNN(LayeredBackbone):
                 f"SmallCNN needs width >= 1 and num_blocks >= 1, got width={width}, "
                 f"num_blocks={num_blocks}"
             )
-        halvings = 1 + (num_blocks if downsample else 0)
-        if len(input_shape) != 3 or any(s % 2**halvings for s in input_shape[1:]):
+        if len(input_shape) != 3:
             raise ConfigError(
-                f"SmallCNN with num_blocks={num_blocks}, downsample={downsample} halves the "
-                f"image sides {halvings} times, which needs (channels, height, width) inputs "
-                f"with sides divisible by {2**halvings}, got {tuple(input_shape)}; use fewer "
-                "blocks or --model.backbone.downsample false"
+                f"SmallCNN needs image inputs (channels, height, width), the data gives "
+                f"{tuple(input_shape)}; pick image data (--data FashionMNIST, CIFAR10) or a "
+                "vector backbone (--model.backbone ResMLP)"
             )
         self.residual_add = residual_add and not downsample  # the add needs equal shapes
         self.embed = ConvBlock(input_shape[0], width, downsample=True)

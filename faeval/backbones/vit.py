@@ -129,11 +129,17 @@ class ViTMini(LayeredBackbone):
         init_std: float = 0.02,
     ) -> None:
         super().__init__(input_shape, num_classes)
-        if len(input_shape) != 3 or any(s % patch_size for s in input_shape[1:]):
+        if len(input_shape) != 3:
             raise ConfigError(
-                f"ViTMini needs (channels, height, width) inputs with sides divisible by "
-                f"patch_size={patch_size}, got {tuple(input_shape)}; pick image data or another "
-                "--model.backbone.patch_size"
+                f"ViTMini needs image inputs (channels, height, width), the data gives "
+                f"{tuple(input_shape)}; pick image data (--data FashionMNIST, CIFAR10) or a "
+                "vector backbone (--model.backbone ResMLP)"
+            )
+        if any(s % patch_size for s in input_shape[1:]):
+            raise ConfigError(
+                f"ViTMini cuts images into patches of {patch_size}×{patch_size}, which does not "
+                f"divide {tuple(input_shape[1:])}; pass --model.backbone.patch_size with a "
+                "divisor of both sides"
             )
         if num_blocks < 1 or d_model % num_heads:
             raise ConfigError(

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torchvision import datasets
+from torchvision.datasets.utils import download_and_extract_archive
 from typing_extensions import override
 
 from faeval.data.base import InMemoryDataModule
@@ -36,9 +37,12 @@ def _present_files_only(dataset_cls: type[datasets.CIFAR10]) -> type[datasets.CI
 class _CIFAR(InMemoryDataModule):
     """Shared loading of torchvision's CIFAR folders (``cifar-10-batches-py`` and friends).
 
+    The data set is fetched into ``data_dir`` with torchvision's downloader when it is not
+    there yet (once, on the first process of each node: Lightning's ``prepare_data``).
+
     Args:
         data_dir: the folder that holds (or will hold) torchvision's CIFAR folder.
-        download: fetch the data set into ``data_dir`` with torchvision's downloader.
+        download: fetch the data set when it is absent; ``false`` forbids it.
         **kwargs: the arguments of ``InMemoryDataModule`` (``batch_size``,
             ``eval_batch_size``, ``probe_size``, ``random_targets``, ``seed``).
     """
@@ -46,30 +50,58 @@ class _CIFAR(InMemoryDataModule):
     dataset_cls: type[datasets.CIFAR10]
     input_shape = (3, 32, 32)
 
-    def __init__(self, data_dir: str = "data", download: bool = False, **kwargs) -> None:
+    def __init__(self, data_dir: str = "data", download: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.data_dir = data_dir
         self.download = download
 
+    @property
+    def folder(self) -> Path:
+        """Where torchvision's batch files are: ``data_dir/cifar-10-batches-py`` (or -100)."""
+        return Path(self.data_dir) / self.dataset_cls.base_folder
+
+    def present(self) -> bool:
+        """Whether every batch file is in ``folder``."""
+        files = self.dataset_cls.train_list + self.dataset_cls.test_list
+        return all((self.folder / name).is_file() for name, _ in files)
+
     @override
-    def load(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """Reads both splits.
+    def prepare_data(self) -> None:
+        """Downloads the data set when it is absent and download is on.
 
         Raises:
-            FileNotFoundError: the folder holds no valid batches and download is off.
+            DataNotFoundError: the download failed (no internet, a server error).
         """
-        folder = Path(self.data_dir) / self.dataset_cls.base_folder
-        reader = self.dataset_cls if self.download else _present_files_only(self.dataset_cls)
+        if self.download and not self.present():
+            cls = self.dataset_cls
+            try:  # checks the archive's md5, then extracts it into data_dir
+                download_and_extract_archive(cls.url, self.data_dir, cls.filename, md5=cls.tgz_md5)
+            except (OSError, RuntimeError) as err:
+                raise DataNotFoundError(
+                    f"could not download {cls.__name__} from {cls.url} into {self.data_dir} "
+                    f"({str(err).splitlines()[0][:120]}); without internet, put "
+                    f"{cls.base_folder} under --data.data_dir"
+                ) from None
+
+    @override
+    def load(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Reads both splits (downloading them first when absent and download is on).
+
+        Raises:
+            DataNotFoundError: the folder holds no valid batches and download is off or failed.
+        """
+        if not self.present():
+            if not self.download:
+                raise DataNotFoundError(
+                    f"no {self.dataset_cls.__name__} batches under {self.folder}; pass "
+                    "--data.data_dir to the folder that holds them, or let faeval fetch them "
+                    "(--data.download true, the default)"
+                )
+            self.prepare_data()
+        reader = _present_files_only(self.dataset_cls)
         splits = {}
         for split, train in (("train", True), ("test", False)):
-            try:
-                ds = reader(self.data_dir, train=train, download=self.download)
-            except RuntimeError as err:
-                raise DataNotFoundError(
-                    f"no valid {self.dataset_cls.__name__} batches under {folder}; pass "
-                    "--data.download true to fetch them, or --data.data_dir to point at the "
-                    "folder that holds them"
-                ) from err
+            ds = reader(self.data_dir, train=train, download=False)
             # (N, 32, 32, 3) -> (N, 3, 32, 32)
             x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
             splits[split] = (x, torch.as_tensor(ds.targets, dtype=torch.long))

@@ -40,10 +40,11 @@ def test_block_is_conv_batchnorm_relu():
     torch.testing.assert_close(cnn.blocks[0](h), expected)
 
 
-def test_inputs_that_do_not_halve_often_enough_are_refused():
-    with pytest.raises(ValueError, match=r"divisible by 16.*downsample false"):
-        SmallCNN((3, 24, 24), 10, num_blocks=3)
-    with pytest.raises(ValueError, match=r"\(channels, height, width\)"):
+def test_odd_sides_round_up_so_fashion_mnist_fits_the_defaults():
+    cnn = SmallCNN((1, 28, 28), 10)
+    assert [s[1:] for s in cnn.state_shapes()] == [(14, 14), (7, 7), (4, 4), (2, 2), (1, 1)]
+    assert [s[1:] for s in SmallCNN((3, 32, 32), 10).state_shapes()][-1] == (1, 1)
+    with pytest.raises(ValueError, match=r"image inputs.*--model.backbone ResMLP"):
         SmallCNN((64,), 10)
 
 

@@ -62,8 +62,8 @@ def test_the_embedding_is_patches_plus_positions():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"input_shape": (3, 30, 30)}, "divisible by patch_size=4"),
-        ({"input_shape": (64,)}, "channels, height, width"),
+        ({"input_shape": (3, 30, 30)}, "4×4, which does not divide.*patch_size"),
+        ({"input_shape": (64,)}, "image inputs.*--model.backbone ResMLP"),
         ({"num_heads": 3}, "num_heads dividing d_model"),
     ],
 )

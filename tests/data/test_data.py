@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision import datasets
 
 from faeval.data import CIFAR10, CIFAR100, FashionMNIST, SyntheticLadder, TensorBatches
 from faeval.data.fashion_mnist import read_idx
@@ -31,9 +32,35 @@ def test_cifar100_reads_fine_labels(tmp_path):
     assert dm.num_classes == 100 and int(dm.splits["train"][1].max()) < 100
 
 
-def test_missing_cifar_names_the_folder_and_the_flag(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*--data.download true"):
-        CIFAR10(data_dir=str(tmp_path)).setup()
+def test_missing_cifar_without_download_names_the_folder_and_the_way_out(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py; pass --data.data_dir"):
+        CIFAR10(data_dir=str(tmp_path), download=False).setup()
+
+
+def test_absent_cifar_is_downloaded_once_then_read(tmp_path, fake_downloader):
+    dm = CIFAR10(data_dir=str(tmp_path / "data"), probe_size=10)
+    dm.prepare_data()
+    dm.setup()
+    assert fake_downloader == [datasets.CIFAR10.url]
+    assert dm.splits["train"][0].shape == (100, 3, 32, 32)
+    CIFAR10(data_dir=str(tmp_path / "data")).prepare_data()  # present now: no second fetch
+    assert len(fake_downloader) == 1
+
+
+def test_download_false_never_downloads(tmp_path, fake_downloader):
+    dm = CIFAR10(data_dir=str(tmp_path), download=False)
+    dm.prepare_data()
+    with pytest.raises(FileNotFoundError, match="no CIFAR10 batches"):
+        dm.setup()
+    assert fake_downloader == []
+
+
+def test_an_offline_download_says_what_to_do(tmp_path):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"could not download CIFAR100 .*put cifar-100-python under --data.data_dir",
+    ):
+        CIFAR100(data_dir=str(tmp_path)).setup()
 
 
 def test_missing_fashion_mnist_names_the_package_and_the_option(tmp_path):

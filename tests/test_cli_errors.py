@@ -1,0 +1,202 @@
+"""A user's mistake gets one or two lines: the bad value, what is accepted, the way out.
+
+Exit code 2, at most three lines on stderr, no traceback and no usage dump, for every kind of
+mistake a newcomer makes; a bug in faeval still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from faeval.cli import main
+from tests.helpers import TINY_RUN
+
+LADDER = ["--data", "SyntheticLadder", "--data.n_train", "64", "--data.n_test", "32"]
+
+#: What the user typed and what the message must say (a regular expression).
+MISTAKES = [
+    pytest.param(
+        ["fit", "--model", "dfa"],
+        r"--model dfa: no such class; did you mean DFA\?",
+        id="method, wrong case",
+    ),
+    pytest.param(
+        ["fit", "--model", "Nope", *LADDER],
+        r"--model Nope.*takes one of: BP,",
+        id="method, unknown",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", "--data", "CIFAR"],
+        r"--data CIFAR.*did you mean CIFAR10",
+        id="data, unknown",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--model.backbone", "ResMlp"],
+        r"--model.backbone ResMlp.*did you mean ResMLP",
+        id="backbone, unknown",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--model.backbone.d_hiden", "8"],
+        r"--model.backbone.d_hiden is not an option of ResMLP; "
+        r"did you mean --model.backbone.d_hidden\?",
+        id="option of a backbone, typo",
+    ),
+    pytest.param(
+        ["fit", "--model", "EP", *LADDER, "--model.stpes", "3"],
+        r"--model.stpes is not an option of EP; did you mean --model.steps\?",
+        id="option of a method, typo",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--floorstop", "true"],
+        r"--floorstop is not an option; did you mean --floor_stop\?",
+        id="option, unknown",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", "--data.batch_size", "3"],
+        r"--data.batch_size was given without --data",
+        id="option of a class not chosen",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--trainer.max_epochs", "abc"],
+        r"--trainer.max_epochs abc: expected int",
+        id="value of the wrong type",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--model.optimizer.lr", "x"],
+        r"--model.optimizer.lr x: expected float",
+        id="value of a nested option",
+    ),
+    pytest.param(
+        ["fit", "--model", "EP", *LADDER, "--model.credit", "err"],
+        r"--model.credit err: expected Literal\['error', 'displacement'\]",
+        id="value out of a list",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--model.backbone.d_hidden", "0"],
+        r"ResMLP needs d_hidden >= 1",
+        id="value out of range",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--data.batch_size", "0"],
+        r"batch_size must be a positive integer, got 0",
+        id="batch size zero",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", "--data", "FashionMNIST", "--data.probe_size", "99999"],
+        r"probe_size=99999 exceeds the 10000 test samples",
+        id="probe larger than the test split",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--trainer.accelerator", "gpux"],
+        r"--trainer: You selected an invalid accelerator name: `accelerator='gpux'`",
+        id="trainer value",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA"],
+        r"--data is required\n  --data takes one of",
+        id="missing data",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", "--data", "FashionMNIST", "--data.data_dir", "nowhere"],
+        r"no Fashion-MNIST file .* under nowhere; install Debian's package",
+        id="missing data folder",
+    ),
+    pytest.param(
+        [
+            "fit",
+            "--model",
+            "DFA",
+            "--data",
+            "CIFAR10",
+            "--data.data_dir",
+            "nowhere",
+            "--data.download",
+            "false",
+        ],
+        r"no CIFAR10 batches under nowhere/cifar-10-batches-py",
+        id="missing CIFAR, no download",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", "--data", "CIFAR10", "--data.data_dir", "nowhere"],
+        r"could not download CIFAR10 .* put cifar-10-batches-py under --data.data_dir",
+        id="offline CIFAR",
+    ),
+    pytest.param(
+        ["fit", "--config", "nope.yaml"],
+        r"File does not exist: .*nope.yaml",
+        id="missing config file",
+    ),
+    pytest.param(
+        ["fitt"],
+        r"unknown command 'fitt'; did you mean fit\?",
+        id="unknown command",
+    ),
+    pytest.param(
+        [],
+        r"choose a command: fit, validate, test, audit",
+        id="no command",
+    ),
+    pytest.param(
+        ["audit", "nowhere"],
+        r"no checkpoint or run directory at nowhere",
+        id="audit of nothing",
+    ),
+    pytest.param(
+        ["audit"],
+        r"faeval audit needs a trained run: faeval audit RUN_FOLDER",
+        id="audit without a run",
+    ),
+    pytest.param(
+        ["test"],
+        r"faeval test needs a trained run",
+        id="test without a run",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--run_name", "{nope}"],
+        r"--run_name '\{nope\}' cannot be filled",
+        id="run name with an unknown field",
+    ),
+]
+
+
+@pytest.mark.parametrize("args, expected", MISTAKES)
+def test_each_mistake_is_one_or_two_lines_with_exit_code_2(
+    args, expected, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_.value.code == 2, err
+    assert 1 <= len(lines) <= 3, err
+    assert lines[0].startswith("faeval: error: "), err
+    assert "Traceback" not in err and "usage:" not in err
+    assert re.search(expected, err, re.DOTALL), err
+    if args[:1] == ["fit"]:  # a run that failed before its first row leaves no folder behind
+        assert not list(Path(tmp_path).glob("lightning_logs/*/*/*"))
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "x.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as exit_:
+        main(["audit", str(bad)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{bad} is not a torch checkpoint" in err
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only a user's mistake is shortened: a bug in faeval must show where it is."""
+
+    def broken(self, trace, y):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("faeval.methods.dfa.DFA.credits", broken)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        main(["fit", "--model", "DFA", *TINY_RUN, "--trainer.max_epochs", "1",
+              "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
