@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -30,10 +31,14 @@ from faeval.callbacks import Diagnostics, FloorStopping, LineProgress
 from faeval.cli_help import arrange_groups, parser_kwargs, summarize_commands
 from faeval.cli_messages import short_message
 from faeval.data import InMemoryDataModule
+from faeval.data.contract import input_shape_of, num_classes_of
 from faeval.errors import ConfigError, DataNotFoundError, user_error
+from faeval.hparams import CLASS_PATH, class_config
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
+from faeval.resume import check_resume_options, checkpointing
+from faeval.runlog import RunLog
 from faeval.runs import (
     DEFAULT_RUN_NAME,
     LOGS,
@@ -43,27 +48,60 @@ from faeval.runs import (
     release_unused,
     run_name,
 )
-from faeval.stacked.cli import StackedFit, add_stack_arguments, check_lone_run
+from faeval.stacked.cli import (
+    StackedFit,
+    add_stack_arguments,
+    check_lone_run,
+    check_stack_resume,
+)
 from faeval.trainer import FaevalTrainer
 
 
-def run_arguments(path: str) -> list[str]:
-    """``--config`` and ``--ckpt_path`` for ``faeval audit|test|validate PATH`` (a run folder
+def run_arguments(path: str, given: list[str] | None = None) -> list[str]:
+    """The arguments that rebuild a run for ``faeval audit|test|validate PATH`` (a run folder
     or a checkpoint).
 
+    A run of ``faeval fit`` left its ``config.yaml``. A run trained from Python left none:
+    its checkpoint records the method, and faeval's data modules record themselves
+    (``faeval.hparams``); another data module is given as ``--data`` after PATH.
+
+    Args:
+        path: the run directory or checkpoint.
+        given: the options that follow PATH on the command line.
+
     Raises:
-        FileNotFoundError: no checkpoint there, or no ``config.yaml`` in its run directory.
-        ValueError: the file is not a readable faeval checkpoint.
+        FileNotFoundError: no checkpoint there, or a run without config.yaml whose data is
+            neither recorded nor given.
+        ValueError: the file is not a readable faeval checkpoint, or its network was passed
+            to the method built (it is not recorded as a class).
     """
-    ckpt = find_checkpoint(path)
-    load_checkpoint(ckpt)  # a clear error for a corrupt or foreign file, before parsing
-    config = run_dir_of(ckpt) / "config.yaml"
-    if not config.is_file():
-        raise DataNotFoundError(
-            f"no config.yaml in {config.parent}, the run directory of {ckpt}; pass the run's "
-            "config yourself: faeval audit --config RUN/config.yaml --ckpt_path CKPT"
+    ckpt_file = find_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_file)  # a clear error for a corrupt or foreign file
+    run_dir = run_dir_of(ckpt_file)
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        return ["--config", str(config), "--ckpt_path", str(ckpt_file)]
+    model = ckpt["hyper_parameters"]
+    if "backbone" not in model:
+        raise ConfigError(
+            f"{ckpt_file} holds a method whose network was passed in built (a Wrapped model); "
+            "audit it from Python with faeval.protocol.audit_model, or make the network a "
+            "class (docs/extending.md) so that its checkpoint records how to build it"
         )
-    return ["--config", str(config), "--ckpt_path", str(ckpt)]
+    # The input shape and class count come from the data, as in `faeval fit`.
+    args = ["--model", json.dumps(class_config(model, skip={"input_shape", "num_classes"}))]
+    data = ckpt.get("datamodule_hyper_parameters") or {}
+    if CLASS_PATH in data:
+        args += ["--data", json.dumps(class_config(data))]
+    elif not any(str(a).startswith("--data") for a in given or []):
+        raise DataNotFoundError(
+            f"no config.yaml in {run_dir} and {ckpt_file} does not record its data module; "
+            "give it after the path: faeval audit PATH --data mypkg.MyData [--data.* options]"
+        )
+    seed = next((r.get("seed") for r in RunLog(run_dir).rows() if r.get("seed") is not None), None)
+    if seed is not None:
+        args += ["--seed_everything", str(seed)]
+    return [*args, "--ckpt_path", str(ckpt_file)]
 
 
 def _subclasses(module, base: type) -> list[str]:
@@ -73,6 +111,7 @@ def _subclasses(module, base: type) -> list[str]:
         if isinstance(cls := getattr(module, name), type)
         and issubclass(cls, base)
         and not inspect.isabstract(cls)
+        and cls is not faeval.backbones.Wrapped  # built from Python or subclassed, not by name
     )
 
 
@@ -141,9 +180,16 @@ class FaevalCLI(LightningCLI):
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         summarize_commands(self.parser)
 
+    _raw_args: list[str] | None = None  # the arguments as given (parse_arguments)
+
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(Diagnostics, "diagnostics")
+        # As add_lightning_class_args(Diagnostics, "diagnostics"), less the Python-only
+        # probe=(x, y) argument (tensors have no command-line form).
+        parser.callback_keys.append("diagnostics")
+        parser.add_class_arguments(
+            Diagnostics, "diagnostics", fail_untyped=False, sub_configs=True, skip={"probe"}
+        )
         parser.add_argument(
             "--floor_stop",
             type=bool,
@@ -160,12 +206,22 @@ class FaevalCLI(LightningCLI):
                 "-run2, -run3… when taken; a name you give is refused when it holds a run."
             ),
         )
+        # Resumable runs (faeval/resume.py): checkpoints/last.ckpt at every epoch end and,
+        # with this option, every N steps too.
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=0,
+            help="Also save checkpoints/last.ckpt every N training steps (0: every epoch only).",
+        )
         add_stack_arguments(parser)  # --seeds, --stack.*: seeds stacked in one process (issue 13)
+        # The model is built for the data: any LightningDataModule (--data mypkg.MyData) gives
+        # its input shape and class count, or faeval reads them off its validation data.
         parser.link_arguments(
-            "data.input_shape", "model.init_args.input_shape", apply_on="instantiate"
+            "data", "model.init_args.input_shape", input_shape_of, apply_on="instantiate"
         )
         parser.link_arguments(
-            "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
+            "data", "model.init_args.num_classes", num_classes_of, apply_on="instantiate"
         )
 
     @staticmethod
@@ -190,8 +246,10 @@ class FaevalCLI(LightningCLI):
             and len(raw) > 1
             and not str(raw[1]).startswith("-")
         ):  # faeval audit|test|validate RUN_OR_CKPT: the run's own config and checkpoint
-            self.config = parser.parse_args([raw[0], *run_arguments(raw[1]), *raw[2:]])
+            args = run_arguments(raw[1], raw[2:])
+            self.config = parser.parse_args([raw[0], *args, *raw[2:]])
             return
+        self._raw_args = raw  # what was given, for the resume check in _parse_ckpt_path
         super().parse_arguments(parser, args)
 
     @override
@@ -199,7 +257,24 @@ class FaevalCLI(LightningCLI):
         # audit loads its checkpoint itself (weights-only, with clear errors); the model comes
         # from the run's config.yaml, and the checkpoint's class is checked against it.
         if self.config.get("subcommand") != "audit":
+            self._check_resume_options()  # before Lightning merges the checkpoint's options
             super()._parse_ckpt_path()
+
+    def _check_resume_options(self) -> None:
+        """Refuses model options given with ``--ckpt_path`` that contradict the checkpoint's
+        (Lightning would silently replace them by the checkpoint's hyperparameters).
+
+        Raises:
+            ResumeConflict: naming each contradicting option and the checkpoint's value.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file() and isinstance(self._raw_args, list):
+            given = self.parser.parse_args(self._raw_args, defaults=False)[subcommand]
+            if subcommand == "fit" and self.config[subcommand].get("seeds") is not None:
+                check_stack_resume(given.get("model"), ckpt_path)  # a stack's (issue 13)
+            else:
+                check_resume_options(given.get("model"), ckpt_path)
 
     @override
     def instantiate_classes(self) -> None:
@@ -216,6 +291,9 @@ class FaevalCLI(LightningCLI):
     @override
     def instantiate_trainer(self, **kwargs):
         default_logger = self._trainer_config().get("logger") in (None, True)
+        if self.subcommand == "fit":  # last.ckpt, written atomically (faeval/resume.py)
+            every = self._get(self.config_init, "checkpoint_every_n_steps", default=0)
+            kwargs.update(checkpointing(self._trainer_config(), every))
         claim_explicit = False
         if self.subcommand == "fit":
             run_dir = self._resumed_run_dir()
@@ -241,7 +319,9 @@ class FaevalCLI(LightningCLI):
         trainer_config = self._trainer_config()
         if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False:
             # A log file gets a few lines per epoch, not a bar redrawn on every batch.
-            kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), LineProgress()]
+            callbacks = kwargs.get("callbacks", trainer_config.get("callbacks")) or []
+            callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+            kwargs["callbacks"] = [*callbacks, LineProgress()]
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as err:  # a bad --trainer.* value
@@ -360,7 +440,7 @@ def run(args: list[str] | None = None) -> FaevalCLI:
     quiet_lightning_banners()
     return FaevalCLI(
         CreditMethod,
-        InMemoryDataModule,
+        LightningDataModule,  # faeval's data sets by name, anyone's by class path
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_class=FaevalParser,

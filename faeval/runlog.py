@@ -8,19 +8,25 @@ imports neither torch nor Lightning, so a log is read and judged without either.
 Files of a run folder:
     diagnostics.jsonl   one ``EpochRow`` per measured epoch (row 0 is the initialisation)
     protocol.jsonl      one ``ProtocolRow`` per pass of the protocol's heavier pieces
+
+A sweep (``tools/sweep.py``) keeps its runs in ``runs/<setting>/<method>/seed<S>/``;
+``load_sweep`` reads every row of every run in one call.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 
 if TYPE_CHECKING:
+    import pandas
+
     from faeval.diagnostics.layers import LayerFigures
 
 ROWS_FILE = "diagnostics.jsonl"
@@ -232,17 +238,48 @@ def protocol_scalars(row: ProtocolRow) -> dict[str, float]:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Appends one JSON row to a ``.jsonl`` file in a single write (creating the folder)."""
+    """Appends one JSON row to a ``.jsonl`` file in a single write (creating the folder).
+
+    A row is complete once its newline is written: a process killed in the middle of the
+    write leaves a last line without one, which ``read_rows`` ignores.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The JSON rows of a ``.jsonl`` file, in order ([] when absent)."""
+    """The complete JSON rows of a ``.jsonl`` file, in order ([] when absent).
+
+    A last line without its newline is a row torn by a kill while writing: left out.
+    """
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")[:-1]  # the part after the last newline is torn
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def keep_rows_through(path: Path, epoch: int) -> int:
+    """Rewrites a ``.jsonl`` file with only its complete rows of epochs <= ``epoch``.
+
+    For a run resumed from a checkpoint taken after epoch ``epoch``'s rows were written:
+    rows of later epochs (work the checkpoint does not hold, which the resumed run redoes)
+    and a torn last line go, so every epoch keeps one row. The file is replaced atomically.
+
+    Returns:
+        the number of rows dropped (a torn line counts as one).
+    """
+    if not path.is_file():
+        return 0
+    text = path.read_text()
+    rows = read_rows(path)
+    kept = [r for r in rows if r["epoch"] <= epoch]
+    dropped = len(rows) - len(kept) + (not text.endswith("\n") and bool(text))
+    if dropped:
+        temp = path.with_name(f".{path.name}.tmp")
+        temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(temp, path)
+    return dropped
 
 
 @dataclass(frozen=True)
@@ -289,3 +326,141 @@ class RunLog:
 def is_depth_baseline(rows: Iterable[EpochRow]) -> bool:
     """Whether the rows are those of the depth baseline (FrozenBlocks) of diagnostic (d)."""
     return any(r.get("role") == DEPTH_BASELINE for r in rows)
+
+
+#: Backbone options that say its size, shown in a budget (in this order, where set).
+SIZE_OPTIONS = ("d_hidden", "d_model", "width", "num_blocks", "depth", "patch_size", "alpha")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run was given to train on, from its ``config.yaml`` and its last row.
+
+    Attributes:
+        data: the data module's class name (``+ random targets`` for the control).
+        backbone: the backbone's class name with its size options, e.g.
+            ``ResMLP d_hidden=256 num_blocks=4``.
+        epochs: epochs completed (the last row's epoch).
+        batches_per_epoch: optimizer steps per epoch, None before the first epoch.
+    """
+
+    data: str
+    backbone: str
+    epochs: int
+    batches_per_epoch: int | None
+
+
+def run_budget(run_dir: str | Path) -> Budget:
+    """The budget of a run folder (``unknown`` data and backbone without a config.yaml)."""
+    import yaml  # jsonargparse's dependency; only budgets read configs
+
+    config_file = Path(run_dir) / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    data = (config or {}).get("data") or {}
+    model = ((config or {}).get("model") or {}).get("init_args") or {}
+    data_name = str(data.get("class_path", "unknown")).rsplit(".", 1)[-1]
+    if (data.get("init_args") or {}).get("random_targets"):
+        data_name += " + random targets"
+    last = RunLog(Path(run_dir)).last_row() or {}
+    epochs = int(last.get("epoch") or 0)
+    step = last.get("step")
+    batches = step // epochs if epochs and isinstance(step, int) else None
+    return Budget(data_name, describe_backbone(model.get("backbone")), epochs, batches)
+
+
+def describe_backbone(config: Any) -> str:
+    """``ResMLP d_hidden=256 num_blocks=4`` from a backbone's class-path config."""
+    if not isinstance(config, dict) or "class_path" not in config:
+        return "unknown" if config is None else str(config)
+    args = config.get("init_args") or {}
+    words = [str(config["class_path"]).rsplit(".", 1)[-1]]
+    words += [f"{k}={args[k]}" for k in SIZE_OPTIONS if k in args]
+    words += [f"{k}=false" for k in ("residual_add", "terminal_ln") if args.get(k) is False]
+    return " ".join(words)
+
+
+#: The folder of a sweep that holds its runs, ``<setting>/<method>/seed<S>/`` below it.
+SWEEP_RUNS = "runs"
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run folder of a sweep.
+
+    Attributes:
+        setting: the sweep's setting.
+        method: the method as the sweep named it (a short name or a class path).
+        seed: the run's seed.
+        dir: the run folder.
+    """
+
+    setting: str
+    method: str
+    seed: int
+    dir: Path
+
+
+def sweep_runs(sweep_dir: str | Path) -> list[SweepRun]:
+    """Every run folder of a sweep, by setting, method and seed.
+
+    Raises:
+        FileNotFoundError: no ``runs/`` folder in ``sweep_dir``.
+    """
+    root = Path(sweep_dir) / SWEEP_RUNS
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"no {SWEEP_RUNS}/ folder in {sweep_dir}; pass the --out folder of tools/sweep.py"
+        )
+    found = []
+    for d in root.glob("*/*/seed*"):
+        seed = d.name.removeprefix("seed")
+        if d.is_dir() and seed.lstrip("-").isdigit():
+            found.append(SweepRun(d.parent.parent.name, d.parent.name, int(seed), d))
+    return sorted(found, key=lambda r: (r.setting, r.method, r.seed))
+
+
+@overload
+def load_sweep(sweep_dir: str | Path, as_frame: Literal[False] = False) -> list[dict[str, Any]]: ...
+
+
+@overload
+def load_sweep(sweep_dir: str | Path, as_frame: Literal[True]) -> pandas.DataFrame: ...
+
+
+def load_sweep(
+    sweep_dir: str | Path, as_frame: bool = False
+) -> list[dict[str, Any]] | pandas.DataFrame:
+    """Every epoch row of every run of a sweep, in one call: one record per run and epoch.
+
+    Each record is the run's ``diagnostics.jsonl`` row as written (``epoch``, ``method``
+    (the class name), ``seed``, ``test/acc``, per-layer ``h_norm``, ``g_norm``, ``cos``
+    lists, …), with ``setting`` and ``run_dir`` added, and ``method`` and ``seed`` taken
+    from the folder where the row lacks them. Records come by setting, run folder, seed and
+    epoch. Unfinished and failed runs contribute the rows they wrote.
+
+    Args:
+        sweep_dir: the sweep's folder (``tools/sweep.py --out``).
+        as_frame: return a pandas ``DataFrame`` (one row per record; per-layer figures stay
+            lists) instead of plain records; needs pandas (``pip install pandas``).
+
+    Raises:
+        FileNotFoundError: ``sweep_dir`` has no ``runs/`` folder.
+        ImportError: ``as_frame`` without pandas installed.
+    """
+    records = []
+    for run in sweep_runs(sweep_dir):
+        for row in RunLog(run.dir).rows():
+            record = {"setting": run.setting, "method": run.method, "seed": run.seed}
+            record.update(row)
+            record["run_dir"] = str(run.dir)
+            records.append(record)
+    if not as_frame:
+        return records
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError(
+            "load_sweep(..., as_frame=True) needs pandas: pip install pandas (or "
+            "faeval[pandas]); without it, load_sweep returns plain records"
+        ) from None
+    return pandas.DataFrame.from_records(records)

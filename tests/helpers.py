@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,10 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningDataModule, Trainer
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from faeval.backbones import LayeredBackbone
+from faeval.backbones import LayeredBackbone, Wrapped
+from faeval.resume import AtomicCheckpointIO
 
 #: Command-line flags for a quiet run: no progress bar, summary or per-epoch table.
 QUIET = [
@@ -54,6 +59,108 @@ class LinearNet(LayeredBackbone):
 
     def readout(self, h: Tensor) -> Tensor:
         return self.head(h)
+
+
+class PlainResNet(nn.Module):
+    """A residual network written without faeval in mind, as a researcher's own model is.
+
+    h = stem(x); each block adds its branch to h (``skip_inside``: the block adds it
+    itself, as torchvision's blocks do); logits = head(norm(h)).
+    """
+
+    def __init__(
+        self, input_dim=12, num_classes=4, width=16, depth=3, skip_inside: bool = False
+    ) -> None:
+        super().__init__()
+        self.skip_inside = skip_inside
+        self.stem = nn.Linear(input_dim, width)
+        self.layers = nn.ModuleList(
+            (SkipBlock if skip_inside else Branch)(width) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        for layer in self.layers:
+            h = layer(h) if self.skip_inside else h + layer(h)
+        return self.head(self.norm(h))
+
+
+class Branch(nn.Sequential):
+    """A pre-LN residual branch, LN -> Linear -> tanh -> Linear."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(
+            nn.LayerNorm(width), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width)
+        )
+
+
+class SkipBlock(nn.Module):
+    """A block that adds its own skip connection: h + branch(h)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.branch = Branch(width)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.branch(h)
+
+
+def wrap_plain_resnet(input_shape, num_classes, skip_inside: bool = False) -> Wrapped:
+    """A ``PlainResNet`` in the layered interface (a backbone factory for the methods)."""
+    net = PlainResNet(input_shape[0], num_classes, skip_inside=skip_inside)
+    return Wrapped(
+        net.stem, net.layers, [net.norm, net.head], input_shape, residual_add=not skip_inside
+    )
+
+
+class Blobs(LightningDataModule):
+    """A researcher's own data module, written without faeval in mind: Gaussian blobs in
+    ``DataLoader``s, inputs scaled by ``scale`` after transfer (as a normalising hook does).
+
+    Args:
+        declare: set ``num_classes`` (else only the validation set's ``classes`` tell it).
+        classes_attr: give the validation set (inside a ``Subset``) a ``classes`` list.
+    """
+
+    def __init__(
+        self,
+        n: int = 192,
+        dim: int = 6,
+        classes: int = 3,
+        batch_size: int = 32,
+        scale: float = 2.0,
+        declare: bool = True,
+        classes_attr: bool = False,
+    ) -> None:
+        super().__init__()
+        self.n, self.dim, self.classes, self.batch_size = n, dim, classes, batch_size
+        self.scale, self.classes_attr = scale, classes_attr
+        if declare:
+            self.num_classes = classes
+
+    def setup(self, stage: str | None = None) -> None:
+        gen = torch.Generator().manual_seed(0)
+        centres = 3 * torch.randn(self.classes, self.dim, generator=gen)
+        y = torch.randint(self.classes, (self.n,), generator=gen)
+        x = centres[y] + torch.randn(self.n, self.dim, generator=gen)
+        half = self.n // 2
+        self.train_set = TensorDataset(x[:half], y[:half])
+        val = TensorDataset(x[half:], y[half:])
+        if self.classes_attr:
+            val.classes = [f"blob{i}" for i in range(self.classes)]
+        self.val_set = Subset(val, range(len(val)))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=40)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        return x * self.scale, y
 
 
 def reference_states(backbone: LayeredBackbone, x: Tensor) -> tuple[list[Tensor], Tensor]:
@@ -152,3 +259,76 @@ def tensorboard_server(logdir: Path) -> Iterator[Callable[..., object]]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def subprocess_env() -> dict[str, str]:
+    """For ``python -m faeval`` in a subprocess: one thread like the tests' own process (for
+    bit-exact comparisons), this checkout's faeval and tests first on the path."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+class KillAt(Callback):
+    """Kills its own process with SIGKILL after training step ``step`` (a crash, mid-epoch).
+
+    Callbacks run before the checkpoint callback, so the step's own checkpoint is not saved.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillWhileWriting(AtomicCheckpointIO):
+    """Writes half of its ``save``-th checkpoint, then kills its process with SIGKILL."""
+
+    def __init__(self, save: int) -> None:
+        super().__init__()
+        self.save, self.saves = save, 0
+
+    def _write(self, checkpoint, fh) -> None:
+        self.saves += 1
+        if self.saves < self.save:
+            return super()._write(checkpoint, fh)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        fh.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        fh.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Throttle(Callback):
+    """Sleeps after every training step: a slow run to interrupt from outside."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)
+
+
+class SlowWrites(AtomicCheckpointIO):
+    """Sleeps before every checkpoint it writes: with a checkpoint every step, a slow run to
+    interrupt from outside (a plugin, which a stack of seeds accepts, unlike a callback)."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def _write(self, checkpoint, fh) -> None:
+        time.sleep(self.seconds)
+        super()._write(checkpoint, fh)
+
+
+class RankStates(Callback):
+    """Saves every rank's final model state to ``folder/rank<R>.pt`` (DDP tests)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        torch.save(pl_module.state_dict(), f"{self.folder}/rank{trainer.global_rank}.pt")

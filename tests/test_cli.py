@@ -12,9 +12,9 @@ import yaml
 
 from faeval.backbones import ResMLP
 from faeval.callbacks import FloorStopping
-from faeval.cli import known_names, run
+from faeval.cli import known_names, main, run
 from faeval.runlog import DEPTH_BASELINE
-from tests.helpers import TINY_RUN
+from tests.helpers import QUIET, TINY_RUN
 
 TINY = TINY_RUN
 METHODS = known_names()["model"]
@@ -273,3 +273,20 @@ def test_every_shipped_config_runs_with_a_tiny_budget(tmp_path, fake_cifar, conf
     cli = run(["fit", "--config", str(config), *extra, *budget])
     assert cli.trainer.global_step == 2
     assert len(rows(cli)) == 2
+
+
+def test_anyones_data_module_by_class_path_or_one_line_saying_what_it_lacks(tmp_path, capsys):
+    cli = run(["fit", "--model", "DFA", "--data", "tests.helpers.Blobs", "--data.dim", "5",
+               "--model.backbone.d_hidden", "8", "--model.backbone.num_blocks", "2", *QUIET,
+               "--trainer.max_epochs", "1",
+               "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert cli.model.backbone.input_shape == (5,)  # read off a validation batch
+    assert cli.model.backbone.num_classes == 3 and len(rows(cli)) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model", "DFA", "--data", "tests.helpers.Blobs", "--data.declare", "false"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "faeval: error: Blobs does not say how many classes it has: set self.num_classes in "
+        "its __init__ (faeval builds the network's head from it)"
+    )

@@ -38,7 +38,8 @@ def test_the_verdicts_and_the_run_log_import_without_torch():
     """A report judges a sweep from its logs alone; it must not pay for torch."""
     code = (
         "import sys, faeval.runlog, faeval.protocol.verdicts, faeval.protocol.render, "
-        "faeval.protocol.settings; from faeval.protocol import judge_run, Thresholds; "
+        "faeval.protocol.settings, faeval.protocol.intervals; "
+        "from faeval.protocol import judge_run, judge_seeds, paired_interval, Thresholds; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -50,3 +51,36 @@ def test_the_protocol_package_exports_what_it_lists():
 
     for name in faeval.protocol.__all__:
         assert getattr(faeval.protocol, name) is not None, name
+
+
+def test_type_hints_ship_with_the_package():
+    """PEP 561: ``py.typed`` in the package and in its package data, so wheels carry it."""
+    import configparser
+    from pathlib import Path
+
+    root = Path(faeval.__file__).parent
+    assert (root / "py.typed").is_file()
+    cfg = configparser.ConfigParser()
+    cfg.read(root.parent / "setup.cfg")
+    assert "py.typed" in cfg["options.package_data"]["faeval"].split()
+
+
+def test_every_cited_docs_page_exists_and_nothing_cites_a_missing_design_document():
+    """The README, the package, the tools, the configs and the tests cite docs/ by real paths."""
+    import re
+    from pathlib import Path
+
+    root = Path(faeval.__file__).parent.parent
+    files = [root / "README.md", root / "pyproject.toml", *root.glob("docs/*.md")]
+    for folder in ("faeval", "tools", "tests", "configs"):
+        files += [p for p in (root / folder).rglob("*") if p.suffix in (".py", ".yaml", ".md")]
+    cited = set()
+    for path in files:
+        text = path.read_text()
+        assert "DESIGN" + ".md" not in text, path  # (spelled apart: this file is read too)
+        cited |= set(re.findall(r"docs/[\w.-]+\.md", text))
+        if path.parent.name == "docs":  # links between the pages
+            cited |= {f"docs/{name}" for name in re.findall(r"\]\(([\w.-]+\.md)", text)}
+    assert {"docs/notation.md", "docs/protocol.md", "docs/methods.md"} <= cited
+    missing = sorted(c for c in cited if not (root / c).is_file())
+    assert not missing

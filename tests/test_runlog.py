@@ -1,8 +1,11 @@
-"""The run log: one rule for deep means, rows written and read back, the logger's view."""
+"""The run log: one rule for deep means, rows written and read back, the logger's view, a
+sweep's rows in one call."""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 
 import pytest
 
@@ -10,6 +13,7 @@ from faeval.runlog import (
     RunLog,
     deep_mean,
     epoch_scalars,
+    load_sweep,
     mean_measured,
     mean_std,
     protocol_scalars,
@@ -60,3 +64,57 @@ def test_the_loggers_view_turns_unmeasured_into_nan():
     assert math.isnan(out["protocol/rho_deep"])  # one deep layer unmeasured
     assert out["protocol/rho_negative_deep"] == pytest.approx(0.2)
     assert out["protocol/seconds"] == 1.5 and "protocol/cos_deep" not in out
+
+
+RUNS = [("d256", "DFA", 0, 3), ("d256", "DFA", 1, 2), ("d256", "mypkg.Mine", 0, 1),
+        ("d512", "BP", 2, 2)]  # fmt: skip
+
+
+def write_sweep(root) -> None:
+    """A sweep folder as tools/sweep.py lays it out, its rows written by RunLog."""
+    for setting, method, seed, epochs in RUNS:
+        log = RunLog(root / "runs" / setting / method / f"seed{seed}")
+        for e in range(epochs):
+            log.append({"epoch": e, "method": method.rsplit(".", 1)[-1], "seed": seed,
+                        "g_L": 10.0**-e, "cos": [0.5, None]})  # fmt: skip
+    (root / "runs" / "d256" / "DFA" / "notes").mkdir()  # not a run folder
+
+
+def test_load_sweep_returns_exactly_the_rows_of_the_run_files(tmp_path):
+    write_sweep(tmp_path)
+    records = load_sweep(tmp_path)
+    # Independently: every line of every diagnostics.jsonl under runs/, parsed here.
+    expected = {}
+    for path in (tmp_path / "runs").glob("*/*/seed*/diagnostics.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            expected[(path.parts[-4], str(path.parent), row["epoch"])] = row
+    assert len(records) == len(expected) == 8
+    for record in records:
+        key = (record["setting"], record["run_dir"], record["epoch"])
+        assert {k: v for k, v in record.items() if k not in ("setting", "run_dir")} == expected[key]
+    assert [(r["setting"], r["seed"], r["epoch"]) for r in records[:3]] == [
+        ("d256", 0, 0), ("d256", 0, 1), ("d256", 0, 2)
+    ]  # fmt: skip
+    mine = [r for r in records if "mypkg.Mine" in r["run_dir"]]
+    assert [r["method"] for r in mine] == ["Mine"]  # the row's own (class) name
+
+
+def test_load_sweep_as_a_frame_holds_the_same_records(tmp_path):
+    write_sweep(tmp_path)
+    frame = load_sweep(tmp_path, as_frame=True)
+    assert list(frame.columns[:3]) == ["setting", "method", "seed"] and len(frame) == 8
+    assert frame.to_dict("records") == load_sweep(tmp_path)
+    assert frame.groupby("setting")["epoch"].count().to_dict() == {"d256": 6, "d512": 2}
+
+
+def test_load_sweep_without_pandas_still_gives_records_and_says_how_to_get_a_frame(
+    tmp_path, monkeypatch
+):
+    write_sweep(tmp_path)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
+    assert len(load_sweep(tmp_path)) == 8
+    with pytest.raises(ImportError, match="needs pandas: pip install pandas"):
+        load_sweep(tmp_path, as_frame=True)
+    with pytest.raises(FileNotFoundError, match="no runs/ folder"):
+        load_sweep(tmp_path / "runs")

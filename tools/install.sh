@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Usage: bash tools/install.sh
-# Installs faeval (editable, with test tools) and the offline Fashion-MNIST files from
-# Debian's package dataset-fashion-mnist. Needs root for apt-get (or the files already there).
+# Installs faeval (editable, with test tools and submitit for Slurm sweeps) and the offline
+# Fashion-MNIST files from Debian's package dataset-fashion-mnist. Needs root for apt-get (or
+# the files already there). The Slurm cluster the sweep tests use: bash tools/slurm_cluster.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
@@ -9,4 +10,4 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
-python -m pip install -q --disable-pip-version-check -e '.[test]'
+python -m pip install -q --disable-pip-version-check -e '.[test,slurm]'

@@ -3,19 +3,25 @@
 Usage:
     python tools/report.py sweeps/fmnist_reference
     python tools/report.py SWEEP_DIR [--out DIR] [--growth_threshold 50] [--grad_floor 1e-7]
-        [--stability_threshold 0.1] [--margin 0.02] [--null_sigmas 2]
+        [--stability_threshold 0.1] [--margin 0.02] [--null_sigmas 2] [--reference_epochs 100]
 
 Reads the runs that ``tools/sweep.py`` wrote (DIR/runs/<setting>/<method>/seed<S>/) and
 judges each from its logs alone (diagnostics.jsonl, protocol.jsonl): nothing is re-run.
 Writes, in --out (default: the sweep directory):
-    report.md    per setting: the verdict table (per method, each diagnostic PASS/FIRES/MIXED
-                 across seeds, with per-seed figures), the standard-pair table (accuracy
-                 mean ± std, Γ, margin over FrozenBlocks) and the plots
+    report.md    the budget of each setting (data set, backbone, epochs, batches per epoch,
+                 seeds), with a warning where it is shorter than the reference's; per setting
+                 the verdict table (per method, each diagnostic PASS/FIRES/MIXED across seeds,
+                 with per-seed figures and, for (d) and Mode 2, the 95% interval over seeds
+                 that decided it), how sure each of those verdicts is (why MIXED, and how many
+                 seeds would settle it), the standard-pair table (accuracy mean ± std, Γ,
+                 margin over FrozenBlocks) and the plots
     report.json  the same, per run and per method
-    <setting>_norms.png     ‖h_L‖ and ‖g_L‖ over epochs (log scale, one line per method,
-                            seeds as a band, the floor drawn)
-    <setting>_cosine.png    per-layer cos(a_l, g_l) at the last epoch
-    <setting>_accuracy.png  test accuracy per method and seed against FrozenBlocks
+    <setting>_norms.{png,pdf}     ‖h_L‖ and ‖g_L‖ over epochs (log scale, one line per
+                                  method, seeds as a band, the floor drawn)
+    <setting>_cosine.{png,pdf}    per-layer cos(a_l, g_l) at the last epoch, each method
+                                  with its null band (fresh feedback draws, mean ± k·std)
+    <setting>_accuracy.{png,pdf}  test accuracy per method and seed against FrozenBlocks
+Every figure's title states the budget; the PDFs are vector files for a paper.
 Prints the tables, and which planned runs are missing, failed or unfinished: an empty,
 partial or mixed sweep directory is reported as far as it goes.
 """
@@ -37,13 +43,36 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 from faeval.errors import FaevalError
-from faeval.protocol.render import verdict_table
-from faeval.protocol.settings import Thresholds
-from faeval.protocol.verdicts import DIAGNOSTICS, RunVerdict, judge_run, judge_seeds
-from faeval.runlog import DEPTH_BASELINE, RunLog, is_depth_baseline, mean_std
+from faeval.protocol.render import interval_text, verdict_table
+from faeval.protocol.settings import REFERENCE_EPOCHS, Thresholds
+from faeval.protocol.verdicts import (
+    DIAGNOSTICS,
+    INTERVAL_KEYS,
+    RunVerdict,
+    SeedVerdict,
+    judge_run,
+    judge_seeds,
+)
+from faeval.runlog import DEPTH_BASELINE, RunLog, is_depth_baseline, mean_std, run_budget
 
-DPI = 100
-SIZES = {"norms": (12.0, 4.5), "cosine": (7.0, 4.5), "accuracy": (7.0, 4.5)}  # inches
+DPI = 200
+#: Figure sizes in inches: a paper's text width is about 7 in, a column about 3.5 in, so the
+#: fonts below print at their own size.
+SIZES = {"norms": (7.2, 3.4), "cosine": (5.4, 3.8), "accuracy": (5.4, 3.8)}
+FORMATS = ("png", "pdf")
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 7.5,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "figure.titlesize": 9,
+    "pdf.fonttype": 42,  # TrueType in the PDF: text stays text, editable and searchable
+}
+MARKERS = "osD^vPX*"
+#: The budget warning's mark in a verdict cell.
+SHORT = " ⚠"
 
 
 def discover(sweep: Path) -> tuple[list[dict], list[dict]]:
@@ -109,6 +138,63 @@ def judge_setting(runs: list[dict], thresholds: Thresholds) -> list[tuple[dict, 
     ]
 
 
+def setting_budget(runs: list[dict]) -> dict:
+    """The budget of a setting's finished runs: data set, backbone, epochs, batches per
+    epoch and seeds (each a value, or a range where runs differ)."""
+    budgets = [run_budget(r["run_dir"]) for r in runs]
+
+    def spread(values) -> str:
+        vals = sorted({v for v in values if v is not None})
+        if not vals:
+            return "n/a"
+        return str(vals[0]) if len(vals) == 1 else f"{vals[0]}–{vals[-1]}"
+
+    return {
+        "data": " / ".join(sorted({b.data for b in budgets})),
+        "backbone": " / ".join(sorted({b.backbone for b in budgets})),
+        "epochs": spread(b.epochs for b in budgets),
+        "batches_per_epoch": spread(b.batches_per_epoch for b in budgets),
+        "seeds": sorted({r["seed"] for r in runs}),
+        "min_epochs": min((b.epochs for b in budgets), default=0),
+    }
+
+
+def budget_line(budget: dict, sep: str = " · ") -> str:
+    """The budget in one line (the setting's head), or two with ``sep="\\n"`` (a title)."""
+    seeds = ", ".join(str(s) for s in budget["seeds"])
+    return (
+        f"{budget['data']} · {budget['backbone']}{sep}{budget['epochs']} epochs × "
+        f"{budget['batches_per_epoch']} batches per epoch · seeds {seeds}"
+    )
+
+
+def budget_dependent(sv: SeedVerdict) -> bool:
+    """Whether a cross-seed verdict may change with a longer budget.
+
+    (a) and (b) that have not fired may still fire (growth builds up, ‖g_L‖ falls late: the
+    floor was crossed within 11 of the reference's 100 epochs); (a) that fired has fired
+    for good (it judges the largest growth seen). (d) and Mode 2 may move either way as the
+    method and its FrozenBlocks baseline train on.
+    """
+    if sv.status in ("N/A", "UNMEASURABLE") or sv.advisory:
+        return False
+    if sv.key in ("a", "b"):
+        return sv.status != "FIRES"
+    return True
+
+
+def budget_warning(budget: dict, reference_epochs: int) -> str | None:
+    """The warning for a budget shorter than the reference's, or None."""
+    if budget["min_epochs"] >= reference_epochs:
+        return None
+    return (
+        f"**Warning: short budget.** These runs trained {budget['epochs']} epochs, the "
+        f"reference results {reference_epochs} (the study's CIFAR-10 runs, on which the "
+        f"thresholds were set). Verdicts marked{SHORT} may change with the full budget: (a) "
+        "and (b) that have not fired may still fire, (d) and Mode 2 may move either way."
+    )
+
+
 def pm(ms: tuple[float, float] | None, scale: float = 1.0, fmt: str = "{:.4f}") -> str:
     if ms is None:
         return "n/a"
@@ -155,9 +241,9 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_norms(judged, floor: float, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=SIZES["norms"], dpi=DPI)
-    for ax, key, title in (
+def plot_norms(judged, floor: float, title: str, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=SIZES["norms"], layout="constrained")
+    for ax, key, name in (
         (axes[0], "h_L", "‖h_L‖ (mean per-sample L2)"),
         (axes[1], "g_L", "‖g_L‖ (true gradient at h_L)"),
     ):
@@ -170,8 +256,16 @@ def plot_norms(judged, floor: float, path: Path) -> None:
                 continue
             epochs = sorted(per_epoch)
             mid = [statistics.median(per_epoch[e]) for e in epochs]
-            color = f"C{i}"
-            ax.plot(epochs, mid, color=color, label=f"{method} (median of {len(runs)} seeds)")
+            color, baseline = f"C{i}", runs[0][1].role == DEPTH_BASELINE
+            ax.plot(
+                epochs,
+                mid,
+                color=color,
+                ls="--" if baseline else "-",
+                marker=MARKERS[i % len(MARKERS)],
+                ms=3,
+                label=f"{method} (median of {len(runs)} seeds)",
+            )
             ax.fill_between(
                 epochs,
                 [min(per_epoch[e]) for e in epochs],
@@ -180,45 +274,81 @@ def plot_norms(judged, floor: float, path: Path) -> None:
                 alpha=0.2,
             )
         if key == "g_L":
-            ax.axhline(floor, color="k", ls="--", lw=1, label=f"floor {floor:g} (b)")
+            ax.axhline(floor, color="k", ls=":", lw=1, label=f"floor {floor:g} (b)")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title)
-    save(fig, path)
+        ax.set_title(name)
+    save(fig, title, path)
 
 
-def plot_cosine(judged, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=SIZES["cosine"], dpi=DPI)
-    for i, (method, runs) in enumerate(group(judged).items()):
+def plot_cosine(judged, sigmas: float, title: str, path: Path) -> None:
+    """Per-layer cosine at the last epoch, each method beside its own null band.
+
+    FrozenBlocks is left out: its credit is BP's (cosine 1 everywhere) and would hide BP.
+    Methods sit side by side at each layer, so equal values stay visible.
+    """
+    fig, ax = plt.subplots(figsize=SIZES["cosine"], layout="constrained")
+    methods = [(m, runs) for m, runs in group(judged).items() if runs[0][1].role != DEPTH_BASELINE]
+    for i, (method, runs) in enumerate(methods):
+        color, marker = f"C{i}", MARKERS[i % len(MARKERS)]
+        offset = 0.08 * (i - (len(methods) - 1) / 2)
         last = [r["rows"][-1]["cos"] for r, _ in runs if r["rows"]]
+        band = null_band(runs)
+        if band is not None:
+            layers, mean, std, draws = band
+            xs = [layer + offset for layer in layers]
+            ax.fill_between(
+                xs,
+                [m - sigmas * s for m, s in zip(mean, std, strict=True)],
+                [m + sigmas * s for m, s in zip(mean, std, strict=True)],
+                color=color,
+                alpha=0.15,
+                lw=0,
+                label=f"{method} null band (mean ± {sigmas:g}·std, {draws} fresh draws)",
+            )
         if not last:
             continue
         layers = range(len(last[0]))
         stats = [mean_std([c[layer] for c in last if layer < len(c)]) for layer in layers]
         xs = [x for x, s in zip(layers, stats, strict=True) if s is not None]
         if not xs:
-            ax.plot([], [], color=f"C{i}", label=f"{method}: unmeasurable (floor)")
+            ax.plot([], [], color=color, marker=marker, label=f"{method}: unmeasurable (floor)")
             continue
         ax.errorbar(
-            xs,
+            [x + offset for x in xs],
             [stats[x][0] for x in xs],
             yerr=[stats[x][1] for x in xs],
-            color=f"C{i}",
-            marker="o",
-            capsize=3,
+            color=color,
+            marker=marker,
+            ms=4,
+            capsize=2,
             label=method,
         )
-    ax.axhline(0, color="k", lw=0.8)
+    ax.axhline(0, color="k", lw=0.6)
     ax.set_xlabel("layer l (0 = embedding)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("cos(a_l, g_l) at the last epoch")
-    ax.set_title("Per-layer credit cosine (mean ± std over seeds)")
-    save(fig, path)
+    ax.set_title("Per-layer credit cosine (mean ± std over seeds) and null bands")
+    save(fig, title, path)
 
 
-def plot_accuracy(judged, margin: float, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=SIZES["accuracy"], dpi=DPI)
+def null_band(runs) -> tuple[list[int], list[float], list[float], int] | None:
+    """Per-layer null band of a method's runs (last protocol row): layers, mean, std, draws
+    (each the mean over seeds); None when no run has one."""
+    bands = [
+        p["null"] for r, _ in runs if (p := RunLog(r["run_dir"]).last_protocol()) and p.get("null")
+    ]
+    if not bands:
+        return None
+    layers = list(range(min(len(b["null_mean"]) for b in bands)))
+    mean = [statistics.fmean(b["null_mean"][layer] for b in bands) for layer in layers]
+    std = [statistics.fmean(b["null_std"][layer] for b in bands) for layer in layers]
+    return layers, mean, std, bands[0]["draws"]
+
+
+def plot_accuracy(judged, margin: float, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=SIZES["accuracy"], layout="constrained")
     methods = list(group(judged))
     frozen = [
         rv.pair["acc"]
@@ -236,23 +366,46 @@ def plot_accuracy(judged, margin: float, path: Path) -> None:
             if rv.method == method and rv.pair["acc"] is not None
         ]
         if accs:
-            ax.scatter([i] * len(accs), [a for _, a in accs], color=f"C{i}", zorder=3)
+            ax.scatter(
+                [i] * len(accs),
+                [a for _, a in accs],
+                color=f"C{i}",
+                marker=MARKERS[i % 8],
+                zorder=3,
+            )
             ax.plot(
                 [i - 0.2, i + 0.2], [statistics.fmean(a for _, a in accs)] * 2, color=f"C{i}", lw=2
             )
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel("test accuracy")
     ax.set_title("Accuracy per seed against FrozenBlocks (d)")
-    save(fig, path)
+    save(fig, title, path)
 
 
-def save(fig, path: Path) -> None:
-    """Legends on every axis, tight layout, written at ``DPI``, closed."""
+def save(fig, title: str, path: Path) -> None:
+    """One legend below the axes (it never hides a curve), the budget as the figure's
+    title; written as PNG at ``DPI`` and as a vector PDF (``path`` without suffix), closed."""
+    entries: dict[str, object] = {}
     for ax in fig.axes:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(
+            list(entries.values()), list(entries), loc="outside lower center", ncol=2, frameon=False
+        )
+    fig.suptitle(title)
+    for fmt in FORMATS:
+        fig.savefig(path.with_suffix(f".{fmt}"), dpi=DPI)
     plt.close(fig)
+
+
+HOW_SURE = (
+    "(d) and Mode 2 are judged across seeds by a 95% Student-t interval of a per-seed "
+    "difference: the margin over the FrozenBlocks run of the same seed, and the deep "
+    "cosine's clearance over the top of its own run's null band (ρ against its random "
+    "control where there is no feedback draw). PASS: the interval lies above the threshold; "
+    "FIRES: below it; MIXED: it contains the threshold, so these seeds do not settle it."
+)
 
 
 def group(judged) -> dict[str, list]:
@@ -272,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     defaults = Thresholds()
     for name, value in defaults.as_dict().items():
         parser.add_argument(f"--{name}", type=float, default=value)
+    parser.add_argument(
+        "--reference_epochs",
+        type=int,
+        default=REFERENCE_EPOCHS,
+        help="epochs of the reference results; shorter budgets are reported with a warning",
+    )
     args = parser.parse_args(argv)
     if not args.sweep.is_dir():
         print(
@@ -287,16 +446,40 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or args.sweep
     out.mkdir(parents=True, exist_ok=True)
+    plt.rcParams.update(STYLE)
     runs, problems = discover(args.sweep)
+    finished = [r for r in runs if r["state"] == "ok"]
+    settings = sorted({r["setting"] for r in finished})
+    budgets = {s: setting_budget([r for r in finished if r["setting"] == s]) for s in settings}
     md = [
         f"# faeval sweep report: `{args.sweep}`",
         "",
         "Thresholds: " + ", ".join(f"`{k}={v:g}`" for k, v in thresholds.as_dict().items()),
         "",
     ]
+    if budgets:
+        md += [
+            "| setting | data set | backbone | epochs | batches per epoch | seeds |",
+            "|---|---|---|---|---|---|",
+        ]
+        md += [
+            f"| {s} | {b['data']} | {b['backbone']} | {b['epochs']} | "
+            f"{b['batches_per_epoch']} | {', '.join(str(x) for x in b['seeds'])} |"
+            for s, b in budgets.items()
+        ]
+        md.append("")
+        short = [s for s, b in budgets.items() if budget_warning(b, args.reference_epochs)]
+        if short:
+            md += [
+                f"**Warning: budget shorter than the reference's {args.reference_epochs} "
+                f"epochs** in {', '.join(f'`{s}`' for s in short)}: verdicts marked{SHORT} "
+                "may change with the full budget (see each setting).",
+                "",
+            ]
     report = {
         "sweep": str(args.sweep),
         "thresholds": thresholds.as_dict(),
+        "reference_epochs": args.reference_epochs,
         "settings": {},
         "problems": [{k: str(v) for k, v in p.items()} for p in problems],
     }
@@ -308,58 +491,66 @@ def main(argv: list[str] | None = None) -> int:
             for p in problems
         ]
         md.append("")
-    finished = [r for r in runs if r["state"] == "ok"]
     if not finished:
         md.append("No finished runs: nothing to judge yet.")
-    for setting in sorted({r["setting"] for r in finished}):
+    for setting in settings:
         judged = judge_setting([r for r in finished if r["setting"] == setting], thresholds)
         by_method = {m: [rv for _, rv in v] for m, v in group(judged).items()}
         seeds = {m: judge_seeds(rvs) for m, rvs in by_method.items()}
         pairs, numbers = pair_table(by_method)
-        names = {k: f"{setting}_{k}.png" for k in SIZES}
-        plot_norms(judged, thresholds.grad_floor, out / names["norms"])
-        plot_cosine(judged, out / names["cosine"])
-        plot_accuracy(judged, thresholds.margin, out / names["accuracy"])
-        md += [
-            f"## Setting `{setting}`",
-            "",
-            "### Verdicts (across seeds)",
-            "",
-            verdict_table(seeds),
-            "",
-            "### Standard pair",
-            "",
-            pairs,
-            "",
-            f"![norms]({names['norms']})",
-            "",
-            f"![cosine]({names['cosine']})",
-            "",
-            f"![accuracy]({names['accuracy']})",
-            "",
+        budget = budgets[setting]
+        title = f"{setting}: {budget_line(budget, sep=chr(10))}"  # two lines
+        warning = budget_warning(budget, args.reference_epochs)
+        marks = {
+            (m, k): SHORT
+            for m, table in seeds.items()
+            for k, sv in table.items()
+            if warning and budget_dependent(sv)
+        }
+        sure = [
+            text
+            for m, table in seeds.items()
+            for k in INTERVAL_KEYS
+            if (text := interval_text(m, table[k]))
         ]
+        names = {k: f"{setting}_{k}" for k in SIZES}
+        plot_norms(judged, thresholds.grad_floor, title, out / names["norms"])
+        plot_cosine(judged, thresholds.null_sigmas, title, out / names["cosine"])
+        plot_accuracy(judged, thresholds.margin, title, out / names["accuracy"])
+        md += [f"## Setting `{setting}`", "", f"Budget: {budget_line(budget)}.", ""]
+        md += [warning, ""] if warning else []
+        md += ["### Verdicts (across seeds)", "", verdict_table(seeds, marks), ""]
+        md += ["### How sure (across seeds)", "", HOW_SURE, ""]
+        md += [f"- {text}" for text in sure] or ["- No interval: fewer than two seeds."]
+        md += ["", "### Standard pair", "", pairs, ""]
+        for kind, name in names.items():
+            files = " · ".join(f"[{fmt.upper()}]({name}.{fmt})" for fmt in FORMATS)
+            md += [f"![{kind}]({name}.png)", "", files, ""]
         report["settings"][setting] = {
+            "budget": budget,
+            "budget_warning": warning,
             "runs": [{**rv.as_dict(), "run_dir": str(r["run_dir"])} for r, rv in judged],
             "methods": {
                 m: {
-                    "verdicts": {
-                        k: {
-                            "status": sv.status,
-                            "rule": sv.rule,
-                            "advisory": sv.advisory,
-                            "seeds": [list(s) for s in sv.seeds],
-                        }
-                        for k, sv in seeds[m].items()
-                    },
+                    "verdicts": {k: sv.as_dict() for k, sv in seeds[m].items()},
+                    "budget_dependent": [k for (mm, k) in marks if mm == m],
                     "pair": numbers[m],
                 }
                 for m in seeds
             },
-            "plots": names,
+            "how_sure": sure,
+            "plots": {k: [f"{name}.{fmt}" for fmt in FORMATS] for k, name in names.items()},
         }
-        print(f"== setting {setting}\n{verdict_table(seeds)}\n\n{pairs}\n", flush=True)
+        print(
+            f"== setting {setting}: {budget_line(budget)}\n"
+            + (f"{warning}\n" if warning else "")
+            + f"{verdict_table(seeds, marks)}\n\n"
+            + "".join(f"{text}\n" for text in sure)
+            + f"\n{pairs}\n",
+            flush=True,
+        )
         for name in names.values():
-            print(f"[report] plot {out / name}", flush=True)
+            print(f"[report] plot {out / name}.{{{','.join(FORMATS)}}}", flush=True)
     (out / "report.md").write_text("\n".join(md) + "\n")
     (out / "report.json").write_text(json.dumps(report, indent=1))
     for p in problems:

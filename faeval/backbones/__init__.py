@@ -5,5 +5,6 @@ from faeval.backbones.cnn import SmallCNN
 from faeval.backbones.resmlp import ResMLP
 from faeval.backbones.student import StudentNet
 from faeval.backbones.vit import ViTMini
+from faeval.backbones.wrapped import Wrapped
 
-__all__ = ["LayeredBackbone", "ResMLP", "SmallCNN", "StudentNet", "Trace", "ViTMini"]
+__all__ = ["LayeredBackbone", "ResMLP", "SmallCNN", "StudentNet", "Trace", "ViTMini", "Wrapped"]

@@ -2,7 +2,8 @@
 
 from faeval.callbacks.diagnostics import Diagnostics
 from faeval.callbacks.floor_stop import FloorStopping
+from faeval.callbacks.last_checkpoint import LastCheckpoint
 from faeval.callbacks.progress import LineProgress
 from faeval.callbacks.protocol import Protocol
 
-__all__ = ["Diagnostics", "FloorStopping", "LineProgress", "Protocol"]
+__all__ = ["Diagnostics", "FloorStopping", "LastCheckpoint", "LineProgress", "Protocol"]

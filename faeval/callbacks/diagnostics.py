@@ -8,21 +8,42 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 from typing_extensions import override
 
 from faeval.callbacks.tensorboard import flat_hparams, write_hparams, write_layout
+from faeval.data.contract import Batch, trainer_probe
 from faeval.diagnostics.layers import LayerFigures, measure_layers
 from faeval.errors import ConfigError
 from faeval.protocol.settings import DEFAULT_THRESHOLDS
-from faeval.runlog import METHOD, ROWS_FILE, EpochRow, RunLog, epoch_scalars, summarize
+from faeval.runlog import (
+    METHOD,
+    ROWS_FILE,
+    EpochRow,
+    RunLog,
+    epoch_scalars,
+    keep_rows_through,
+    summarize,
+)
 from faeval.runs import LOGS
 from faeval.seeding import resolve_seed
 
 
 def _fmt(v: float | None) -> str:
     return "    n/a " if v is None else f"{v:8.1e}"
+
+
+def measure_once(trainer: Trainer, pl_module: LightningModule, probe) -> LayerFigures:
+    """``measure_layers`` on global rank 0, its figures broadcast to every rank (DDP).
+
+    Every rank holds the same weights and the same probe, so one measurement stands for all;
+    every rank gets it, so all log the same figures (EarlyStopping on ``diag/g_L`` decides
+    alike everywhere). Alone it is just ``measure_layers``.
+    """
+    if trainer.world_size == 1:
+        return measure_layers(pl_module, *probe)
+    fig = measure_layers(pl_module, *probe) if trainer.is_global_zero else None
+    return trainer.strategy.broadcast(fig, src=0)
 
 
 class Diagnostics(Callback):
@@ -42,6 +63,9 @@ class Diagnostics(Callback):
             (printed as a warning; the verdict belongs to the protocol).
         every_n_epochs: measure every n epochs (and always after the last one).
         verbose: print a per-layer table every time it measures.
+        probe: the probe batch (inputs, labels), from Python only; by default the data
+            module's own probe, else the first samples of the validation data
+            (``faeval.data.contract``), so any LightningDataModule or validation loader works.
     """
 
     def __init__(
@@ -50,6 +74,7 @@ class Diagnostics(Callback):
         growth_threshold: float = DEFAULT_THRESHOLDS.growth_threshold,
         every_n_epochs: int = 1,
         verbose: bool = True,
+        probe: Batch | None = None,
     ) -> None:
         if grad_floor <= 0 or growth_threshold <= 0 or every_n_epochs < 1:
             raise ConfigError(
@@ -60,38 +85,59 @@ class Diagnostics(Callback):
         self.growth_threshold = growth_threshold
         self.every_n_epochs = every_n_epochs
         self.verbose = verbose
+        self.probe = probe
         self.init_h_norm: list[float] | None = None
+        self.rows_through: int | None = None  # the last epoch whose row is written
         self.last_seconds = 0.0
         self.seed: int | None = None
         self._probe = None
+        self._run_dir: Path | None = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"init_h_norm": self.init_h_norm}
+        return {"init_h_norm": self.init_h_norm, "rows_through": self.rows_through}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.init_h_norm = state_dict["init_h_norm"]
+        self.rows_through = state_dict.get("rows_through")
 
     @staticmethod
     def run_log(trainer: Trainer) -> RunLog:
-        """The run folder's log: the logger's folder, else the trainer's root."""
+        """The run folder's log: the logger's folder, else the trainer's root.
+
+        Under DDP ``trainer.log_dir`` is a collective (a broadcast from rank 0): call this
+        on every rank, never from a rank-zero-only function (``setup`` does it once).
+        """
         return RunLog(Path(trainer.log_dir or trainer.default_root_dir))
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._run_dir = self.run_log(trainer).dir  # every rank, once (DDP: a collective)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.seed = resolve_seed(None)
-        self._probe = trainer.datamodule.probe(pl_module.device)
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             write_layout(trainer.logger)
             write_hparams(trainer.logger, self._hparams(trainer, pl_module))
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The probe is taken here rather than at fit start: a Trainer given loaders instead of
+        # a data module has set its validation loaders up only by now.
+        self._probe = trainer_probe(trainer, pl_module.device, self.probe)
         if self.init_h_norm is None:  # a fresh run; a resumed one restored it
-            fig = measure_layers(pl_module, *self._probe)
+            fig = measure_once(trainer, pl_module, self._probe)
             self.init_h_norm = fig.h_norm
             row = self._row(trainer, pl_module, fig, epoch=0)
             if trainer.logger is not None:
                 trainer.logger.log_metrics(epoch_scalars(row), step=0)
             self._write(trainer, row)
+        elif self.rows_through is not None and trainer.is_global_zero:
+            # Resumed: rows written after this checkpoint (the run redoes that work) and a
+            # line torn by the kill go, so every epoch keeps exactly one row.
+            keep_rows_through(RunLog(self._run_dir).rows_path, self.rows_through)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -100,12 +146,12 @@ class Diagnostics(Callback):
         if epoch % self.every_n_epochs and not last:
             return
         start = time.perf_counter()
-        fig = measure_layers(pl_module, *self._probe)
+        fig = measure_once(trainer, pl_module, self._probe)
         self.last_seconds = time.perf_counter() - start
         row = self._row(trainer, pl_module, fig, epoch)
         scalars = epoch_scalars(row)
         for name, value in scalars.items():  # for early stopping and checkpoint callbacks
-            pl_module.log(name, value, logger=False)
+            pl_module.log(name, value, logger=False, sync_dist=True)
         if trainer.logger is not None:
             trainer.logger.log_metrics(scalars, step=epoch)  # x = epoch, as the method's own
         self._write(trainer, row)
@@ -113,7 +159,7 @@ class Diagnostics(Callback):
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.verbose and trainer.is_global_zero:
-            run_dir = self.run_log(trainer).dir
+            run_dir = self._run_dir
             tqdm.write(
                 f"[faeval] run folder {run_dir}: {ROWS_FILE} (one row per epoch), "
                 f"config.yaml, checkpoints/; TensorBoard: tensorboard --logdir "
@@ -133,7 +179,7 @@ class Diagnostics(Callback):
         data = trainer.datamodule
         params = {
             "Method": type(pl_module).__name__,
-            "Data": type(data).__name__,
+            "Data": "loaders" if data is None else type(data).__name__,
             "Backbone": flat.pop("backbone", type(pl_module.backbone).__name__),
             "Seed": resolve_seed(None),
             **flat,
@@ -163,9 +209,13 @@ class Diagnostics(Callback):
         row["seconds"] = self.last_seconds
         return row
 
-    @rank_zero_only
     def _write(self, trainer: Trainer, row: EpochRow) -> None:
-        log = self.run_log(trainer)
+        self.rows_through = row["epoch"]  # every rank: the checkpoint holds rank 0's state
+        if trainer.is_global_zero:
+            self._append(row)
+
+    def _append(self, row: EpochRow) -> None:
+        log = RunLog(self._run_dir)  # from setup: no collective in a rank-zero-only function
         log.append(row)
         if self.verbose:
             tqdm.write(self._table(row, log.rows_path))  # above any progress bar, not through it

@@ -16,7 +16,7 @@ class FloorStopping(EarlyStopping):
     improvement: ‖g_L‖ may rise or fall in a healthy run.
 
     Args:
-        grad_floor: the floor (default 1e-7, DESIGN.md's diagnostic (b)).
+        grad_floor: the floor (default 1e-7, diagnostic (b) of docs/protocol.md).
     """
 
     def __init__(self, grad_floor: float = 1e-7) -> None:

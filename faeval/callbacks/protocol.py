@@ -11,10 +11,19 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 from typing_extensions import override
 
+from faeval.callbacks.diagnostics import Diagnostics
+from faeval.data.contract import trainer_probe
 from faeval.errors import ConfigError
 from faeval.protocol.measure import measure_protocol
 from faeval.protocol.settings import ProtocolSettings
-from faeval.runlog import ProtocolRow, RunLog, deep_mean, fmt, protocol_scalars
+from faeval.runlog import (
+    ProtocolRow,
+    RunLog,
+    deep_mean,
+    fmt,
+    keep_rows_through,
+    protocol_scalars,
+)
 
 
 class Protocol(Callback):
@@ -44,8 +53,31 @@ class Protocol(Callback):
         self.settings = settings
         self.verbose = verbose
         self.measured_epoch: int | None = None
+        self._run_dir: Path | None = None
+        self._resumed = False
         self._epoch_start = 0.0
         self._epoch_seconds = math.nan
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir is a collective under DDP: every rank, once, never in _write.
+        self._run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+
+    @override
+    def state_dict(self) -> dict:
+        return {"measured_epoch": self.measured_epoch}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.measured_epoch = state_dict.get("measured_epoch")
+        self._resumed = True
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._resumed and trainer.is_global_zero:
+            # Resumed: rows of work after the checkpoint (redone now) and a torn line go.
+            last = -1 if self.measured_epoch is None else self.measured_epoch
+            keep_rows_through(RunLog(self._run_dir).protocol_path, last)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -61,7 +93,7 @@ class Protocol(Callback):
         row = self._measure(trainer, pl_module, epoch)
         scalars = protocol_scalars(row)
         for name, value in scalars.items():
-            pl_module.log(name, value, logger=False)
+            pl_module.log(name, value, logger=False, sync_dist=True)  # equal on every rank
         if trainer.logger is not None:
             trainer.logger.log_metrics(scalars, step=epoch)  # x = epoch, as the diagnostics
 
@@ -75,9 +107,13 @@ class Protocol(Callback):
             trainer.logger.log_metrics(protocol_scalars(row), step=epoch)
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> ProtocolRow:
-        x, y = trainer.datamodule.probe(pl_module.device)
+        # The same probe as the Diagnostics callback's: its explicit one, else the data's.
+        given = next((c.probe for c in trainer.callbacks if isinstance(c, Diagnostics)), None)
+        x, y = trainer_probe(trainer, pl_module.device, given)
         row: ProtocolRow = {"epoch": epoch, "step": trainer.global_step}
-        row.update(measure_protocol(pl_module, x, y, self.settings))
+        if trainer.is_global_zero:  # one measurement for every rank (same weights, probe)
+            row.update(measure_protocol(pl_module, x, y, self.settings))
+        row = trainer.strategy.broadcast(row, src=0)
         row["epoch_seconds"] = self._epoch_seconds
         self.measured_epoch = epoch
         self._write(trainer, row)
@@ -85,7 +121,7 @@ class Protocol(Callback):
 
     @rank_zero_only
     def _write(self, trainer: Trainer, row: ProtocolRow) -> None:
-        RunLog(Path(trainer.log_dir or trainer.default_root_dir)).append_protocol(row)
+        RunLog(self._run_dir).append_protocol(row)
         if self.verbose:
             tqdm.write(self._summary(row))  # above any progress bar
 

@@ -1,7 +1,9 @@
-"""LightningDataModules: every data set in memory, normalised per batch on the device."""
+"""LightningDataModules: faeval's data sets in memory, normalised per batch on the device, and
+the contract (shape, class count, probe) that any data module meets."""
 
 from faeval.data.base import InMemoryDataModule, TensorBatches
 from faeval.data.cifar import CIFAR10, CIFAR100
+from faeval.data.contract import input_shape_of, num_classes_of, probe_batch
 from faeval.data.fashion_mnist import FashionMNIST
 from faeval.data.synthetic import SyntheticLadder
 
@@ -12,4 +14,7 @@ __all__ = [
     "InMemoryDataModule",
     "SyntheticLadder",
     "TensorBatches",
+    "input_shape_of",
+    "num_classes_of",
+    "probe_batch",
 ]

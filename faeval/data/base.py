@@ -11,9 +11,10 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.errors import ConfigError
+from faeval.hparams import CLASS_PATH, plain_hparams
 from faeval.seeding import resolve_seed
 
-#: Samples in the diagnostics' fixed probe batch (DESIGN's 1024).
+#: Samples in the diagnostics' fixed probe batch (docs/protocol.md).
 PROBE_SIZE = 1024
 
 
@@ -23,15 +24,33 @@ class TensorBatches:
     The shuffle permutation (and the random targets, when asked) of epoch k come from a
     generator seeded with ``seed + k``, so a run resumed at epoch k sees the same batches.
 
+    Under DDP every rank holds one of these (Lightning's DistributedSampler only reaches
+    DataLoaders, so this shards itself): the epoch's order is cut into global batches of
+    ``world_size · batch_size`` samples, and rank r takes the r-th contiguous chunk of each
+    (``torch.tensor_split``'s chunks). N ranks with batch B therefore see, step by step, the
+    same samples as one process with batch N·B. The last global batch, when short, is split
+    as evenly as the chunks allow; in training, where every rank must take every step, a last
+    global batch with fewer samples than ranks is dropped.
+
+    Stateful in Lightning's sense (``state_dict``/``load_state_dict``, saved in every
+    checkpoint under the fit loop's ``combined_loader``): the state is the epoch in progress
+    and how many of its batches the trainer has finished, so a run resumed from a mid-epoch
+    checkpoint continues with the next batch instead of replaying the epoch.
+
     Args:
         x: inputs, first dimension the sample.
         y: integer labels.
-        batch_size: samples per batch; the last batch may be smaller.
+        batch_size: samples per batch (per rank); the last batch may be smaller.
         shuffle: permute the samples every epoch.
         seed: base seed of the per-epoch generator.
         epoch: returns the current epoch when iteration starts.
         random_targets: number of classes to draw i.i.d. labels from for every sample of
             every epoch (the task-free control), or 0 for the true labels.
+        rank: this process's rank among ``world_size`` (DDP), 0 alone.
+        world_size: the number of ranks sharing every global batch.
+        training: every rank must take the same number of batches (see above).
+        progress: returns how many batches of the current epoch the trainer has finished
+            (saved as the position); default: the batches handed out so far.
     """
 
     def __init__(
@@ -43,31 +62,82 @@ class TensorBatches:
         seed: int = 0,
         epoch: Callable[[], int] = lambda: 0,
         random_targets: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        training: bool = False,
+        progress: Callable[[], int] | None = None,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = epoch
         self.random_targets = random_targets
+        self.rank, self.world_size = rank, world_size
+        self.training = training
+        self.progress = progress
+        self._handed_out = 0
+        self._epoch_in_progress: int | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, position) from a checkpoint
+
+    def _global_batches(self) -> int:
+        n, per_step = len(self.x), self.batch_size * self.world_size
+        count = -(-n // per_step)
+        if self.training and count and n - (count - 1) * per_step < self.world_size:
+            count -= 1  # too short to give every rank a sample: every rank must step together
+        return count
+
+    def _chunk(self, i: int) -> tuple[int, int]:
+        """This rank's [start, stop) within the order, for global batch i."""
+        lo = i * self.batch_size * self.world_size
+        size = min(len(self.x), lo + self.batch_size * self.world_size) - lo
+        base, extra = divmod(size, self.world_size)  # torch.tensor_split's chunk sizes
+        start = lo + self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
 
     def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
+        count = self._global_batches()
+        if count and self.world_size > 1:
+            start, stop = self._chunk(count - 1)
+            count -= start == stop  # an evaluation rank left without a sample in the last
+        return count
+
+    def state_dict(self) -> dict[str, int | None]:
+        """The epoch in progress and how many of its batches the trainer has finished."""
+        position = self.progress() if self.progress is not None else self._handed_out
+        return {"epoch": self._epoch_in_progress, "position": position}
+
+    def load_state_dict(self, state: dict[str, int | None]) -> None:
+        """Continue the saved epoch at the saved position (a later epoch starts afresh)."""
+        if state.get("epoch") is not None:
+            self._resume = (state["epoch"], state["position"])
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.x)
-        gen = torch.Generator().manual_seed(self.seed + self.epoch())
+        epoch = self.epoch()
+        gen = torch.Generator().manual_seed(self.seed + epoch)
         y = self.y
         if self.random_targets:
             y = torch.randint(self.random_targets, (n,), generator=gen, dtype=y.dtype)
-        if not self.shuffle:
-            for i in range(0, n, self.batch_size):
-                yield self.x[i : i + self.batch_size], y[i : i + self.batch_size]
-            return
-        order = torch.randperm(n, generator=gen)
-        for i in range(0, n, self.batch_size):
-            idx = order[i : i + self.batch_size]
-            yield self.x[idx], y[idx]
+        order = torch.randperm(n, generator=gen) if self.shuffle else None
+        first = 0
+        if self._resume is not None:
+            saved_epoch, position = self._resume
+            self._resume = None
+            first = position if saved_epoch == epoch else 0
+        self._epoch_in_progress, self._handed_out = epoch, first
+        for i in range(first, self._global_batches()):
+            start, stop = self._chunk(i)
+            if start == stop:
+                continue
+            self._handed_out = i + 1
+            if order is None:
+                yield self.x[start:stop], y[start:stop]
+            else:
+                idx = order[start:stop]
+                yield self.x[idx], y[idx]
 
 
 class InMemoryDataModule(LightningDataModule, abc.ABC):
@@ -111,6 +181,11 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
         ):
             if value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value}")
+        # Recorded in checkpoints (as plain data), so `faeval audit` can rebuild the data of a
+        # run trained from Python, which leaves no config.yaml.
+        self.save_hyperparameters()
+        if CLASS_PATH not in self.hparams:
+            self.save_hyperparameters(plain_hparams(type(self), self.hparams))
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.probe_size = probe_size
@@ -145,6 +220,17 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
     def _epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
+    def _batches_finished(self) -> int:
+        """Training batches of the current epoch whose step has finished (Lightning's count,
+        the one its loops resume from)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def _shard(self) -> dict[str, int]:
+        """This process's rank and the world size: each rank iterates its own shard (DDP)."""
+        if self.trainer is None:
+            return {"rank": 0, "world_size": 1}
+        return {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}
+
     @override
     def train_dataloader(self) -> TensorBatches:
         x, y = self.splits["train"]
@@ -156,12 +242,15 @@ class InMemoryDataModule(LightningDataModule, abc.ABC):
             seed=self.seed,
             epoch=self._epoch,
             random_targets=self.num_classes if self.random_targets else 0,
+            training=True,
+            progress=self._batches_finished if self.trainer is not None else None,
+            **self._shard(),
         )
 
     @override
     def val_dataloader(self) -> TensorBatches:
         x, y = self.splits["test"]
-        return TensorBatches(x, y, self.eval_batch_size)
+        return TensorBatches(x, y, self.eval_batch_size, **self._shard())
 
     @override
     def test_dataloader(self) -> TensorBatches:

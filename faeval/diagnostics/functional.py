@@ -44,7 +44,7 @@ def mean_cosine(a: Tensor, g: Tensor) -> float:
 def true_gradients(backbone: LayeredBackbone, h0: Tensor, y: Tensor) -> tuple[Trace, list[Tensor]]:
     """g_l = ∂ℓ̄/∂h_l for l = 0..L, with ℓ̄ the batch's mean cross-entropy.
 
-    Each sample's row carries the 1/N factor of the mean (DESIGN.md's convention, on which
+    Each sample's row carries the 1/N factor of the mean (docs/notation.md's convention, on which
     the 1e-7 floor is defined). Only activation gradients are formed: autograd skips every
     weight gradient, and the embedding is not differentiated at all.
 

@@ -34,6 +34,7 @@ from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, ResMLP, Trace
 from faeval.errors import ConfigError
+from faeval.hparams import CLASS_PATH, plain_hparams
 from faeval.runlog import METHOD
 
 BackboneFactory = Callable[[tuple[int, ...], int], LayeredBackbone]
@@ -84,20 +85,57 @@ def _fuse(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     )
 
 
+def built_backbone(
+    backbone: BackboneFactory | LayeredBackbone,
+    input_shape: tuple[int, ...] | None,
+    num_classes: int | None,
+) -> LayeredBackbone:
+    """The method's network: ``backbone`` itself when built, else built for the data.
+
+    Raises:
+        ValueError: no shape or class count to build from, or a built network made for
+            other data than the given shape and class count.
+    """
+    if isinstance(backbone, LayeredBackbone):
+        if input_shape is not None or num_classes is not None:
+            backbone.check_input(
+                backbone.input_shape if input_shape is None else input_shape,
+                backbone.num_classes if num_classes is None else num_classes,
+            )
+        return backbone
+    if input_shape is None or num_classes is None:
+        raise ValueError(
+            f"building the backbone needs input_shape and num_classes, got {input_shape} and "
+            f"{num_classes}; pass them (faeval fit links them from --data) or a built network"
+        )
+    return backbone(tuple(input_shape), num_classes)
+
+
 class CreditMethod(LightningModule, abc.ABC):
     """Base of every faeval method: owns the training step, subclasses implement ``credits``.
 
     A subclass lists its own arguments and forwards the rest (``**kwargs``) here, so the
     arguments below are written once; ``faeval fit --model.help NAME`` lists them all.
 
+    Its hyperparameters are recorded as plain data, as LightningCLI records them, however
+    the method was built (``faeval.hparams``): its checkpoints load weights-only and
+    ``faeval audit`` can read them.
+
     Args:
-        input_shape: per-sample input shape (``faeval fit`` links it from the data).
-        num_classes: C (linked from the data).
+        input_shape: per-sample input shape (``faeval fit`` links it from the data); may be
+            left out when ``backbone`` is a network already built.
+        num_classes: C (linked from the data); may be left out likewise.
         backbone: the network, built as ``backbone(input_shape, num_classes)``; on the
-            command line ``--model.backbone ResMLP --model.backbone.d_hidden 512``.
+            command line ``--model.backbone ResMLP --model.backbone.d_hidden 512``. From
+            Python it may also be a network already built (a ``LayeredBackbone``, e.g. a
+            ``faeval.backbones.Wrapped`` model of your own): it is trained in place.
         optimizer: one optimizer for all trained parameters (Adam is made fused when the
             option is left unset).
         penalty: λ of the penalty λ·Σ_l ‖f_l‖² on block outputs.
+
+    Raises:
+        ValueError: a negative penalty; no input shape or class count to build the
+            backbone from; a built backbone that does not match the given shape.
     """
 
     #: Train blocks through the local loss ⟨f_l, a_l⟩ on a detached trace. BP-like methods set
@@ -112,21 +150,25 @@ class CreditMethod(LightningModule, abc.ABC):
 
     def __init__(
         self,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        backbone: BackboneFactory = ResMLP,
+        input_shape: tuple[int, ...] | None = None,
+        num_classes: int | None = None,
+        backbone: BackboneFactory = ResMLP,  # or a built LayeredBackbone (kept off the CLI's type)
         optimizer: OptimizerCallable = torch.optim.Adam,
         penalty: float = 0.0,
     ) -> None:
         super().__init__()
         if penalty < 0:
             raise ConfigError(f"penalty must be >= 0, got {penalty}")
-        self.save_hyperparameters()
+        built = isinstance(backbone, LayeredBackbone)
+        # A built network is in the checkpoint as weights; as a hyperparameter it is not data.
+        self.save_hyperparameters(ignore=["backbone"] if built else None)
+        if CLASS_PATH not in self.hparams:  # built from Python: record what the CLI records
+            self.save_hyperparameters(plain_hparams(type(self), self.hparams))
         self.automatic_optimization = False
-        self.backbone = backbone(tuple(input_shape), num_classes)
+        self.backbone = built_backbone(backbone, input_shape, num_classes)
         self.optimizer_factory = optimizer
         self.penalty = penalty
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(self.backbone.num_classes, average="micro")
         self.test_loss = MeanMetric()
         self._epoch_sums: dict[str, tuple[Tensor | float, int]] = {}
         self._in_step = False
@@ -236,14 +278,21 @@ class CreditMethod(LightningModule, abc.ABC):
         self._epoch_sums[name] = (total + value, count + 1)
 
     def epoch_means(self, seed: int | None = None) -> dict[str, float]:
-        """The means of the figures accumulated in the current epoch so far.
+        """The means of the figures accumulated in the current epoch so far, over every rank.
+
+        Under DDP this is a collective (one all-reduce of the sums and counts): every rank
+        must call it, the same number of times, and they all get the same means.
 
         Args:
             seed: with seeds stacked, the index of the seed in the stack (figures are then
-                accumulated per seed, as ``seed_means`` gives them).
+                accumulated per seed, as ``seed_means`` gives them: (K,) sums).
         """
+        sums = self._epoch_sums
+        trainer = self._trainer
+        if sums and trainer is not None and trainer.world_size > 1:
+            sums = self._reduced_sums(trainer)
         means = {}
-        for name, (total, count) in self._epoch_sums.items():
+        for name, (total, count) in sums.items():
             mean = total / count
             if isinstance(mean, Tensor) and mean.numel() > 1:
                 if seed is None:
@@ -251,6 +300,23 @@ class CreditMethod(LightningModule, abc.ABC):
                 mean = mean[seed]
             means[name] = float(mean)
         return means
+
+    def _reduced_sums(self, trainer) -> dict[str, tuple[Tensor, Tensor]]:
+        """The epoch's sums and counts summed over ranks: one all-reduce, any sum's shape."""
+        sums = self._epoch_sums
+        names = sorted(sums)  # the same names on every rank: the same code ran
+        parts = [
+            torch.as_tensor(sums[k][0], dtype=torch.float32, device=self.device).reshape(-1)
+            for k in names
+        ]
+        counts = torch.tensor([float(sums[k][1]) for k in names], device=self.device)
+        totals = trainer.strategy.reduce(torch.cat([*parts, counts]), reduce_op="sum")
+        out, at = {}, 0
+        for i, (name, part) in enumerate(zip(names, parts, strict=True)):
+            total = totals[at : at + part.numel()]
+            out[name] = (total if part.numel() > 1 else total[0], totals[-len(names) + i])
+            at += part.numel()
+        return out
 
     def clear_epoch_means(self) -> None:
         """Starts the next epoch's figures afresh."""
@@ -264,7 +330,9 @@ class CreditMethod(LightningModule, abc.ABC):
         ``limit_train_batches`` line up, and the diagnostics rows share the same x.
         """
         for name, value in metrics.items():
-            self.log(name, value, logger=False)
+            # The figures are already reduced over ranks (epoch_means, torchmetrics' compute);
+            # sync_dist keeps Lightning's DDP check quiet and every rank's callbacks agree.
+            self.log(name, value, logger=False, sync_dist=True)
         if self.logger is not None and not self.trainer.sanity_checking:
             self.logger.log_metrics(metrics, step=self.epochs_completed())
 
@@ -277,6 +345,15 @@ class CreditMethod(LightningModule, abc.ABC):
     def on_train_epoch_end(self) -> None:
         self.log_epoch(self.epoch_means())
         self.clear_epoch_means()
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The epoch's running sums: a run resumed mid-epoch logs the same epoch means.
+        checkpoint["faeval_epoch_sums"] = {k: tuple(v) for k, v in self._epoch_sums.items()}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._epoch_sums = dict(checkpoint.get("faeval_epoch_sums", {}))
 
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

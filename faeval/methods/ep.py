@@ -1,6 +1,6 @@
 """EP: equilibrium propagation on the layered backbone, the free state being the forward pass.
 
-The energy of states h = (h_0..h_L) for an input x with label y (DESIGN.md):
+The energy of states h = (h_0..h_L) for an input x with label y (docs/methods.md):
 
     E(h; β) = ½‖h_0 − embed(x)‖² + Σ_{l=1..L} ½‖h_l − Φ_l(h_{l-1})‖² + β·ℓ(h_L),
 

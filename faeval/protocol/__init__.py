@@ -20,10 +20,11 @@ _EXPORTS = {
         "audit_text",
         "write_audit",
     ],
+    "intervals": ["Interval", "paired_interval", "seeds_to_settle"],
     "measure": ["measure_protocol"],
     "null": ["NullBandFigures", "has_feedback", "null_band"],
     "perturbation": ["PerturbationFigures", "pearson", "perturbation_correlation"],
-    "render": ["run_markdown", "run_text", "verdict_table"],
+    "render": ["interval_text", "run_markdown", "run_text", "verdict_table"],
     "settings": ["ProtocolSettings", "Thresholds"],
     "stability": ["StabilityFigures", "direction_stability", "stability_layer"],
     "verdicts": [

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from faeval.data.contract import Batch, given_probe, network_batches, probe_batch
 from faeval.diagnostics.layers import LayerFigures, full_precision, measure_layers
 from faeval.errors import DataNotFoundError, FaevalError
 from faeval.protocol.checkpoint import load_checkpoint, load_method_state
@@ -83,11 +84,11 @@ class AuditRecord:
 
 @torch.no_grad()
 def test_accuracy(method, datamodule, device: torch.device) -> float:
-    """Accuracy over the data module's test split, in float32 with BatchNorm in eval mode."""
+    """Accuracy over the data module's validation data (faeval's test split), in float32
+    with BatchNorm in eval mode."""
     correct = total = 0
     with full_precision(method, device.type):
-        for x, y in datamodule.val_dataloader():
-            x, y = datamodule.normalize(x.to(device)), y.to(device)
+        for x, y in network_batches(datamodule, device):
             correct += (method(x.float()).argmax(1) == y).sum().item()
             total += len(y)
     return correct / total
@@ -100,9 +101,10 @@ def init_row(fig: LayerFigures, grad_floor: float) -> EpochRow:
 
 def audit_model(
     method,
-    datamodule,
+    datamodule=None,
     history: list[EpochRow] | None = None,
     *,
+    probe: Batch | None = None,
     init_h_norm: list[float] | None = None,
     epoch: int | None = None,
     step: int | None = None,
@@ -113,32 +115,48 @@ def audit_model(
 ) -> AuditRecord:
     """Audits a method on its data as it is now: every diagnostic, the protocol, the verdict.
 
+    The Python entry to the protocol: after ``trainer.fit(method, datamodule=data)``,
+    ``audit_model(method, data, RunLog(trainer.log_dir).rows())`` gives the figures and
+    verdicts that ``faeval audit`` gives on that run's last checkpoint.
+
     Args:
         method: a trained ``CreditMethod`` (on the device it should be measured on).
-        datamodule: its data module (faeval's, or any with ``probe``, ``normalize`` and
-            ``val_dataloader``).
+        datamodule: its data: faeval's data module or any LightningDataModule with
+            validation data (the probe and the test accuracy come from it). May be None
+            when ``probe`` is given; the test accuracy, and so (d), is then unmeasured.
         history: the run's earlier diagnostics rows (row 0 the initialisation), e.g.
             ``RunLog(run_dir).rows()``: (a) judges the growth over all of them and (b) says
             when the floor was first crossed. A row of the audited epoch is replaced.
+        probe: the probe batch (inputs, labels) instead of the data module's.
         init_h_norm: ‖h_l‖ at initialisation (default: row 0 of ``history``; without
             either, growth is measured against the figures now, i.e. reads ×1).
-        epoch: the audited epoch (default: one after the last row of ``history``).
-        step: the audited global step.
+        epoch: the audited epoch (default: the last row's epoch when that row was written at
+            the method's current step, as after ``trainer.fit``; else one after it).
+        step: the audited global step (default: the method's trainer's, else 0).
         frozen_acc: test accuracy of the matching FrozenBlocks run, for (d).
         thresholds: the verdicts' thresholds.
         settings: the heavier pieces' settings.
         seed: the run's seed (default: the rows' seed).
 
     Returns:
-        The record; ``write_audit`` writes it, ``audit_text`` prints it.
+        The record: ``record.verdict.verdicts`` by diagnostic (``a``, ``b``, ``c``, ``d``,
+        ``mode2``), each with its status, figure and rule; ``write_audit`` writes it,
+        ``audit_text`` prints it.
+
+    Raises:
+        ValueError: neither a data module with validation data nor a probe.
     """
     history = list(history or [])
+    if step is None:
+        step = method.global_step  # the trainer's step when attached, else 0
     if epoch is None:
-        epoch = history[-1]["epoch"] + 1 if history else 0
+        last = history[-1] if history else None
+        epoch = 0 if last is None else last["epoch"] + (0 if last.get("step") == step else 1)
     past = [r for r in history if r.get("epoch") != epoch]
     device = next(method.parameters()).device
-    datamodule.setup("validate")
-    x, y = datamodule.probe(device)
+    if probe is None and datamodule is None:
+        raise ValueError("audit_model needs the method's data module or a probe=(x, y) batch")
+    x, y = given_probe(probe, device) if probe is not None else probe_batch(datamodule, device)
     start = time.perf_counter()
     fig = measure_layers(method, x, y)
     init = init_h_norm or (history[0]["h_norm"] if history else fig.h_norm)
@@ -148,7 +166,7 @@ def audit_model(
         "method": type(method).__name__,
         "role": getattr(method, "role", METHOD),
         "seed": seed if seed is not None else next((r.get("seed") for r in history), None),
-        "test/acc": test_accuracy(method, datamodule, device),
+        "test/acc": None if datamodule is None else test_accuracy(method, datamodule, device),
         **summarize(fig, init, thresholds.grad_floor),
     }
     seconds = {"diagnostics": time.perf_counter() - start}
@@ -199,8 +217,7 @@ def audit_checkpoint(
     init_h = ckpt.get("callbacks", {}).get("Diagnostics", {}).get("init_h_norm")
     if init_h is None or not history:
         device = next(method.parameters()).device
-        datamodule.setup("validate")
-        init = measure_layers(method, *datamodule.probe(device))
+        init = measure_layers(method, *probe_batch(datamodule, device))
         init_h = init_h or init.h_norm
         history = history or [init_row(init, thresholds.grad_floor)]
     load_method_state(method, ckpt, ckpt_file)

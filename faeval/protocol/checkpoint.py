@@ -11,14 +11,15 @@ import torch
 from torch import nn
 
 from faeval.errors import CheckpointError, DataNotFoundError, IncompleteCheckpoint
+from faeval.hparams import CLASS_PATH
 
 
 def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
     """A faeval Lightning checkpoint, loaded without running pickled code by default.
 
     Lightning checkpoints of faeval runs hold only tensors, numbers, strings and containers
-    (LightningCLI stores the hyperparameters as class-path dicts), so ``weights_only`` loading
-    reads them whole.
+    (the hyperparameters are class-path dicts, however the method was built: see
+    ``faeval.hparams``), so ``weights_only`` loading reads them whole.
 
     Args:
         path: the ``.ckpt`` file.
@@ -63,20 +64,21 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
             f"{path} is not a Lightning checkpoint (no state_dict); audit a .ckpt "
             "that `faeval fit` wrote"
         )
-    class_path = str(ckpt.get("hyper_parameters", {}).get("_class_path", ""))
-    if not class_path.startswith("faeval.") or not any(
-        k.startswith("backbone.") for k in ckpt["state_dict"]
-    ):
+    # A faeval method (faeval's own or a researcher's ``CreditMethod`` subclass) records its
+    # class path and keeps its network under ``backbone.``.
+    class_path = str(ckpt.get("hyper_parameters", {}).get(CLASS_PATH, ""))
+    if not class_path or not any(k.startswith("backbone.") for k in ckpt["state_dict"]):
         raise CheckpointError(
             f"{path} is not a faeval checkpoint (model class {class_path or 'unknown'!r}, no "
-            "backbone.* weights); audit a checkpoint that `faeval fit` wrote"
+            "backbone.* weights); audit a checkpoint of a faeval method (`faeval fit` or a "
+            "Trainer from Python)"
         )
     return ckpt
 
 
 def method_name(ckpt: dict[str, Any]) -> str:
     """The method's class name recorded in the checkpoint (``DFA`` for ``faeval.methods.DFA``)."""
-    return str(ckpt["hyper_parameters"]["_class_path"]).rsplit(".", 1)[-1]
+    return str(ckpt["hyper_parameters"][CLASS_PATH]).rsplit(".", 1)[-1]
 
 
 def load_method_state(model: nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:

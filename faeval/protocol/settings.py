@@ -51,7 +51,7 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class ProtocolSettings:
-    """Settings of the heavier pieces (DESIGN's defaults).
+    """Settings of the heavier pieces (defaults and reasons: docs/protocol.md).
 
     Attributes:
         null_draws: K, fresh feedback draws of the null band (at least 2).
@@ -76,6 +76,12 @@ class ProtocolSettings:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
+
+#: Epochs of the study's reference runs (CIFAR-10, 100 epochs; docs/reference-results.md), on
+#: which the thresholds were read: (a) and (b) may fire only late (the floor was crossed
+#: within 11 of 100 epochs) and (d)'s margin moves as both runs train, so a shorter budget
+#: is reported with a warning.
+REFERENCE_EPOCHS = 100
 
 #: The defaults, for arguments that take one threshold alone.
 DEFAULT_THRESHOLDS = Thresholds()

@@ -4,7 +4,7 @@ At layer L/2, the batch-mean credit of each of ≥ 8 probe batches of 128 sample
 direction; the figure is the mean cosine over all pairs of batches. A credit dominated by
 noise (or by a direction unrelated to the data) changes from batch to batch. The same figure
 for the true gradient is reported beside it as the reference. It is reported, not a clean
-pass/fail on its own (DESIGN.md).
+pass/fail on its own (docs/protocol.md).
 """
 
 from __future__ import annotations

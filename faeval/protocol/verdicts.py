@@ -4,6 +4,13 @@ Per run, each diagnostic reads PASS, FIRES or UNMEASURABLE (N/A where it does no
 across seeds PASS, FIRES or MIXED. Every verdict carries the figure and the rule (threshold
 included) that decided it.
 
+Across seeds, (d) and Mode 2 are decided by how sure the seeds make them: their per-seed
+figure is a difference within one seed (the margin over that seed's FrozenBlocks run; the
+deep cosine's clearance over that run's own null band), and the Student-t interval of its
+mean over seeds (``faeval.protocol.intervals``) reads PASS when it lies above the
+threshold, FIRES below, MIXED when it contains it. The other diagnostics read PASS or FIRES
+when every measurable seed agrees, MIXED when they disagree.
+
 Inputs are the rows the ``Diagnostics`` callback writes (``diagnostics.jsonl``: one per
 measured epoch, row 0 the initialisation) and the last row of the ``Protocol`` callback or
 of ``faeval audit`` (null band, ρ, stability): ``faeval.runlog`` describes both. Pure Python
@@ -16,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from faeval.protocol.intervals import LEVEL, Interval, paired_interval
 from faeval.protocol.settings import Thresholds
 from faeval.runlog import DEPTH_BASELINE, EpochRow, ProtocolRow, deep_mean, fmt, measured
 
@@ -31,6 +39,9 @@ DIAGNOSTICS = {
     "mode2": "Mode 2 credit direction",
 }
 
+#: The diagnostics whose cross-seed verdict an interval over seeds decides.
+INTERVAL_KEYS = ("d", "mode2")
+
 
 @dataclass
 class Verdict:
@@ -43,6 +54,8 @@ class Verdict:
         rule: the rule with its threshold, e.g. ``fires when growth > 50``.
         detail: the figures behind it, in words.
         advisory: reported beside the others, not a clean pass/fail on its own.
+        threshold: the value the figure was compared with, where the rule compares it
+            with one (for Mode 2 the top of this run's band).
     """
 
     key: str
@@ -51,6 +64,7 @@ class Verdict:
     rule: str
     detail: str
     advisory: bool = False
+    threshold: float | None = None
 
     @property
     def name(self) -> str:
@@ -98,11 +112,18 @@ class SeedVerdict:
 
     Attributes:
         key: the diagnostic.
-        status: PASS or FIRES when every measurable seed agrees, MIXED when they disagree,
-            UNMEASURABLE when no seed could be measured, N/A when it applies to none.
+        status: for (d) and Mode 2 with two or more measurable seeds, PASS or FIRES when
+            the interval lies above or below the threshold and MIXED when it contains it;
+            otherwise PASS or FIRES when every measurable seed agrees, MIXED when they
+            disagree. UNMEASURABLE when no seed could be measured, N/A when it applies to
+            none.
         rule: the rule, with its threshold.
         seeds: per seed ``(seed, status, figure)``.
         advisory: as in ``Verdict``.
+        interval: the interval that decided it: of the figure against the common threshold
+            ((d)'s margin against ``margin``), or of figure − threshold against 0 where each
+            seed has its own threshold (Mode 2's band); ``clearance`` says which.
+        clearance: whether ``interval`` is of figure − threshold.
     """
 
     key: str
@@ -110,6 +131,18 @@ class SeedVerdict:
     rule: str
     seeds: list[tuple[int | None, Status, float | None]] = field(default_factory=list)
     advisory: bool = False
+    interval: Interval | None = None
+    clearance: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "rule": self.rule,
+            "advisory": self.advisory,
+            "seeds": [list(s) for s in self.seeds],
+            "interval": None if self.interval is None else self.interval.as_dict(),
+            "clearance": self.clearance,
+        }
 
     @property
     def name(self) -> str:
@@ -198,7 +231,7 @@ def judge_depth(role: str, acc: float | None, frozen_acc: float | None, margin: 
     diff = acc - frozen_acc
     detail = f"acc {acc:.4f} − frozen {frozen_acc:.4f} = {100 * diff:+.2f} pp"
     status: Status = "FIRES" if diff < margin - 1e-12 else "PASS"
-    return Verdict("d", status, diff, rule, detail)
+    return Verdict("d", status, diff, rule, detail, threshold=margin)
 
 
 def judge_mode2(protocol: dict | None, floor: Verdict, sigmas: float) -> Verdict:
@@ -244,7 +277,8 @@ def judge_mode2(protocol: dict | None, floor: Verdict, sigmas: float) -> Verdict
         if not all(measured(v) for v in (deep, null["deep_mean"], null["deep_std"])):
             return Verdict("mode2", "UNMEASURABLE", None, rule, detail)
         band = null["deep_mean"] + sigmas * null["deep_std"]
-        return Verdict("mode2", "PASS" if deep > band else "FIRES", deep, rule, detail)
+        status: Status = "PASS" if deep > band else "FIRES"
+        return Verdict("mode2", status, deep, rule, detail, threshold=band)
     rule = f"no feedback draw: fires when deep ρ <= random-credit ρ + {sigmas:g}·std"
     if not rho.get("rho") or len(rho["rho"]) < 2:
         return Verdict("mode2", "UNMEASURABLE", None, rule, "no ρ logged")
@@ -258,7 +292,8 @@ def judge_mode2(protocol: dict | None, floor: Verdict, sigmas: float) -> Verdict
     if deep is None or negative is None or spread is None:
         return Verdict("mode2", "UNMEASURABLE", None, rule, detail)
     band = negative + sigmas * spread
-    return Verdict("mode2", "PASS" if deep > band else "FIRES", deep, rule, detail)
+    status = "PASS" if deep > band else "FIRES"
+    return Verdict("mode2", status, deep, rule, detail, threshold=band)
 
 
 def judge_run(
@@ -303,28 +338,77 @@ def judge_run(
     return RunVerdict(method, seed, verdicts, pair, thresholds, last.get("epoch"), role)
 
 
-def merge_seeds(key: str, verdicts: list[tuple[int | None, Verdict]]) -> SeedVerdict:
+def merge_seeds(
+    key: str, verdicts: list[tuple[int | None, Verdict]], level: float = LEVEL
+) -> SeedVerdict:
     """One diagnostic across seeds: the measurable seeds decide.
 
-    PASS (FIRES) when every measurable seed passes (fires), MIXED when they disagree,
-    UNMEASURABLE when none is measurable, N/A when it applies to none.
+    For (d) and Mode 2 (``INTERVAL_KEYS``) with two or more measurable seeds, the interval
+    of the mean per-seed figure decides (``decide_by_interval``). Otherwise PASS (FIRES)
+    when every measurable seed passes (fires), MIXED when they disagree. UNMEASURABLE when
+    none is measurable, N/A when it applies to none.
+
+    Args:
+        key: the diagnostic.
+        verdicts: ``(seed, verdict)`` per run.
+        level: the confidence level of the interval.
     """
     seeds = [(s, v.status, v.figure) for s, v in verdicts]
     statuses = {v.status for _, v in verdicts}
-    measured = statuses & {"PASS", "FIRES"}
-    if len(measured) == 2:
+    judged = statuses & {"PASS", "FIRES"}
+    if len(judged) == 2:
         status: SeedStatus = "MIXED"
-    elif measured:
-        status = next(iter(measured))
+    elif judged:
+        status = next(iter(judged))
     elif statuses == {"N/A"}:
         status = "N/A"
     else:
         status = "UNMEASURABLE"
     rule = verdicts[0][1].rule if verdicts else ""
     advisory = any(v.advisory for _, v in verdicts)
-    return SeedVerdict(key, status, rule, seeds, advisory)
+    merged = SeedVerdict(key, status, rule, seeds, advisory)
+    if key in INTERVAL_KEYS:
+        decide_by_interval(merged, [v for _, v in verdicts], level)
+    return merged
 
 
-def judge_seeds(runs: list[RunVerdict]) -> dict[str, SeedVerdict]:
-    """Every diagnostic across the seeds of one method."""
-    return {key: merge_seeds(key, [(r.seed, r.verdicts[key]) for r in runs]) for key in DIAGNOSTICS}
+def decide_by_interval(merged: SeedVerdict, verdicts: list[Verdict], level: float) -> None:
+    """Sets ``merged``'s interval, and its status from it, over the measurable seeds.
+
+    PASS when the interval lies above the threshold, FIRES when it lies below it, MIXED
+    when it contains it. With fewer than two measurable seeds there is no interval and the
+    seeds' own statuses stand.
+    """
+    judged = [
+        v
+        for v in verdicts
+        if v.status in ("PASS", "FIRES") and measured(v.figure) and measured(v.threshold)
+    ]
+    if len(judged) < 2:
+        return
+    edges = {v.threshold for v in judged}
+    # Mode 2's band is each run's own; where seeds have their own threshold, compare each
+    # seed's clearance over it (figure − threshold) with 0.
+    merged.clearance = merged.key == "mode2" or len(edges) > 1
+    if merged.clearance:
+        values, threshold = [v.figure - v.threshold for v in judged], 0.0
+    else:
+        values, threshold = [v.figure for v in judged], judged[0].threshold
+    interval = paired_interval(values, threshold, level)
+    if interval is None:  # a non-finite figure: the seeds' own statuses stand
+        return
+    merged.interval = interval
+    if interval.low > threshold:
+        merged.status = "PASS"
+    elif interval.high < threshold:
+        merged.status = "FIRES"
+    else:
+        merged.status = "MIXED"
+
+
+def judge_seeds(runs: list[RunVerdict], level: float = LEVEL) -> dict[str, SeedVerdict]:
+    """Every diagnostic across the seeds of one method (intervals at ``level``)."""
+    return {
+        key: merge_seeds(key, [(r.seed, r.verdicts[key]) for r in runs], level)
+        for key in DIAGNOSTICS
+    }

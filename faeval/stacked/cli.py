@@ -7,29 +7,36 @@ as a lone run's ``--seed_everything`` does, claims one run folder per seed (and 
 stack itself: its config, ``stack.json`` and checkpoints), and hands the CLI a ``SeedStack``,
 its ``StackedData`` and a trainer whose ``SeedRuns`` callback writes every seed's run.
 
-A stack resumes from its own checkpoint: ``faeval fit --config STACK/config.yaml --ckpt_path
-STACK/checkpoints/<file>.ckpt``; each seed's rows go on in its own folder.
+A stack keeps ``STACK/checkpoints/last.ckpt`` as a lone run keeps its own (``faeval.resume``:
+every epoch and, with ``--checkpoint_every_n_steps``, every N steps, written atomically), and
+each seed's folder gets its own ``checkpoints/last.ckpt`` beside it. A stack resumes from its
+own checkpoint, mid-epoch too: ``faeval fit --config STACK/config.yaml --ckpt_path
+STACK/checkpoints/last.ckpt``; each seed's rows go on in its own folder. Model options given
+with it that contradict the stack's are refused, as for a lone run (``check_stack_resume``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from faeval.callbacks import Diagnostics, LineProgress, Protocol
+from faeval.callbacks import Diagnostics, LastCheckpoint, LineProgress, Protocol
 from faeval.errors import ConfigError
+from faeval.resume import check_resume_options, checkpointing
 from faeval.runs import LOGS, claim, claim_next, holds_run
 from faeval.stacked.convert import RUN_ALONE, NotStackable
 from faeval.stacked.data import StackedData
-from faeval.stacked.module import SeedStack
+from faeval.stacked.module import HPARAMS_KEY, SeedStack
 from faeval.stacked.runs import SeedRun, SeedRuns
 
 if TYPE_CHECKING:
@@ -127,8 +134,32 @@ def format_seeds(seeds: list[int]) -> str:
     return ",".join(parts)
 
 
-#: Callbacks a stack knows how to run per seed or leaves as they are.
-KNOWN_CALLBACKS = (Diagnostics, Protocol, ModelCheckpoint, ModelSummary, ProgressBar, LineProgress)
+#: Callbacks a stack knows how to run per seed or leaves as they are (a ``ModelCheckpoint``,
+#: ``LastCheckpoint`` included, saves the stack and, through ``SeedRuns``, every seed).
+KNOWN_CALLBACKS = (
+    Diagnostics,
+    Protocol,
+    ModelCheckpoint,
+    LastCheckpoint,
+    ModelSummary,
+    ProgressBar,
+    LineProgress,
+)
+
+
+def check_stack_resume(given, ckpt_path: str | Path) -> None:
+    """``check_resume_options`` for a stack: the given model options against the hyperparameters
+    its checkpoint recorded for its seeds (a stack's checkpoint has no method of its own).
+
+    A checkpoint that is not a stack's is left to ``StackedFit``, which refuses it.
+
+    Raises:
+        ResumeConflict: naming each contradicting option and the checkpoint's value.
+    """
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    saved = ckpt.get(HPARAMS_KEY) if isinstance(ckpt, dict) else None
+    if saved:
+        check_resume_options(given, ckpt_path, saved=saved)
 
 
 class StackedFit:
@@ -160,6 +191,11 @@ class StackedFit:
         datamodules = [init.data for init in seeds]
         trainer_config = {**seeds[0].trainer}
         self.check_trainer(trainer_config)
+        # The stack is resumable as a lone run is (faeval.resume): last.ckpt every epoch and
+        # every --checkpoint_every_n_steps, written atomically; its batches and epoch sums are
+        # in it, so a mid-epoch resume continues exactly.
+        every = cli._get(cli.config_init, "checkpoint_every_n_steps", default=0) or 0
+        trainer_config.update(checkpointing(trainer_config, every))
         resumed = self.resumed_stack(fit.get("ckpt_path"))
         stack_dir, run_dirs = resumed or self.claim(methods, datamodules)
         runs = [
@@ -237,7 +273,9 @@ class StackedFit:
             root = Path(cli._trainer_config().get("default_root_dir") or Path.cwd()) / LOGS
             data, method = type(datamodules[0]).__name__, type(methods[0]).__name__
             stack_dir = claim_next(root / data / method / f"stack-{spec}", info)
-        record = {"seeds": self.seeds, "run_dirs": [str(d.resolve()) for d in run_dirs]}
+        # Relative to the stack's folder: a sweep folder copied or moved whole resumes as well.
+        rel = [os.path.relpath(d.resolve(), stack_dir.resolve()) for d in run_dirs]
+        record = {"seeds": self.seeds, "run_dirs": rel}
         (stack_dir / STACK_FILE).write_text(json.dumps(record, indent=1))
         return stack_dir, run_dirs
 
@@ -262,7 +300,7 @@ class StackedFit:
                 f"{ckpt} is the stack of seeds {format_seeds(record['seeds'])}, not "
                 f"{format_seeds(self.seeds)}; resume it with its own config.yaml"
             )
-        return stack_dir, [Path(d) for d in record["run_dirs"]]
+        return stack_dir, [(stack_dir / d).resolve() for d in record["run_dirs"]]
 
     def save_seed_configs(self, run_dirs: list[Path], name: str) -> None:
         """Each seed's folder gets the config of its lone run: its seed, no --seeds."""

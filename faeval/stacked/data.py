@@ -4,6 +4,10 @@ Seed k's rows of a stacked batch are exactly the batch its lone run would see: t
 per-epoch generator (seeded with the seed's data seed + the epoch) draws its random targets,
 then its permutation, as ``TensorBatches`` does. The splits are loaded once and moved once to
 the training device; every batch is a gather on that device, so no batch crosses from the host.
+Like ``TensorBatches``, the batches are stateful (the epoch in progress and how many of its
+batches the trainer has finished, in every checkpoint), so a stack resumed from a mid-epoch
+checkpoint continues with the next batch; the state has ``TensorBatches``' form, so each
+seed's own checkpoint resumes its lone run at the same place.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.data import InMemoryDataModule, TensorBatches
-from faeval.stacked.convert import NotStackable
+from faeval.stacked.convert import RUN_ALONE, NotStackable
 
 
 class StackedBatches:
@@ -29,6 +33,8 @@ class StackedBatches:
         batch_size: B, samples per seed per batch; the last batch may be smaller.
         epoch: returns the current epoch when iteration starts.
         random_targets: number of classes of the i.i.d. labels drawn per seed and epoch, or 0.
+        progress: returns how many batches of the epoch the trainer has finished (what a
+            checkpoint records; by default the batches handed out).
     """
 
     def __init__(
@@ -39,15 +45,30 @@ class StackedBatches:
         batch_size: int,
         epoch: Callable[[], int] = lambda: 0,
         random_targets: int = 0,
+        progress: Callable[[], int] | None = None,
     ) -> None:
         self.x, self.y = x, y
         self.seeds = seeds
         self.batch_size = batch_size
         self.epoch = epoch
         self.random_targets = random_targets
+        self.progress = progress
+        self._handed_out = 0
+        self._epoch_in_progress: int | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, position) from a checkpoint
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
+
+    def state_dict(self) -> dict[str, int | None]:
+        """The epoch in progress and how many of its batches the trainer has finished."""
+        position = self.progress() if self.progress is not None else self._handed_out
+        return {"epoch": self._epoch_in_progress, "position": position}
+
+    def load_state_dict(self, state: dict[str, int | None]) -> None:
+        """Continue the saved epoch at the saved position (a later epoch starts afresh)."""
+        if state.get("epoch") is not None:
+            self._resume = (state["epoch"], state["position"])
 
     def plan(self) -> tuple[Tensor, Tensor | None]:
         """This epoch's orders (K, N) and random labels (K, N) (None: the true labels).
@@ -66,11 +87,20 @@ class StackedBatches:
         return torch.stack(orders), torch.stack(labels) if labels else None
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch = self.epoch()
         orders, labels = self.plan()
         orders = orders.to(self.x.device)  # one transfer per epoch
         if labels is not None:
             labels = labels.to(self.x.device)
-        for i in range(0, len(self.x), self.batch_size):
+        first = 0
+        if self._resume is not None:
+            saved_epoch, position = self._resume
+            self._resume = None
+            first = position if saved_epoch == epoch else 0
+        self._epoch_in_progress, self._handed_out = epoch, first
+        for b in range(first, len(self)):
+            self._handed_out = b + 1
+            i = b * self.batch_size
             idx = orders[:, i : i + self.batch_size]  # (K, b): each seed's samples
             rows = idx.reshape(-1)  # seed-major
             y = self.y.index_select(0, rows) if labels is None else labels.gather(1, idx)
@@ -85,12 +115,19 @@ class StackedData(LightningDataModule):
             ``seed`` only); the first one's splits serve all.
 
     Raises:
-        NotStackable: the data modules differ in class, batch sizes or targets.
+        NotStackable: the data modules are not faeval's in-memory ones, or differ in class,
+            batch sizes or targets.
     """
 
     def __init__(self, datamodules: list[InMemoryDataModule]) -> None:
         super().__init__()
         first = datamodules[0]
+        if not isinstance(first, InMemoryDataModule):
+            raise NotStackable(
+                f"{type(first).__name__} is not one of faeval's in-memory data modules "
+                "(faeval.data.InMemoryDataModule), whose splits a stack gathers each seed's "
+                f"batches from on the device; {RUN_ALONE}"
+            )
         same = ("batch_size", "eval_batch_size", "probe_size", "random_targets")
         for dm in datamodules:
             if type(dm) is not type(first) or any(
@@ -125,7 +162,13 @@ class StackedData(LightningDataModule):
             first.batch_size,
             epoch=lambda: self.trainer.current_epoch if self.trainer else 0,
             random_targets=first.num_classes if first.random_targets else 0,
+            progress=self._batches_finished if self.trainer is not None else None,
         )
+
+    def _batches_finished(self) -> int:
+        """Training batches of the current epoch whose step has finished (Lightning's count,
+        the one its loops resume from; as ``InMemoryDataModule``'s)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     @override
     def val_dataloader(self) -> TensorBatches:

@@ -12,6 +12,10 @@ from faeval.methods import CreditMethod
 from faeval.methods.base import _fuse
 from faeval.stacked.convert import check_optimizer, stack_methods
 
+#: Where a stack's checkpoint records its seeds' method hyperparameters (the stack module has
+#: none of its own): ``faeval fit --seeds … --ckpt_path`` checks the given options against them.
+HPARAMS_KEY = "faeval_stack_hyper_parameters"
+
 
 class SeedStack(LightningModule):
     """Trains K seeds of one method at once: stacked parameters, seed-major batches of K·B rows.
@@ -66,6 +70,17 @@ class SeedStack(LightningModule):
     def epoch_means(self, seed: int) -> dict[str, float]:
         """The method's figures of the epoch so far (``train/loss`` …) for the seed at ``seed``."""
         return self.method.epoch_means(seed)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The method's running epoch sums ((K,) per figure): a stack resumed mid-epoch logs
+        # the same epoch means (Lightning calls this hook on the root module only).
+        self.method.on_save_checkpoint(checkpoint)
+        checkpoint[HPARAMS_KEY] = dict(self.method.hparams)  # every seed's (one config)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.method.on_load_checkpoint(checkpoint)
 
     @override
     def on_validation_epoch_start(self) -> None:

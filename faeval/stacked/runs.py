@@ -5,15 +5,16 @@ runs build them (``seed_state``), and each seed's own ``Diagnostics`` and ``Prot
 callbacks run on its method as they run in a lone run, through ``SeedView``: a view of the
 trainer that shows that seed's folder, logger, data and epoch figures. Each stacked checkpoint
 is written again per seed, as the checkpoint its lone run would have written (its weights,
-its slice of the optimizer state, the loops, its callbacks' state), so ``faeval audit``,
-``faeval test``, a resumed lone run and the report read K ordinary runs.
+its slice of the optimizer state and of the epoch's running sums, the loops with the batch
+position, its callbacks' state), through the trainer's checkpoint IO (``AtomicCheckpointIO``
+under ``faeval fit``: never torn), so ``faeval audit``, ``faeval test``, a resumed lone run
+(mid-epoch too) and the report read K ordinary runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +26,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tqdm import tqdm
 from typing_extensions import override
 
-from faeval.callbacks import Diagnostics, Protocol
+from faeval.callbacks import Diagnostics, LastCheckpoint, Protocol
 from faeval.data import InMemoryDataModule
 from faeval.methods import CreditMethod
 from faeval.stacked.convert import seed_state
+from faeval.stacked.module import HPARAMS_KEY
 
 PREFIX = "method."  # the stacked method's keys in a SeedStack's state dict
+#: What a stack's checkpoint holds that no lone run's does (the seeds' recorded options).
+STACK_KEYS = (HPARAMS_KEY,)
 
 
 @contextlib.contextmanager
@@ -96,9 +100,11 @@ class SeedView:
         self.loggers = [run.logger] if run.logger else []
         self.log_dir = self.default_root_dir = str(run.run_dir)
         self.datamodule = run.datamodule
+        self.callbacks = run.callbacks()
         self.callback_metrics = {k: torch.tensor(v) for k, v in metrics.items()}
         self.is_global_zero = trainer.is_global_zero
         self.global_rank, self.world_size = trainer.global_rank, trainer.world_size
+        self.strategy = trainer.strategy  # one device: its broadcasts hand the value back
 
     @property
     def current_epoch(self) -> int:
@@ -142,20 +148,25 @@ class SeedRuns(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "diagnostics": [r.diagnostics.state_dict() for r in self.runs],
+            "protocols": [[p.state_dict() for p in r.protocols] for r in self.runs],
             "stopped": [r.stopped for r in self.runs],
             "checkpoints": [None if r.checkpoint is None else str(r.checkpoint) for r in self.runs],
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for run, diag, stopped, ckpt in zip(
+        protocols = state_dict.get("protocols") or [[] for _ in self.runs]
+        for run, diag, protos, stopped, ckpt in zip(
             self.runs,
             state_dict["diagnostics"],
+            protocols,
             state_dict["stopped"],
             state_dict["checkpoints"],
             strict=True,
         ):
             run.diagnostics.load_state_dict(diag)
+            for protocol, state in zip(run.protocols, protos, strict=False):
+                protocol.load_state_dict(state)  # its rows after the checkpoint go at fit start
             run.stopped = stopped
             run.checkpoint = run.resumed_from = None if ckpt is None else Path(ckpt)
 
@@ -172,6 +183,12 @@ class SeedRuns(Callback):
         return SeedView(trainer, run, metrics)
 
     @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        for run in self.runs:  # each reads its run folder here, once (as in a lone run)
+            for callback in run.callbacks():
+                callback.setup(SeedView(trainer, run, {}), run.method, stage)
+
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.sync(pl_module)
         for run in self.runs:
@@ -182,6 +199,15 @@ class SeedRuns(Callback):
                 with run_seed(run.seed):
                     for callback in run.callbacks():
                         callback.on_fit_start(SeedView(trainer, run, {}), run.method)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The diagnostics take the probe and write the epoch-0 row here (a resumed run drops
+        # the rows written after its checkpoint), as in a lone run.
+        for run in self.active():
+            with run_seed(run.seed):
+                for callback in run.callbacks():
+                    callback.on_train_start(SeedView(trainer, run, {}), run.method)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -243,15 +269,17 @@ class SeedRuns(Callback):
         state = {
             k[len(PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(PREFIX)
         }
-        name = checkpoint_name(checkpoint)
+        keys = {c.state_key for c in trainer.checkpoint_callbacks}
+        name = checkpoint_name(checkpoint, keys)
+        sums = getattr(pl_module.method, "_epoch_sums", {})  # the module's hook comes after
         for run in self.active():
             folder = run.run_dir / "checkpoints"
             path = folder / name
-            seed_ckpt = seed_checkpoint(checkpoint, state, run, path)
+            seed_ckpt = seed_checkpoint(checkpoint, state, run, path, keys)
+            seed_ckpt["faeval_epoch_sums"] = seed_sums(sums, run.index, len(self.runs))
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save(seed_ckpt, tmp)
-            os.replace(tmp, path)  # a reader never sees half a file
+            # The trainer's checkpoint IO: AtomicCheckpointIO under faeval fit (never torn).
+            trainer.strategy.checkpoint_io.save_checkpoint(seed_ckpt, path)
             previous = run.checkpoint
             if previous not in (None, path, run.resumed_from) and previous.is_file():
                 previous.unlink()  # one checkpoint per run, as a lone run keeps by default
@@ -260,28 +288,58 @@ class SeedRuns(Callback):
             checkpoint["callbacks"][self.state_key] = self.state_dict()
 
 
-def checkpoint_name(checkpoint: dict[str, Any]) -> str:
-    """The file name the stack's checkpoint callback is writing (each seed's has the same)."""
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and state.get("best_model_path"):
+def checkpoint_name(checkpoint: dict[str, Any], keys: set[str] | None = None) -> str:
+    """The file name the stack's checkpoint callback is writing (each seed's has the same).
+
+    Args:
+        checkpoint: the stack's checkpoint being written.
+        keys: the state keys of the stack's checkpoint callbacks (default: ``ModelCheckpoint``'s).
+    """
+    states = checkpoint.get("callbacks", {})
+    keys = keys or {k for k in states if k.startswith("ModelCheckpoint")}
+    for key in sorted(keys):
+        state = states.get(key) or {}
+        if key == LastCheckpoint.__name__ and state.get("last_model_path"):
+            return Path(state["last_model_path"]).name  # last.ckpt
+        if state.get("best_model_path"):
             return Path(state["best_model_path"]).name
     return f"epoch={checkpoint['epoch']}-step={checkpoint['global_step']}.ckpt"
 
 
+def seed_sums(
+    sums: dict[str, tuple[Any, int]], index: int, seeds: int
+) -> dict[str, tuple[Any, int]]:
+    """One seed's running epoch sums, as its lone run keeps them: each (K,) sum's slice."""
+    out = {}
+    for name, (total, count) in sums.items():
+        if isinstance(total, torch.Tensor) and total.dim() > 0 and total.shape[0] == seeds:
+            total = total[index : index + 1].clone()  # a lone run's sums have shape (1,)
+        out[name] = (total, count)
+    return out
+
+
 def seed_checkpoint(
-    checkpoint: dict[str, Any], state: dict[str, torch.Tensor], run: SeedRun, path: Path
+    checkpoint: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    run: SeedRun,
+    path: Path,
+    keys: set[str] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint the seed's lone run would write at this point (Lightning's format).
 
     The weights and every buffer are the seed's slice of the stack; so is the optimizer state
     (elementwise: each stacked tensor's slice is the seed's own state); the loops are the
-    stack's (the same batches and steps); the callbacks' state is the seed's ``Diagnostics``
-    and its checkpoint callback's, pointed at its own folder.
+    stack's (the same batches and steps, the same batch position); the callbacks' state is the
+    seed's ``Diagnostics`` and ``Protocol`` and its checkpoint callbacks', pointed at its own
+    folder. (Its running epoch sums are added by ``SeedRuns``.)
+
+    Args:
+        keys: the state keys of the stack's checkpoint callbacks (default: ``ModelCheckpoint``'s).
     """
     out = {
         k: v
         for k, v in checkpoint.items()
-        if k not in ("state_dict", "optimizer_states", "callbacks", "hyper_parameters")
+        if k not in ("state_dict", "optimizer_states", "callbacks", "hyper_parameters", *STACK_KEYS)
     }
     out["state_dict"] = seed_state(state, run.index)
     stacked_params = [p for p in run_parameters(state, run.method)]
@@ -289,14 +347,20 @@ def seed_checkpoint(
         seed_optimizer_state(opt, stacked_params, run.index)
         for opt in checkpoint["optimizer_states"]
     ]
-    callbacks = {"Diagnostics": run.diagnostics.state_dict()}
-    for key, value in checkpoint.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint"):
-            callbacks[key] = moved_checkpoint_state(value, path)
+    # As Lightning keeps them: each callback's state under its key, when it has one.
+    callbacks = {c.state_key: st for c in run.callbacks() if (st := c.state_dict())}
+    states = checkpoint.get("callbacks", {})
+    for key in keys or {k for k in states if k.startswith("ModelCheckpoint")}:
+        if key in states:
+            callbacks[key] = moved_checkpoint_state(states[key], path)
     out["callbacks"] = callbacks
-    out["hyper_parameters"] = dict(run.method.hparams)
-    if hasattr(run.method, "_hparams_name"):
-        out["hparams_name"] = run.method._hparams_name
+    # As Lightning records the lone run's method and data module (faeval.hparams: plain data,
+    # so that faeval audit can rebuild the data of a run that left no config.yaml).
+    for obj in (run.method, run.datamodule):
+        if obj is not None and obj.hparams:
+            if hasattr(obj, "_hparams_name"):
+                out[obj.CHECKPOINT_HYPER_PARAMS_NAME] = obj._hparams_name
+            out[obj.CHECKPOINT_HYPER_PARAMS_KEY] = dict(obj.hparams)
     return out
 
 
@@ -330,11 +394,13 @@ def seed_optimizer_state(
 
 
 def moved_checkpoint_state(state: dict[str, Any], path: Path) -> dict[str, Any]:
-    """A ``ModelCheckpoint`` state moved to the seed's folder, with ``path`` its checkpoint."""
+    """A ``ModelCheckpoint`` state moved to the seed's folder, with ``path`` its checkpoint
+    (its best, or for ``LastCheckpoint`` its last: the one file each seed keeps)."""
+    last = bool(state.get("last_model_path")) and not state.get("best_model_path")
     out = dict(state)
     out["dirpath"] = str(path.parent)
-    out["best_model_path"] = str(path)
+    out["best_model_path"] = "" if last else str(path)
     out["best_k_models"] = {}
     out["kth_best_model_path"] = ""
-    out["last_model_path"] = ""
+    out["last_model_path"] = str(path) if last else ""
     return out

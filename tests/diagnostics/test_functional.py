@@ -1,4 +1,4 @@
-"""Norms and cosines against hand computations, including the pitfalls of DESIGN.md."""
+"""Norms and cosines against hand computations, including the pitfalls of docs/protocol.md."""
 
 import math
 

@@ -21,6 +21,7 @@ from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.data import TensorBatches
 from faeval.diagnostics import measure_layers
 from faeval.methods import BP, CreditMethod
+from tests.helpers import wrap_plain_resnet
 
 #: Tiny configurations of each backbone (and of each of its topologies), with input shapes.
 BACKBONES = {
@@ -45,6 +46,9 @@ BACKBONES = {
         partial(SmallCNN, width=4, num_blocks=2, downsample=False, residual_add=True),
     ),
     "StudentNet": ((12,), partial(StudentNet, width=16, depth=3, alpha=1.0)),
+    # A researcher's own residual network, wrapped (faeval.backbones.Wrapped), in both forms.
+    "Wrapped-branches": ((12,), partial(wrap_plain_resnet)),
+    "Wrapped-skip-inside": ((12,), partial(wrap_plain_resnet, skip_inside=True)),
 }
 NUM_CLASSES = 4
 

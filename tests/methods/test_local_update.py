@@ -1,7 +1,7 @@
 """FA and DFA: the gradient each parameter receives is the VJP of its own module with a_l.
 
 The reference recomputes the forward pass, the output error and the credits from the
-feedback matrices by the formulas of DESIGN.md, independently of the methods' code.
+feedback matrices by the formulas of docs/methods.md, independently of the methods' code.
 """
 
 from functools import partial

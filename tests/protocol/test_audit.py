@@ -1,16 +1,27 @@
-"""``faeval audit`` on saved runs: it reproduces the logged diagnostics, refuses bad files."""
+"""``faeval audit`` on saved runs: it reproduces the logged diagnostics, refuses bad files, and
+gives what ``audit_model`` gives from Python on a run trained from Python."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Trainer, seed_everything
 
+from faeval.backbones import ResMLP
+from faeval.callbacks import Diagnostics
 from faeval.cli import run
-from tests.protocol.cli_args import AUDIT, TINY, protocol_args
+from faeval.data import SyntheticLadder
+from faeval.methods import DFA
+from faeval.protocol import ProtocolSettings, audit_model
+from faeval.protocol.audit import frozen_accuracy
+from faeval.runlog import RunLog
+from tests.helpers import Blobs
+from tests.protocol.cli_args import AUDIT, CHEAP, TINY, protocol_args
 
 
 def fit(root: Path, model: str) -> Path:
@@ -99,3 +110,53 @@ def test_audit_refuses_corrupt_foreign_and_unsafe_files(runs, tmp_path):
         run(["audit", str(ckpt)])
     with pytest.raises(FileNotFoundError, match="no checkpoint or run directory"):
         run(["audit", str(tmp_path / "nowhere")])
+
+
+def test_audit_model_from_python_gives_what_faeval_audit_gives_on_the_same_run(runs, tmp_path):
+    """A run trained from Python (no config.yaml): audited in Python and by the command."""
+    seed_everything(3)
+    data = SyntheticLadder(input_dim=8, num_classes=3, n_train=128, n_test=64, batch_size=32,
+                           probe_size=64)  # fmt: skip
+    method = DFA(data.input_shape, data.num_classes,
+                 backbone=partial(ResMLP, d_hidden=8, num_blocks=2))  # fmt: skip
+    trainer = Trainer(max_epochs=2, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                      enable_model_summary=False, log_every_n_steps=1,
+                      callbacks=[Diagnostics(verbose=False)])  # fmt: skip
+    trainer.fit(method, datamodule=data)
+    run_dir = Path(trainer.log_dir)
+    assert not (run_dir / "config.yaml").exists()
+
+    frozen_acc, _ = frozen_accuracy(runs["FrozenBlocks"])
+    settings = ProtocolSettings(**CHEAP)
+    record = audit_model(method, data, RunLog(run_dir).rows(), frozen_acc=frozen_acc,
+                         settings=settings)  # fmt: skip
+    ours = json.loads(json.dumps(record.as_dict()))  # as written, for a like-for-like compare
+    run(["audit", str(run_dir), "--frozen", str(runs["FrozenBlocks"]), *AUDIT])
+    theirs = audit_record(run_dir)
+
+    assert ours["diagnostics"]["epoch"] == theirs["diagnostics"]["epoch"] == 2
+    assert ours["diagnostics"]["seed"] == theirs["diagnostics"]["seed"] == 3
+    for key in ("h_norm", "g_norm", "cos", "test/acc", "growth", "probe_loss"):
+        assert ours["diagnostics"][key] == pytest.approx(theirs["diagnostics"][key], rel=1e-6,
+                                                         abs=1e-9), key  # fmt: skip
+    for piece in ("null", "rho", "stability"):
+        assert ours["protocol"][piece] == pytest.approx(theirs["protocol"][piece], rel=1e-6,
+                                                        abs=1e-9), piece  # fmt: skip
+    for key, verdict in ours["verdict"]["verdicts"].items():
+        other = theirs["verdict"]["verdicts"][key]
+        assert verdict["status"] == other["status"], key
+        assert verdict["figure"] == pytest.approx(other["figure"], rel=1e-6, abs=1e-9), key
+    assert ours["verdict"]["verdicts"]["d"]["status"] in ("PASS", "FIRES")  # measured: (d) too
+
+
+def test_audit_of_a_python_run_whose_data_is_not_recorded_asks_for_it(tmp_path):
+    data = Blobs()
+    method = DFA((6,), 3, backbone=partial(ResMLP, d_hidden=8, num_blocks=2))
+    trainer = Trainer(max_epochs=1, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                      enable_model_summary=False, log_every_n_steps=1,
+                      callbacks=[Diagnostics(verbose=False)])  # fmt: skip
+    trainer.fit(method, datamodule=data)
+    with pytest.raises(FileNotFoundError, match=r"does not record its data module.*--data"):
+        run(["audit", trainer.log_dir])
+    run(["audit", trainer.log_dir, "--data", "tests.helpers.Blobs", *AUDIT])
+    assert audit_record(Path(trainer.log_dir))["verdict"]["method"] == "DFA"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from faeval.protocol import Thresholds, judge_run, judge_seeds, run_markdown, run_text
+from faeval.protocol.render import interval_text, seed_cell
 from faeval.runlog import DEPTH_BASELINE
 
 T = Thresholds()
@@ -158,3 +161,64 @@ def test_rendering_prints_every_threshold_and_figure():
     text, md = run_text(rv), run_markdown(rv)
     for out in (text, md):
         assert "FIRES" in out and "×80" in out and "50" in out and "1e-07" in out
+
+
+def depth_runs(margins: list[float], frozen: float = 0.4) -> list:
+    """One run per seed whose accuracy beats that seed's FrozenBlocks run by ``margin``."""
+    return [
+        judge([row(0), row(1, acc=frozen + m)], frozen=frozen, seed=s)
+        for s, m in enumerate(margins)
+    ]
+
+
+def test_depth_across_seeds_is_decided_by_the_paired_interval_of_the_margin():
+    margins = [0.05, 0.03, 0.01]  # two seeds pass, one fires on its own
+    table = judge_seeds(depth_runs(margins))
+    d = table["d"]
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(margins), scale=stats.sem(margins))
+    assert (d.interval.low, d.interval.high) == pytest.approx((low, high), rel=1e-9)
+    assert d.interval.threshold == T.margin and not d.clearance
+    assert d.status == "MIXED" and d.interval.seeds_to_settle > 3
+    text = interval_text("DFA", d)
+    assert "MIXED (2 pass, 1 fire" in text and f"About {d.interval.seeds_to_settle} seeds" in text
+    assert "95% CI [" in seed_cell(d) and "pp" in seed_cell(d)
+
+
+def test_seeds_that_agree_are_still_mixed_when_their_interval_holds_the_threshold():
+    d = judge_seeds(depth_runs([0.021, 0.025, 0.06]))["d"]  # all pass, mean 0.035, wide
+    assert {st for _, st, _ in d.seeds} == {"PASS"}
+    assert d.status == "MIXED" and d.interval.low < T.margin < d.interval.high
+
+
+def test_an_interval_clear_of_the_threshold_decides_even_when_one_seed_disagrees():
+    margins = [0.06, 0.065, 0.055, 0.07, 0.06, 0.062, 0.058, 0.015, 0.064, 0.061]
+    d = judge_seeds(depth_runs(margins))["d"]
+    assert d.status == "PASS" and d.interval.low > T.margin
+    assert "although the seeds alone split (9 pass, 1 fire)" in interval_text("FA", d)
+    below = judge_seeds(depth_runs([-0.04, -0.05, -0.045]))["d"]
+    assert below.status == "FIRES" and below.interval.high < T.margin
+
+
+def test_mode2_across_seeds_compares_each_seeds_clearance_over_its_own_band():
+    deep = [0.30, 0.22, 0.26]
+    null_means, null_stds = [0.00, 0.05, 0.02], [0.05, 0.04, 0.06]
+    runs = [
+        judge([row(0), row(1)], protocol(deep=c, null_mean=m, null_std=sd), seed=s)
+        for s, (c, m, sd) in enumerate(zip(deep, null_means, null_stds, strict=True))
+    ]
+    mode2 = judge_seeds(runs)["mode2"]
+    edges = [m + T.null_sigmas * sd for m, sd in zip(null_means, null_stds, strict=True)]
+    clearance = [c - e for c, e in zip(deep, edges, strict=True)]
+    assert mode2.clearance and mode2.interval.threshold == 0.0
+    assert mode2.interval.mean == pytest.approx(np.mean(clearance))
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(clearance), scale=stats.sem(clearance))
+    assert (mode2.interval.low, mode2.interval.high) == pytest.approx((low, high), rel=1e-9)
+    assert mode2.status == ("PASS" if low > 0 else "FIRES" if high < 0 else "MIXED")
+    assert "over band 95% CI" in seed_cell(mode2)
+
+
+def test_one_measurable_seed_gives_no_interval_and_keeps_its_own_verdict():
+    runs = [*depth_runs([0.05]), judge([row(0), row(1)], frozen=None, seed=1)]
+    d = judge_seeds(runs)["d"]
+    assert d.status == "PASS" and d.interval is None
+    assert "one measurable seed, no interval" in interval_text("BP", d)

@@ -58,7 +58,8 @@ def test_each_seed_has_an_ordinary_run_folder(aligned):
     record = json.loads((stack / STACK_FILE).read_text())
     assert record["seeds"] == [0, 1, 2]
     for seed, run_dir in zip(record["seeds"], record["run_dirs"], strict=True):
-        run_dir = Path(run_dir)
+        assert not Path(run_dir).is_absolute()  # relative: the folders move together
+        run_dir = (stack / run_dir).resolve()
         assert run_dir == seed_dir(aligned / "stack", seed).resolve()
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert config["seed_everything"] == seed and config["seeds"] is None
@@ -69,7 +70,7 @@ def test_each_seed_has_an_ordinary_run_folder(aligned):
         assert ckpt["hyper_parameters"] == alone["hyper_parameters"]
     stack_config = yaml.safe_load((stack / "config.yaml").read_text())
     assert stack_config["seeds"] == "0-2"
-    assert len(list((stack / "checkpoints").glob("*.ckpt"))) == 1
+    assert [p.name for p in (stack / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]
 
 
 # Resuming continues in the run's own folder, so ModelCheckpoint finds it non-empty, and this

@@ -3,52 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 import yaml
 
-from tests.helpers import TINY_RUN
-from tests.protocol.cli_args import CHEAP
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"faeval_tools_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep, report = load_tool("sweep"), load_tool("report")
-
-SPEC = {
-    "seeds": [0, 1],
-    "methods": ["DFA"],  # FrozenBlocks joins automatically: 2 methods × 2 seeds
-    "args": [*TINY_RUN, "--trainer.max_epochs", "1"],
-    "protocol": {"every_n_epochs": 1, "settings": CHEAP},
-    "settings": {"tiny": {"model.backbone.w2_std": 0.01}},
-}
-
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sweep")
-    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    assert (
-        sweep.main(
-            [str(root / "spec.yaml"), "--out", str(root / "out"), "--jobs", "2", "--cores", "2"]
-        )
-        == 0
-    )
-    return root
+from faeval.runlog import load_sweep
+from tests.tools.sweeps import TOOLS, report, sweep
 
 
 def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
@@ -90,6 +56,7 @@ def test_the_layout_fits_the_machine():
     assert sweep.layout(groups=4, seeds=3, cores=2, gpus=0) == (2, 1, 3)  # a stack per group
     assert sweep.layout(groups=1, seeds=10, cores=2, gpus=0) == (2, 1, 5)  # two stacks of 5
     assert sweep.layout(groups=4, seeds=10, cores=16, gpus=1) == (1, 16, 10)
+    assert sweep.slurm_stack(seeds=10, gpus=1) == 10 and sweep.slurm_stack(seeds=10, gpus=0) == 8
     runs = [sweep.Run("s", m, seed, ()) for m in ("A", "B") for seed in range(5)]
     stacks = sweep.chunks(runs, 2)
     assert [[r.seed for r in c] for c in stacks] == [[0, 3], [1, 4], [2], [0, 3], [1, 4], [2]]
@@ -167,7 +134,57 @@ def test_report_writes_tables_and_plots_of_the_expected_size(swept):
     for name, (w, h) in report.SIZES.items():
         image = matplotlib.image.imread(out / f"tiny_{name}.png")
         assert image.shape[:2] == (round(h * report.DPI), round(w * report.DPI)), name
-        assert f"tiny_{name}.png" in md
+        assert f"tiny_{name}.png" in md and f"tiny_{name}.pdf" in md
+        pdf = (out / f"tiny_{name}.pdf").read_bytes()
+        # A vector file with its text as embedded TrueType fonts, no raster image inside.
+        assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf and b"/Subtype /Image" not in pdf
+
+
+def test_report_states_the_budget_everywhere_and_warns_that_it_is_short(swept, monkeypatch):
+    titles = []
+    save = report.save
+
+    def keep_title(fig, title, path):
+        titles.append(title)
+        save(fig, title, path)
+
+    monkeypatch.setattr(report, "save", keep_title)
+    out = swept / "report-budget"
+    assert report.main([str(swept / "out"), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    budget = "SyntheticLadder · ResMLP d_hidden=8 num_blocks=2"
+    head = md.split("## Setting")[0]
+    assert "| tiny | SyntheticLadder | ResMLP d_hidden=8 num_blocks=2 | 1 | 4 | 0, 1 |" in head
+    assert "budget shorter than the reference's 100 epochs" in head
+    assert f"Budget: {budget} · 1 epochs × 4 batches per epoch · seeds 0, 1." in md
+    assert "**Warning: short budget.** These runs trained 1 epochs, the reference results 100" in md
+    assert len(titles) == len(report.SIZES)
+    assert all(budget in t and "1 epochs × 4 batches per epoch · seeds 0, 1" in t for t in titles)
+    # Budget-dependent verdicts carry the mark: (d) and Mode 2 always; (a), (b) unless fired.
+    data = json.loads((out / "report.json").read_text())["settings"]["tiny"]
+    assert data["budget"]["epochs"] == "1" and data["budget"]["seeds"] == [0, 1]
+    dfa = data["methods"]["DFA"]
+    assert {"d", "mode2"} <= set(dfa["budget_dependent"]) and "c" not in dfa["budget_dependent"]
+    row = next(line for line in md.splitlines() if line.startswith("| DFA |"))
+    assert row.count(report.SHORT.strip()) == len(dfa["budget_dependent"])
+    # How sure: (d) across two seeds is decided by its interval, explained in words.
+    d = dfa["verdicts"]["d"]
+    assert d["interval"]["n"] == 2 and d["interval"]["threshold"] == 0.02
+    assert "### How sure (across seeds)" in md and "DFA, (d) depth utilisation: the margin" in md
+    assert report.main([str(swept / "out"), "--out", str(out / "long"),
+                        "--reference_epochs", "1"]) == 0  # fmt: skip
+    assert "Warning" not in (out / "long" / "report.md").read_text()
+
+
+def test_load_sweep_gives_the_rows_the_sweep_wrote(swept):
+    records = load_sweep(swept / "out")
+    files = sorted((swept / "out" / "runs").glob("*/*/seed*/diagnostics.jsonl"))
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert len(records) == len(rows) == 8  # 4 runs × (init + 1 epoch)
+    strip = [{k: v for k, v in r.items() if k not in ("setting", "run_dir")} for r in records]
+    order = partial(json.dumps, sort_keys=True)
+    assert sorted(strip, key=order) == sorted(rows, key=order)
+    assert {r["setting"] for r in records} == {"tiny"}
 
 
 def test_report_on_partial_mixed_and_empty_sweeps_says_what_is_missing(swept, tmp_path, capsys):
@@ -203,3 +220,72 @@ def test_the_reference_sweep_plans_bp_fa_dfa_and_frozen_on_three_seeds(monkeypat
     cmd = sweep.command(spec, runs[0], Path("/tmp/x"))
     assert cmd[cmd.index("--model.backbone.d_hidden") + 1] == "256"
     assert "--trainer.callbacks+=Protocol" in cmd
+
+
+def test_a_sweep_started_again_continues_an_unfinished_run_from_its_checkpoint(swept, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(swept / "out", out)
+    run_dir = out / "runs" / "tiny" / "DFA" / "seed1"
+    (run_dir / "status.json").unlink()  # its process was killed: no status, a last.ckpt
+    before = (run_dir / "diagnostics.jsonl").read_text()
+    spec = yaml.safe_load((swept / "spec.yaml").read_text())
+    spec["args"] += ["--trainer.max_epochs", "2"]  # the budget it had not reached
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out), "--dry_run"]) == 0
+    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out)]) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "ok" and status["resumed"] is True
+    assert "--ckpt_path" in status["cmd"]
+    rows = (run_dir / "diagnostics.jsonl").read_text()
+    assert rows.startswith(before)  # epochs 0 and 1 kept, epoch 2 appended
+    assert [json.loads(line)["epoch"] for line in rows.splitlines()] == [0, 1, 2]
+    assert not (out / "attempts").exists()  # continued in place, nothing set aside
+
+
+def test_a_sweep_started_again_continues_an_unfinished_stack_from_its_checkpoint(
+    swept, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    shutil.copytree(swept / "out", out)  # stack.json names its seeds' folders relatively
+    runs = [out / "runs" / "tiny" / "DFA" / f"seed{seed}" for seed in (0, 1)]
+    stack = out / "stacks" / "tiny" / "DFA" / "seeds0-1"
+    for run_dir in runs:
+        (run_dir / "status.json").unlink()  # their stack was killed: no status, a last.ckpt
+    before = [(run_dir / "diagnostics.jsonl").read_text() for run_dir in runs]
+    spec = yaml.safe_load((swept / "spec.yaml").read_text())
+    spec["args"] += ["--trainer.max_epochs", "2"]  # the budget it had not reached
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    # Cut otherwise now (one seed per process), the stack still continues as it was cut.
+    args = [str(tmp_path / "spec.yaml"), "--out", str(out), "--stack", "1"]
+    assert sweep.main([*args, "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    assert "(2 continuing from their last checkpoint)" in printed
+    assert "--seeds 0,1 " in printed and str(stack / "checkpoints" / "last.ckpt") in printed
+    assert sweep.main(args) == 0
+    for run_dir, rows_before in zip(runs, before, strict=True):
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["status"] == "ok" and status["resumed"] is True
+        assert "--seeds" in status["cmd"] and "--ckpt_path" in status["cmd"]
+        rows = (run_dir / "diagnostics.jsonl").read_text()
+        assert rows.startswith(rows_before)  # epochs 0 and 1 kept, epoch 2 appended
+        assert [json.loads(line)["epoch"] for line in rows.splitlines()] == [0, 1, 2]
+        assert "[sweep] continuing from checkpoints/last.ckpt" in (run_dir / "run.log").read_text()
+    assert not (out / "attempts").exists()  # continued in place, nothing set aside
+
+    # A run started afresh (here: its earlier attempt failed) sets aside every stack that
+    # held its seed, so that no later sweep continues a stale stack into its new folder; its
+    # stack-mate, unfinished, continues alone from its own last.ckpt (its lone run's).
+    failed = json.loads((runs[0] / "status.json").read_text())
+    (runs[0] / "status.json").write_text(json.dumps({**failed, "status": "failed"}))
+    (runs[1] / "status.json").unlink()
+    assert sweep.main(args) == 0
+    assert [p.parent.name for p in (out / "attempts" / "stacks" / "tiny").glob("*/seeds0-1-*")] == [
+        "DFA"
+    ]
+    assert [p.name[:5] for p in (out / "attempts" / "tiny" / "DFA").iterdir()] == ["seed0"]
+    for run_dir, resumed in zip(runs, (False, True), strict=True):
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["status"] == "ok" and status["resumed"] is resumed
+        assert "--seeds" not in status["cmd"]  # --stack 1: one process per run
+        assert ("--ckpt_path" in status["cmd"]) is resumed
+    assert not stack.exists()
