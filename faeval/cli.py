@@ -174,6 +174,8 @@ class FaevalCLI(LightningCLI):
     #: The run folder this process claimed last (``main`` releases it if the run fails
     #: before writing anything).
     claimed: ClassVar[Path | None] = None
+    #: The folders a stack of seeds claimed (its own and each seed's), released likewise.
+    stack_claimed: ClassVar[list[Path]] = []
 
     @override
     def setup_parser(self, add_subcommands, main_kwargs, subparser_kwargs) -> None:
@@ -480,13 +482,14 @@ def main(args: list[str] | None = None) -> None:
     taken run folder) and Lightning's own configuration errors are printed without a
     traceback; any other exception is a bug in faeval and keeps its traceback.
     """
-    FaevalCLI.claimed = None
+    FaevalCLI.claimed, FaevalCLI.stack_claimed = None, []
     try:
         run(args)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:
-        release_unused(FaevalCLI.claimed)  # a run that failed before writing anything
+        for folder in {FaevalCLI.claimed, *FaevalCLI.stack_claimed}:
+            release_unused(folder)  # a run that failed before writing anything
         mistake = user_error(err) or _lightning_misconfiguration(err)
         if mistake is None:
             raise

@@ -446,6 +446,8 @@ def execute_stack(
     text = log_file.read_text()
     if stacked:  # the stack's log, beside its checkpoints and in every run's folder
         for run in runs:
+            # (a stack that failed before its first row gave its empty run folders back)
+            run.dir(out).mkdir(parents=True, exist_ok=True)
             (run.dir(out) / "run.log").write_text(text)
     return [record_status(run, out, rc, seconds, text, cmd, resume) for run in runs]
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -227,7 +228,10 @@ class StackedFit:
         self.save_seed_configs(run_dirs, config_name)
         cli.model = SeedStack(methods, compile=self.settings.compile)
         cli.datamodule = StackedData(datamodules)
-        cli.trainer = cli._instantiate_trainer(trainer_config, [])
+        try:
+            cli.trainer = cli._instantiate_trainer(trainer_config, [])
+        except (ValueError, MisconfigurationException) as err:  # a bad --trainer.* value
+            raise ConfigError(f"--trainer: {err}") from err
 
     def check_trainer(self, config: dict) -> None:
         """Refuses trainer settings a stack cannot honour per seed."""
@@ -255,16 +259,18 @@ class StackedFit:
         """Claims the stack's folder and one run folder per seed (fresh runs only)."""
         cli, fit = self.cli, self.cli.config[self.cli.subcommand]
         run_dirs = []
+        claimed = type(cli).stack_claimed  # faeval's main releases them if the fit fails early
         for seed, method, dm in zip(self.seeds, methods, datamodules, strict=True):
             if self.settings.run_dirs:
                 run_dirs.append(claim(Path(self.settings.run_dirs.format(seed=seed)), {}))
-                continue
-            saved = fit.seed_everything
-            cli.model, cli.datamodule, fit.seed_everything = method, dm, seed
-            try:  # the lone run's own naming and claiming
-                run_dirs.append(cli._claim_named_run())
-            finally:
-                fit.seed_everything = saved
+            else:
+                saved = fit.seed_everything
+                cli.model, cli.datamodule, fit.seed_everything = method, dm, seed
+                try:  # the lone run's own naming and claiming
+                    run_dirs.append(cli._claim_named_run())
+                finally:
+                    fit.seed_everything = saved
+            claimed.append(run_dirs[-1])
         spec = format_seeds(self.seeds)
         info = {"stack": self.seeds, "runs": [str(d) for d in run_dirs]}
         if self.settings.dir:
@@ -273,6 +279,7 @@ class StackedFit:
             root = Path(cli._trainer_config().get("default_root_dir") or Path.cwd()) / LOGS
             data, method = type(datamodules[0]).__name__, type(methods[0]).__name__
             stack_dir = claim_next(root / data / method / f"stack-{spec}", info)
+        claimed.append(stack_dir)
         # Relative to the stack's folder: a sweep folder copied or moved whole resumes as well.
         rel = [os.path.relpath(d.resolve(), stack_dir.resolve()) for d in run_dirs]
         record = {"seeds": self.seeds, "run_dirs": rel}

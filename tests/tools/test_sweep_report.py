@@ -113,6 +113,22 @@ def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_
     assert [p.parts[-3] for p in kept] == ["DFA", "FrozenBlocks"]
 
 
+@pytest.mark.parametrize("stack", ["2", "1"])
+def test_a_run_that_fails_before_its_first_row_is_recorded_with_its_log(tmp_path, stack):
+    # faeval gives back the run folders it claimed; the sweep's run.log and status stay.
+    spec = {"seeds": [0, 1], "methods": ["DFA"], "protocol": False,
+            "args": ["--data", "FashionMNIST", "--data.data_dir", "nowhere"]}  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out), "--stack", stack]) == 1
+    for run_dir in out.glob("runs/*/*/seed*"):
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["status"] == "failed" and status["rc"] == 2
+        assert "faeval: error: no Fashion-MNIST file" in status["error"]
+        assert "faeval: error: no Fashion-MNIST file" in (run_dir / "run.log").read_text()
+    assert len(list(out.glob("runs/*/*/seed*"))) == 4
+
+
 def test_report_writes_tables_and_plots_of_the_expected_size(swept):
     out = swept / "report"
     assert report.main([str(swept / "out"), "--out", str(out)]) == 0
