@@ -210,6 +210,17 @@ def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
     assert f"{bad} is not a torch checkpoint" in err
 
 
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "0-1"]], ids=["lone", "stack"])
+def test_resuming_from_an_unreadable_checkpoint_is_one_line(tmp_path, monkeypatch, capsys, seeds):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--model", "DFA", *LADDER, *seeds, "--ckpt_path", "x.ckpt"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "x.ckpt is not a torch checkpoint" in err
+
+
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     """Only a user's mistake is shortened: a bug in faeval must show where it is."""
 

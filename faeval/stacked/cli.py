@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
@@ -33,6 +32,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from faeval.callbacks import Diagnostics, LastCheckpoint, LineProgress, Protocol
 from faeval.errors import ConfigError
+from faeval.protocol.checkpoint import load_lightning_checkpoint
 from faeval.resume import check_resume_options, checkpointing
 from faeval.runs import LOGS, claim, claim_next, holds_run
 from faeval.stacked.convert import RUN_ALONE, NotStackable
@@ -156,9 +156,9 @@ def check_stack_resume(given, ckpt_path: str | Path) -> None:
 
     Raises:
         ResumeConflict: naming each contradicting option and the checkpoint's value.
+        CheckpointError: the file is not a readable Lightning checkpoint.
     """
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    saved = ckpt.get(HPARAMS_KEY) if isinstance(ckpt, dict) else None
+    saved = load_lightning_checkpoint(ckpt_path).get(HPARAMS_KEY)
     if saved:
         check_resume_options(given, ckpt_path, saved=saved)
 
