@@ -48,6 +48,12 @@ from faeval.runs import (
     release_unused,
     run_name,
 )
+from faeval.stacked.cli import (
+    StackedFit,
+    add_stack_arguments,
+    check_lone_run,
+    check_stack_resume,
+)
 from faeval.trainer import FaevalTrainer
 
 
@@ -168,6 +174,8 @@ class FaevalCLI(LightningCLI):
     #: The run folder this process claimed last (``main`` releases it if the run fails
     #: before writing anything).
     claimed: ClassVar[Path | None] = None
+    #: The folders a stack of seeds claimed (its own and each seed's), released likewise.
+    stack_claimed: ClassVar[list[Path]] = []
 
     @override
     def setup_parser(self, add_subcommands, main_kwargs, subparser_kwargs) -> None:
@@ -208,6 +216,7 @@ class FaevalCLI(LightningCLI):
             default=0,
             help="Also save checkpoints/last.ckpt every N training steps (0: every epoch only).",
         )
+        add_stack_arguments(parser)  # --seeds, --stack.*: seeds stacked in one process (issue 13)
         # The model is built for the data: any LightningDataModule (--data mypkg.MyData) gives
         # its input shape and class count, or faeval reads them off its validation data.
         parser.link_arguments(
@@ -264,7 +273,22 @@ class FaevalCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file() and isinstance(self._raw_args, list):
             given = self.parser.parse_args(self._raw_args, defaults=False)[subcommand]
-            check_resume_options(given.get("model"), ckpt_path)
+            if subcommand == "fit" and self.config[subcommand].get("seeds") is not None:
+                check_stack_resume(given.get("model"), ckpt_path)  # a stack's (issue 13)
+            else:
+                check_resume_options(given.get("model"), ckpt_path)
+
+    @override
+    def instantiate_classes(self) -> None:
+        # `faeval fit --seeds 0-9` (issue 13): faeval.stacked builds one method and data module
+        # per seed, the stack, its trainer and the seeds' run folders in place of the usual ones.
+        if self.subcommand == "fit" and self._get(self.config, "seeds") is not None:
+            StackedFit(self).instantiate()
+            return
+        check_lone_run(
+            self.subcommand, self._get(self.config, "seeds"), self._get(self.config, "stack")
+        )
+        super().instantiate_classes()
 
     @override
     def instantiate_trainer(self, **kwargs):
@@ -458,13 +482,14 @@ def main(args: list[str] | None = None) -> None:
     taken run folder) and Lightning's own configuration errors are printed without a
     traceback; any other exception is a bug in faeval and keeps its traceback.
     """
-    FaevalCLI.claimed = None
+    FaevalCLI.claimed, FaevalCLI.stack_claimed = None, []
     try:
         run(args)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:
-        release_unused(FaevalCLI.claimed)  # a run that failed before writing anything
+        for folder in {FaevalCLI.claimed, *FaevalCLI.stack_claimed}:
+            release_unused(folder)  # a run that failed before writing anything
         mistake = user_error(err) or _lightning_misconfiguration(err)
         if mistake is None:
             raise

@@ -121,18 +121,24 @@ class ResumeConflict(ConfigError):
     """Options given to a resumed run contradict the checkpoint's hyperparameters."""
 
 
-def check_resume_options(given: Any, ckpt_path: str | Path) -> None:
+def check_resume_options(
+    given: Any, ckpt_path: str | Path, saved: Mapping[str, Any] | None = None
+) -> None:
     """Refuses model options given to a resumed run that contradict its checkpoint's.
 
     Args:
         given: the ``model`` options given explicitly (jsonargparse's Namespace, parsed with
             ``defaults=False``: command line and ``--config`` files), or None.
         ckpt_path: the checkpoint being resumed.
+        saved: the hyperparameters to hold them against (default: the checkpoint's own
+            ``hyper_parameters``; a stack's checkpoint records its seeds' apart, see
+            ``faeval.stacked.cli.check_stack_resume``).
 
     Raises:
         ResumeConflict: naming each contradicting option and the checkpoint's value.
     """
-    saved = load_checkpoint(ckpt_path).get("hyper_parameters", {})
+    if saved is None:
+        saved = load_checkpoint(ckpt_path).get("hyper_parameters", {})
     given = given.as_dict() if hasattr(given, "as_dict") else dict(given or {})
     conflicts = conflicting_options(given, saved)
     if conflicts:

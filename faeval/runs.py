@@ -13,9 +13,9 @@ Pure Python (no torch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -31,6 +31,8 @@ DEFAULT_RUN_NAME = "{data}/{method}/seed{seed}"
 LOGS = "lightning_logs"
 #: Files and folders whose presence means a folder holds a run.
 RUN_MARKERS = (CLAIM_FILE, "config.yaml", "diagnostics.jsonl", "checkpoints")
+#: What a run writes into its folder before its first row (a stack: stack.json too).
+EARLY_FILES = (CLAIM_FILE, "config.yaml", "hparams.yaml", "stack.json")
 
 
 def holds_run(folder: Path) -> bool:
@@ -73,20 +75,27 @@ def claim(folder: Path, info: dict | None = None) -> Path:
 
 
 def release_unused(folder: Path | None) -> bool:
-    """Removes a claimed run folder that the run left without rows or checkpoints.
+    """Gives back a claimed run folder that the run left without rows or checkpoints.
 
     A run that fails before its first row (a missing data set, a bad option found late)
-    leaves nothing worth keeping; its folder would only push the next run to ``-run2``.
+    leaves nothing worth keeping; its folder would only push the next run to ``-run2``. The
+    files such a run writes (``EARLY_FILES``, TensorBoard events) are removed, then the
+    folder when nothing else is left in it: what others put there (a sweep's ``run.log``,
+    which it is still writing) stays.
 
     Returns:
-        Whether the folder was removed.
+        Whether the claim was given back.
     """
     if folder is None or not (Path(folder) / CLAIM_FILE).is_file():
         return False
     folder = Path(folder)
     if (folder / "diagnostics.jsonl").exists() or (folder / "checkpoints").exists():
         return False
-    shutil.rmtree(folder, ignore_errors=True)
+    for path in folder.iterdir():
+        if path.name in EARLY_FILES or path.name.startswith("events.out.tfevents."):
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when empty
     return True
 
 

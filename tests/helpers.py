@@ -334,6 +334,19 @@ class Throttle(Callback):
         time.sleep(self.seconds)
 
 
+class SlowWrites(AtomicCheckpointIO):
+    """Sleeps before every checkpoint it writes: with a checkpoint every step, a slow run to
+    interrupt from outside (a plugin, which a stack of seeds accepts, unlike a callback)."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def _write(self, checkpoint, fh) -> None:
+        time.sleep(self.seconds)
+        super()._write(checkpoint, fh)
+
+
 class RankStates(Callback):
     """Saves every rank's final model state to ``folder/rank<R>.pt`` (DDP tests)."""
 

@@ -165,6 +165,26 @@ MISTAKES = [
         id="test without a run",
     ),
     pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--seeds", "0-1", "--trainer.accelerator", "gpux"],
+        r"--trainer: You selected an invalid accelerator name: `accelerator='gpux'`",
+        id="stack, trainer option",
+    ),
+    pytest.param(
+        [
+            "fit",
+            "--model",
+            "DFA",
+            "--data",
+            "FashionMNIST",
+            "--data.data_dir",
+            "nowhere",
+            "--seeds",
+            "0-1",
+        ],
+        r"no Fashion-MNIST file .* under nowhere; install Debian's package",
+        id="stack, data missing",
+    ),
+    pytest.param(
         ["fit", "--model", "DFA", *LADDER, "--run_name", "{nope}"],
         r"--run_name '\{nope\}' cannot be filled",
         id="run name with an unknown field",
@@ -187,7 +207,7 @@ def test_each_mistake_is_one_or_two_lines_with_exit_code_2(
     assert "Traceback" not in err and "usage:" not in err
     assert re.search(expected, err, re.DOTALL), err
     if args[:1] == ["fit"]:  # a run that failed before its first row leaves no folder behind
-        assert not list(Path(tmp_path).glob("lightning_logs/*/*/*"))
+        assert not list(Path(tmp_path).glob("lightning_logs/*/*/*"))  # a stack's folders too
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
@@ -198,6 +218,17 @@ def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
     assert f"{bad} is not a torch checkpoint" in err
+
+
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "0-1"]], ids=["lone", "stack"])
+def test_resuming_from_an_unreadable_checkpoint_is_one_line(tmp_path, monkeypatch, capsys, seeds):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--model", "DFA", *LADDER, *seeds, "--ckpt_path", "x.ckpt"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "x.ckpt is not a torch checkpoint" in err
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):

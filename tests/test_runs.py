@@ -37,6 +37,11 @@ def test_a_run_that_wrote_nothing_gives_its_folder_back(tmp_path):
     assert release_unused(empty) and not empty.exists()
     assert not release_unused(used) and used.exists()
     assert not release_unused(tmp_path)  # never a folder it did not claim
+    shared = claim(tmp_path / "c")  # a sweep's run folder: its run.log is the sweep's
+    (shared / "run.log").write_text("faeval: error: ...\n")
+    (shared / "config.yaml").write_text("x: 1\n")
+    assert release_unused(shared) and not holds_run(shared)
+    assert [p.name for p in shared.iterdir()] == ["run.log"]
 
 
 def test_run_names_fill_their_fields_and_stay_relative():

@@ -32,9 +32,10 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from faeval.data import InMemoryDataModule
-from faeval.diagnostics import measure
+from faeval.diagnostics import measure_layers as measure
 from faeval.methods import BP, DFA
-from faeval.methods.base import local_objective, output_error
+from faeval.methods.base import local_objective
+from faeval.methods.common import output_error
 
 
 class RandomCIFAR(InMemoryDataModule):

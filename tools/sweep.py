@@ -1,11 +1,11 @@
-"""Run a sweep: methods × seeds × settings from one YAML, one ``faeval fit`` process per run.
+"""Run a sweep: methods × seeds × settings from one YAML, the seeds of each stacked in a process.
 
 Usage:
     python tools/sweep.py configs/sweeps/fmnist_reference.yaml --out sweeps/fmnist_reference
-    python tools/sweep.py SPEC.yaml --out DIR [--jobs N] [--dry_run]
+    python tools/sweep.py SPEC.yaml --out DIR [--jobs N] [--threads T] [--stack K] [--dry_run]
     python tools/sweep.py SPEC.yaml --out DIR --executor slurm [--partition P] [--time MIN]
         [--cpus_per_task N] [--gpus_per_node N] [--mem_gb G] [--array_parallelism N]
-        [--sbatch KEY=VALUE ...] [--no_wait] [--dry_run]
+        [--sbatch KEY=VALUE ...] [--stack K] [--no_wait] [--dry_run]
 
 The YAML:
     base: configs/some_experiment.yaml   # a `faeval fit` config (optional)
@@ -34,17 +34,31 @@ in place, bit for bit; a failed one (the process exited with an error) starts ag
 scratch, its earlier folder kept as DIR/attempts/<setting>/<method>/seed<S>-<time>/. A failed
 run is recorded (status "failed", exit code, the end of its log) and the sweep goes on.
 
-Executors. ``local`` (the default, nothing to install): ``--jobs`` processes side by side with
-cores // jobs threads each (OMP_NUM_THREADS); on two cores two single-thread runs gave
-1.4-1.6× the throughput of one two-thread run. ``slurm`` (``pip install 'faeval[slurm]'``):
-one Slurm job array through submitit, one task per run not yet finished, resources from the
-spec's ``slurm:`` with the command line's options on top; each task runs with
-cpus_per_task threads. The submitter then waits for the array (``--no_wait``: it returns
-after submitting; each task rewrites results.csv as it ends) and prints the same lines and
-files as a local sweep. Submitit's logs go to DIR/slurm/. Requeue: Slurm sends USR2
-``signal_delay_s`` before a task's time limit (and on preemption); submitit's handler stops
-the run (it loses at most the work since its last checkpoint: every epoch, or every N steps
-with ``--checkpoint_every_n_steps N`` in ``args``), requeues the task, and the requeued task
+The seeds of a (setting, method) train stacked in one process (``faeval fit --seeds``: each
+seed still an ordinary run in its own folder; the stack's own config, checkpoints/last.ckpt,
+stack.json and log go to DIR/stacks/<setting>/<method>/seeds<list>/, and a run's ``seconds``
+are its stack's). An unfinished stack continues from its own last.ckpt as a whole; a seed
+whose stack is gone or was cut otherwise continues alone from its own last.ckpt (a seed's
+checkpoint is its lone run's); a run started afresh sets aside every earlier stack that held
+its seed, so that no stale stack is continued into its folder. ``--stack 1`` runs one process
+per run.
+
+Executors. ``local`` (the default, nothing to install): processes × threads × seeds per
+process are chosen for the machine unless given (``--jobs``, ``--threads``, ``--stack``): on a
+GPU machine one process per GPU with every seed of a (setting, method) stacked; on a CPU one
+single-thread process per core, each stacking its share of the seeds (tools/bench_stack.py:
+on two cores two single-thread processes of stacked seeds beat one two-thread process and one
+process per seed). With ``--jobs`` alone, each job gets cores // jobs threads
+(OMP_NUM_THREADS). ``slurm`` (``pip install 'faeval[slurm]'``): one Slurm job array through
+submitit, one task per stack (or run) not yet finished, resources from the spec's ``slurm:``
+with the command line's options on top; each task runs with cpus_per_task threads and stacks
+every seed of its (setting, method) when it has a GPU, up to 8 on a CPU (``--stack``
+overrides). The submitter then waits for the array (``--no_wait``: it returns after
+submitting; each task rewrites results.csv as it ends) and prints the same lines and files as
+a local sweep. Submitit's logs go to DIR/slurm/. Requeue: Slurm sends USR2 ``signal_delay_s``
+before a task's time limit (and on preemption); submitit's handler stops the run or stack (it
+loses at most the work since its last checkpoint: every epoch, or every N steps with
+``--checkpoint_every_n_steps N`` in ``args``), requeues the task, and the requeued task
 continues from checkpoints/last.ckpt (up to 3 time-outs per task, preemptions unlimited).
 
 Prints one line per run as it ends and, at the end, the throughput in seed-epochs per second.
@@ -204,12 +218,12 @@ def plan(spec: dict) -> list[Run]:
     ]
 
 
-def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
-    """The ``faeval fit`` command line of one run, logging straight into ``run_dir``."""
+def fit_command(spec: dict, run: Run, seed_args: list[str]) -> list[str]:
+    """``faeval fit`` of a run's setting and method, seeded by ``seed_args``."""
     cmd = [sys.executable, "-m", "faeval", "fit"]
     if spec.get("base"):
         cmd += ["--config", str(spec["base"])]
-    cmd += ["--model", run.method, "--seed_everything", str(run.seed)]
+    cmd += ["--model", run.method, *seed_args]
     for key, value in run.overrides:
         cmd += [f"--{key}", cli_value(value)]
     cmd += [str(a) for a in spec.get("args") or []]
@@ -218,6 +232,12 @@ def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
         cmd += ["--trainer.callbacks+=Protocol"]
         for key, value in flat_options(protocol or {}):
             cmd += [f"--trainer.callbacks.{key}", cli_value(value)]
+    return cmd
+
+
+def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
+    """The ``faeval fit`` command line of one run, logging straight into ``run_dir``."""
+    cmd = fit_command(spec, run, ["--seed_everything", str(run.seed)])
     cmd += [
         "--trainer.default_root_dir",
         str(run_dir),
@@ -235,7 +255,47 @@ def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
     return cmd
 
 
+def seed_list(seeds: list[int]) -> str:
+    """[0, 1, 2, 5] -> ``"0,1,2,5"``: the ``--seeds`` of a stack."""
+    return ",".join(str(s) for s in seeds)
+
+
+def stacks_dir(out: Path, setting: str, method: str) -> Path:
+    """Where the stacks of a (setting, method) keep their own folders."""
+    return Path(out) / "stacks" / setting / method
+
+
+def stack_dir(out: Path, runs: list[Run]) -> Path:
+    """Where a stack of runs keeps its own config, checkpoints and log."""
+    first = runs[0]
+    name = "seeds" + "-".join(str(r.seed) for r in runs)
+    return stacks_dir(out, first.setting, first.method) / name
+
+
+def stacked_command(spec: dict, runs: list[Run], out: Path) -> list[str]:
+    """``faeval fit --seeds``: the runs' seeds stacked in one process, each in its run folder."""
+    cmd = fit_command(spec, runs[0], ["--seeds", seed_list([r.seed for r in runs])])
+    template = str(runs[0].dir(out).with_name("seed{seed}"))
+    folder = stack_dir(out, runs)
+    return [
+        *cmd,
+        "--stack.run_dirs",
+        template,
+        "--stack.dir",
+        str(folder),
+        "--trainer.default_root_dir",
+        str(folder),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+
+
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
+#: A stack's record in its folder (``faeval.stacked.cli.STACK_FILE``; not imported: torch).
+STACK_FILE = "stack.json"
+#: Seeds stacked per Slurm task without a GPU (tools/bench_stack.py: stacking's gain per core
+#: peaks near 8 seeds; at 16 the activations outgrow the caches).
+CPU_STACK = 8
 #: Environment variables a run does not inherit from a Slurm task: with them Lightning would
 #: take the run for a process of a multi-process Slurm launch (and handle Slurm's signals).
 SLURM_PREFIXES = ("SLURM_", "SLURMD_", "SUBMITIT_")
@@ -252,6 +312,63 @@ def resumable(run_dir: Path) -> bool:
     return (run_dir / LAST_CKPT).is_file() and status.get("status") in (None, "interrupted")
 
 
+def unfinished(run_dir: Path) -> bool:
+    """Whether the run's status lets it continue (none: killed or lost; or "interrupted")."""
+    return (read_status(run_dir) or {}).get("status") in (None, "interrupted")
+
+
+def stack_record(folder: Path) -> dict | None:
+    """A stack folder's stack.json, or None."""
+    try:
+        return json.loads((folder / STACK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def resumable_stack(out: Path, runs: list[Run]) -> bool:
+    """Whether an earlier stack of exactly these runs can be continued from its last.ckpt.
+
+    Yes when its folder holds last.ckpt and its record names these seeds, and none of its
+    runs has failed or finished since (each is unfinished).
+    """
+    folder = stack_dir(out, runs)
+    record = stack_record(folder) or {}
+    return (
+        (folder / LAST_CKPT).is_file()
+        and record.get("seeds") == [r.seed for r in runs]
+        and all(unfinished(r.dir(out)) for r in runs)
+    )
+
+
+def continues(out: Path, runs: list[Run]) -> bool:
+    """Whether the runs (a stack, or one run) continue from a checkpoint rather than afresh."""
+    if len(runs) > 1:
+        return resumable_stack(out, runs)
+    return runs[0].dir(out).exists() and resumable(runs[0].dir(out))
+
+
+def set_aside(out: Path, folder: Path) -> None:
+    """Moves an unfinished or failed earlier attempt out of the way, to DIR/attempts/…-<time>."""
+    if not folder.exists():
+        return
+    runs = Path(out) / "runs"
+    rel = folder.relative_to(runs) if folder.is_relative_to(runs) else folder.relative_to(out)
+    kept = Path(out) / "attempts" / rel
+    kept = kept.with_name(f"{kept.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(folder, kept)
+
+
+def set_aside_stacks_of(out: Path, runs: list[Run]) -> None:
+    """Sets aside every earlier stack that trained one of ``runs`` (started afresh now), so that
+    a later sweep never continues a stale stack into their new folders."""
+    seeds = {r.seed for r in runs}
+    folder = stacks_dir(out, runs[0].setting, runs[0].method)
+    for stack in sorted(folder.glob("seeds*")) if folder.is_dir() else []:
+        if seeds & set((stack_record(stack) or {}).get("seeds") or []):
+            set_aside(out, stack)
+
+
 def execute(
     spec: dict,
     run: Run,
@@ -261,27 +378,52 @@ def execute(
     env: dict[str, str] | None = None,
     preexec_fn: Callable[[], None] | None = None,
 ) -> dict:
-    """Runs one training process and records its status (never raises for a failed run).
+    """Runs one training process for one run and records its status (``execute_stack``)."""
+    return execute_stack(spec, [run], out, threads, started, env, preexec_fn)[0]
+
+
+def execute_stack(
+    spec: dict,
+    runs: list[Run],
+    out: Path,
+    threads: int,
+    started: Callable[[subprocess.Popen], None] | None = None,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> list[dict]:
+    """Trains ``runs`` (one setting and method) in one process, stacked when more than one;
+    records each run's status (never raises for a failed run).
+
+    An unfinished earlier attempt continues from its last.ckpt (the stack's, or the lone
+    run's); any other is set aside and the runs start afresh.
 
     Args:
-        spec, run, out: the sweep, the run and the sweep folder.
-        threads: OMP_NUM_THREADS of the run.
+        spec, runs, out: the sweep, the runs and the sweep folder.
+        threads: OMP_NUM_THREADS of the process.
         started: called with the process once started (the Slurm task keeps it to stop it).
-        env: the run's environment (default: this process's).
+        env: the process's environment (default: this process's).
         preexec_fn: run in the child before ``faeval`` starts (the Slurm task's signals).
     """
-    run_dir = run.dir(out)
-    resume = run_dir.exists() and resumable(run_dir)
-    if run_dir.exists() and not resume:  # a failed earlier attempt: keep it, out of the way
-        kept = Path(out) / "attempts" / run_dir.relative_to(Path(out) / "runs")
-        kept = kept.with_name(f"{kept.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(run_dir, kept)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "status.json").unlink(missing_ok=True)  # "interrupted" no longer holds
-    cmd = command(spec, run, run_dir)
+    resume = continues(out, runs)
+    stacked = len(runs) > 1
+    if not resume:  # a failed or stale earlier attempt: keep it, out of the way
+        set_aside_stacks_of(out, runs)
+        if stacked:
+            set_aside(out, stack_dir(out, runs))  # one killed before it wrote its record
+        for run in runs:
+            set_aside(out, run.dir(out))
+    if stacked:
+        folder = stack_dir(out, runs)
+        cmd = stacked_command(spec, runs, out)
+    else:
+        folder = runs[0].dir(out)
+        cmd = command(spec, runs[0], folder)
+    for run in runs:
+        run.dir(out).mkdir(parents=True, exist_ok=True)
+        (run.dir(out) / "status.json").unlink(missing_ok=True)  # "interrupted" no longer holds
+    folder.mkdir(parents=True, exist_ok=True)
     if resume:
-        cmd += ["--ckpt_path", str(run_dir / LAST_CKPT)]
+        cmd += ["--ckpt_path", str(folder / LAST_CKPT)]
     env = {
         **(os.environ if env is None else env),
         "OMP_NUM_THREADS": str(threads),
@@ -289,7 +431,8 @@ def execute(
         "PYTHONUNBUFFERED": "1",
     }
     start = time.perf_counter()
-    with (run_dir / "run.log").open("a" if resume else "w") as log:
+    log_file = folder / "run.log"
+    with log_file.open("a" if resume else "w") as log:
         if resume:
             log.write(f"[sweep] continuing from {LAST_CKPT} ({time.strftime('%c')})\n")
             log.flush()
@@ -300,11 +443,24 @@ def execute(
             started(proc)
         rc = proc.wait()
     seconds = time.perf_counter() - start
+    text = log_file.read_text()
+    if stacked:  # the stack's log, beside its checkpoints and in every run's folder
+        for run in runs:
+            # (a stack that failed before its first row gave its empty run folders back)
+            run.dir(out).mkdir(parents=True, exist_ok=True)
+            (run.dir(out) / "run.log").write_text(text)
+    return [record_status(run, out, rc, seconds, text, cmd, resume) for run in runs]
+
+
+def record_status(
+    run: Run, out: Path, rc: int, seconds: float, log: str, cmd: list[str], resumed: bool
+) -> dict:
+    """Writes and returns a run's status.json from its rows and its process's exit."""
+    run_dir = run.dir(out)
     row = RunLog(run_dir).last_row() or {}
     error = ""
     if rc:
-        tail = (run_dir / "run.log").read_text().strip().splitlines()[-3:]
-        error = " | ".join(tail)[-500:]
+        error = " | ".join(log.strip().splitlines()[-3:])[-500:]
     status = {
         "setting": run.setting,
         "method": run.method,
@@ -317,7 +473,7 @@ def execute(
         "g_L": row.get("g_L"),
         "growth": row.get("growth"),
         "run_dir": str(run_dir.relative_to(out)),
-        "resumed": resume,
+        "resumed": resumed,
         "error": error or ("" if row else "no diagnostics rows"),
         "cmd": cmd,
     }
@@ -365,6 +521,81 @@ def report_line(run: Run, status: dict) -> str:
     )
 
 
+# --- How the runs are laid out: processes, threads, seeds per process ----------------------
+
+
+def gpu_count() -> int:
+    """GPUs on this machine (``nvidia-smi -L``), 0 without one."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(line.startswith("GPU ") for line in done.stdout.splitlines())
+
+
+def layout(groups: int, seeds: int, cores: int, gpus: int) -> tuple[int, int, int]:
+    """Processes, threads per process and seeds stacked per process for this machine.
+
+    With GPUs: one process per GPU, every seed of a (setting, method) stacked, the cores
+    shared out. On a CPU: one single-thread process per core, each stacking its share of a
+    (setting, method)'s seeds, so that the processes have work from the start.
+    """
+    if gpus:
+        return gpus, max(1, cores // gpus), seeds
+    per_group = max(1, -(-cores // max(1, groups)))  # processes each group is split into
+    return cores, 1, max(1, -(-seeds // per_group))
+
+
+def slurm_stack(seeds: int, gpus: int) -> int:
+    """Seeds stacked per Slurm task: all of a (setting, method) on a GPU, up to CPU_STACK else."""
+    return seeds if gpus else min(seeds, CPU_STACK)
+
+
+#: The methods ``faeval fit --seeds`` stacks (``faeval.stacked.convert.STACKABLE_METHODS``,
+#: by name: that module imports torch). The others, a class path of your own included, run
+#: one seed per process.
+STACKABLE_METHODS = ("BP", "FA", "DFA", "FrozenBlocks", "StateBridge", "CreditBridge", "EP")
+
+
+def chunks(runs: list[Run], stack: int, out: Path | None = None) -> list[list[Run]]:
+    """The runs grouped by (setting, method), each group cut into stacks of ``stack`` seeds
+    (of one seed for a method that does not stack).
+
+    With ``out``, an unfinished earlier stack of a group's runs (``resumable_stack``) is kept
+    as it was cut, whatever ``stack`` is now, so that it continues from its checkpoint.
+    """
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.setting, run.method), []).append(run)
+    result = []
+    for (setting, method), group in groups.items():
+        if out is not None:
+            for kept in unfinished_stacks(out, setting, method, group):
+                result.append(kept)
+                group = [r for r in group if r not in kept]
+        if not group:
+            continue
+        size = stack if method in STACKABLE_METHODS else 1
+        n = -(-len(group) // size)  # as many stacks as needed, as even as can be
+        result += [group[i::n] for i in range(n)]
+    return result
+
+
+def unfinished_stacks(out: Path, setting: str, method: str, group: list[Run]) -> list[list[Run]]:
+    """The earlier stacks of ``group``'s runs that can be continued, each as its list of runs."""
+    folder = stacks_dir(out, setting, method)
+    by_seed = {r.seed: r for r in group}
+    found: list[list[Run]] = []
+    for stack in sorted(folder.glob("seeds*")) if folder.is_dir() else []:
+        seeds = (stack_record(stack) or {}).get("seeds") or []
+        taken = {r.seed for kept in found for r in kept}
+        if len(seeds) < 2 or not set(seeds) <= by_seed.keys() - taken:
+            continue
+        runs = [by_seed[s] for s in seeds]
+        if stack_dir(out, runs) == stack and resumable_stack(out, runs):
+            found.append(runs)
+    return found
+
+
 # --- Slurm: one job array through submitit ------------------------------------------------
 
 #: The Slurm resources a spec's ``slurm:`` and the command line may set (submitit's names).
@@ -382,51 +613,56 @@ SLURM_KEYS = (
 
 
 class SlurmRun:
-    """One run as a Slurm array task: ``execute`` in the task, requeued on USR2.
+    """One stack of runs (or one run) as a Slurm array task: ``execute_stack`` in the task,
+    requeued on USR2.
 
     Submitit calls ``checkpoint`` from its USR2 handler (Slurm's warning before the time
-    limit, or preemption): it stops the training process (SIGTERM, then SIGKILL), marks the
-    run "interrupted", and hands submitit the same task to requeue, which continues from
-    checkpoints/last.ckpt. The training process ignores USR2, so that only this handler
-    decides when it stops.
+    limit, or preemption): it stops the training process (SIGTERM, then SIGKILL), marks its
+    runs "interrupted", and hands submitit the same task to requeue, which continues from
+    checkpoints/last.ckpt (the stack's, or the run's). The training process ignores USR2, so
+    that only this handler decides when it stops.
     """
 
-    def __init__(self, spec: dict, run: Run, out: Path, threads: int, runs: list[Run]) -> None:
-        self.spec, self.run, self.out, self.threads, self.runs = spec, run, out, threads, runs
+    def __init__(
+        self, spec: dict, group: list[Run], out: Path, threads: int, runs: list[Run]
+    ) -> None:
+        self.spec, self.group, self.out, self.threads, self.runs = spec, group, out, threads, runs
         self._proc: subprocess.Popen | None = None
 
-    def __call__(self) -> dict:
+    def __call__(self) -> list[dict]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(SLURM_PREFIXES)}
         job = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-        status = execute(
+        statuses = execute_stack(
             self.spec,
-            self.run,
+            self.group,
             self.out,
             self.threads,
             started=self._started,
             env=env,
             preexec_fn=_ignore_usr2,
         )
-        status["slurm_job"] = "_".join(filter(None, job))
-        (self.run.dir(self.out) / "status.json").write_text(json.dumps(status, indent=1))
+        for run, status in zip(self.group, statuses, strict=True):
+            status["slurm_job"] = "_".join(filter(None, job))
+            (run.dir(self.out) / "status.json").write_text(json.dumps(status, indent=1))
         write_results(self.out, self.runs)
-        return status
+        return statuses
 
     def _started(self, proc: subprocess.Popen) -> None:
         self._proc = proc
 
     def checkpoint(self, *args, **kwargs):
-        """Stops the run where its last checkpoint stands and returns the task to requeue."""
+        """Stops the runs where their last checkpoint stands and returns the task to requeue."""
         import submitit
 
         if self._proc is not None:
             _stop(self._proc.pid)
-        run_dir = self.run.dir(self.out)
-        status = {"status": "interrupted", "setting": self.run.setting, "method": self.run.method,
-                  "seed": self.run.seed, "run_dir": str(run_dir.relative_to(self.out))}  # fmt: skip
-        (run_dir / "status.json").write_text(json.dumps(status, indent=1))
+        for run in self.group:
+            run_dir = run.dir(self.out)
+            status = {"status": "interrupted", "setting": run.setting, "method": run.method,
+                      "seed": run.seed, "run_dir": str(run_dir.relative_to(self.out))}  # fmt: skip
+            (run_dir / "status.json").write_text(json.dumps(status, indent=1))
         return submitit.helpers.DelayedSubmission(
-            SlurmRun(self.spec, self.run, self.out, self.threads, self.runs)
+            SlurmRun(self.spec, self.group, self.out, self.threads, self.runs)
         )
 
 
@@ -509,8 +745,10 @@ def sbatch_script(options: dict, out: Path, tasks: int) -> str:
     )
 
 
-def submit_slurm(spec: dict, todo: list[Run], runs: list[Run], out: Path, options: dict) -> list:
-    """Submits one job array, one task per run; returns submitit's jobs (one per task)."""
+def submit_slurm(
+    spec: dict, work: list[list[Run]], runs: list[Run], out: Path, options: dict
+) -> list:
+    """Submits one job array, one task per stack (or run); returns submitit's jobs."""
     submitit = submitit_module()
     # The tasks unpickle this module's classes: by value, since tools/ is no package.
     module = sys.modules[__name__]
@@ -522,7 +760,7 @@ def submit_slurm(spec: dict, todo: list[Run], runs: list[Run], out: Path, option
     executor.update_parameters(**slurm_parameters(options, out.name))
     threads = int(options["cpus_per_task"])
     with executor.batch():
-        jobs = [executor.submit(SlurmRun(spec, r, out, threads, runs)) for r in todo]
+        jobs = [executor.submit(SlurmRun(spec, group, out, threads, runs)) for group in work]
     return jobs
 
 
@@ -550,24 +788,24 @@ def queued(job_ids: list[str]) -> set[str]:
     return {row[0] for row in rows if len(row) == 2 and row[1] not in FINAL_STATES}
 
 
-def wait_slurm(jobs: list, todo: list[Run], out: Path, poll: float = 2.0) -> list[dict]:
+def wait_slurm(jobs: list, work: list[list[Run]], out: Path, poll: float = 2.0) -> list[dict]:
     """Waits until every task has left the queue; prints each run's line as it ends."""
-    pending = {job.job_id: run for job, run in zip(jobs, todo, strict=True)}
+    pending = {job.job_id: group for job, group in zip(jobs, work, strict=True)}
     done = []
     while pending:
         time.sleep(poll)
         waiting = queued(list(pending))
         for job_id in [j for j in pending if j not in waiting]:
-            run = pending.pop(job_id)
-            status = read_status(run.dir(out)) or {
-                "status": "failed",
-                "epochs": 0,
-                "error": f"Slurm task {job_id} ended without a status: see {out / 'slurm'}",
-            }
-            if status["status"] == "interrupted":
-                status = {**status, "status": "failed", "error": "interrupted, not requeued"}
-            print(report_line(run, status), flush=True)
-            done.append(status)
+            for run in pending.pop(job_id):
+                status = read_status(run.dir(out)) or {
+                    "status": "failed",
+                    "epochs": 0,
+                    "error": f"Slurm task {job_id} ended without a status: see {out / 'slurm'}",
+                }
+                if status["status"] == "interrupted":
+                    status = {**status, "status": "failed", "error": "interrupted, not requeued"}
+                print(report_line(run, status), flush=True)
+                done.append(status)
     return done
 
 
@@ -577,12 +815,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("spec", type=Path, help="the sweep YAML")
     parser.add_argument("--out", type=Path, required=True, help="the sweep directory")
-    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (local)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes side by side (local; default: for the machine)",
+    )
     parser.add_argument(
         "--cores",
         type=int,
         default=os.cpu_count() or 1,
-        help="cores to share out (local; threads per job = cores // jobs)",
+        help="cores to share out (local; with --jobs alone, threads per job = cores // jobs)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="threads per process (local)")
+    parser.add_argument(
+        "--stack",
+        type=int,
+        default=None,
+        help="seeds of a (setting, method) stacked per process or task; 1: one per run",
     )
     parser.add_argument("--dry_run", action="store_true", help="print what would run only")
     parser.add_argument(
@@ -610,8 +860,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no_wait", action="store_true", help="return once submitted (tasks write results)"
     )
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    for name in ("jobs", "threads", "stack"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     try:
         spec = load_spec(args.spec)
     except FaevalError as err:
@@ -643,26 +894,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     todo = [r for r in runs if (read_status(r.dir(out)) or {}).get("status") != "ok"]
     finished = len(runs) - len(todo)
-    go_on = sum(r.dir(out).exists() and resumable(r.dir(out)) for r in todo)
+    seeds = len(spec["seeds"])
     if args.executor == "slurm":
         options = slurm_options(spec, args)
         threads = int(options["cpus_per_task"])
-        how = f"one Slurm job array of {len(todo)} tasks × {threads} threads"
+        stack = args.stack or slurm_stack(seeds, int(options.get("gpus_per_node") or 0))
+        work = chunks(todo, stack, out)
+        most = max((len(g) for g in work), default=stack)
+        how = (
+            f"one Slurm job array of {len(work)} tasks × {threads} threads, up to {most} "
+            "seeds stacked per task"
+        )
     else:
-        threads = max(1, args.cores // args.jobs)
-        how = f"{args.jobs} jobs × {threads} threads"
+        groups = len({(r.setting, r.method) for r in todo})
+        jobs, threads, stack = layout(groups, seeds, args.cores, gpu_count())
+        jobs = args.jobs or jobs
+        threads = args.threads or (max(1, args.cores // jobs) if args.jobs else threads)
+        stack = args.stack or stack
+        work = chunks(todo, stack, out)
+        most = max((len(g) for g in work), default=stack)
+        how = f"{jobs} jobs × {threads} threads, up to {most} seeds stacked per job"
+    go_on = sum(len(group) for group in work if continues(out, group))
     print(
         f"[sweep] {len(runs)} runs, {finished} already finished, {len(todo)} to run "
         f"({go_on} continuing from their last checkpoint) as {how}",
         flush=True,
     )
     if args.dry_run:
-        if args.executor == "slurm" and todo:
-            print(sbatch_script(options, out, len(todo)))
-        for r in todo:
-            cmd = command(spec, r, r.dir(out))
-            if r.dir(out).exists() and resumable(r.dir(out)):
-                cmd += ["--ckpt_path", str(r.dir(out) / LAST_CKPT)]
+        if args.executor == "slurm" and work:
+            print(sbatch_script(options, out, len(work)))
+        for group in work:
+            if len(group) == 1:
+                folder, cmd = group[0].dir(out), command(spec, group[0], group[0].dir(out))
+            else:
+                folder, cmd = stack_dir(out, group), stacked_command(spec, group, out)
+            if continues(out, group):
+                cmd += ["--ckpt_path", str(folder / LAST_CKPT)]
             print(shlex.join(cmd))
         return 0
     start = time.perf_counter()
@@ -670,26 +937,27 @@ def main(argv: list[str] | None = None) -> int:
         if not todo:
             done = []
         else:
-            jobs = submit_slurm(spec, todo, runs, out, options)
+            submitted = submit_slurm(spec, work, runs, out, options)
             print(
-                f"[sweep] submitted job array {jobs[0].job_id.split('_')[0]} "
-                f"({len(jobs)} tasks); submitit logs in {out / 'slurm'}",
+                f"[sweep] submitted job array {submitted[0].job_id.split('_')[0]} "
+                f"({len(submitted)} tasks); submitit logs in {out / 'slurm'}",
                 flush=True,
             )
             if args.no_wait:
                 return 0
-            done = wait_slurm(jobs, todo, out)
+            done = wait_slurm(submitted, work, out)
     else:
         lock = threading.Lock()
 
-        def one(run: Run) -> dict:
-            status = execute(spec, run, out, threads)
+        def one(group: list[Run]) -> list[dict]:
+            statuses = execute_stack(spec, group, out, threads)
             with lock:
-                print(report_line(run, status), flush=True)
-            return status
+                for run, status in zip(group, statuses, strict=True):
+                    print(report_line(run, status), flush=True)
+            return statuses
 
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            done = list(pool.map(one, todo))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            done = [status for statuses in pool.map(one, work) for status in statuses]
     wall = time.perf_counter() - start
     epochs = sum(s.get("epochs") or 0 for s in done)
     failed = [s for s in done if s["status"] != "ok"]

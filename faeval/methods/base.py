@@ -8,6 +8,12 @@ optional penalty λ·Σ_l ‖f_l‖² on block outputs. One optimizer step per b
 Credits a_l are on the scale of one sample's loss ℓ_i (so ⟨f_l, a_l⟩ averaged over the batch
 has the gradient of the mean loss when a_l is exact); the diagnostics' g_l carries the 1/N of
 the mean. Cosines do not see the difference.
+
+Seeds stacked in one batch (``faeval.stacked``): a method may train K independent seeds at
+once on a batch of K·B rows, seed-major (rows k·B…(k+1)·B are seed k's). Every mean over the
+batch is then taken over each seed's own B rows and summed over seeds (``batch_mean``), so
+each seed's gradient is exactly its own batch mean's: a mean over all K·B rows would scale
+every gradient by 1/K.
 """
 
 from __future__ import annotations
@@ -34,18 +40,28 @@ from faeval.runlog import METHOD
 BackboneFactory = Callable[[tuple[int, ...], int], LayeredBackbone]
 
 
-def block_penalty(outputs: list[Tensor]) -> Tensor:
+def batch_mean(values: Tensor, seeds: int = 1) -> Tensor:
+    """The mean of per-sample values over the batch (and over any trailing dimensions).
+
+    With ``seeds`` = K seeds stacked seed-major, the sum over seeds of each seed's own mean:
+    sum / (numel / K). Its gradient is 1/(numel / K) on every element, exactly what seed k's
+    own mean gives it alone.
+    """
+    return values.sum() / (values.numel() // seeds)
+
+
+def block_penalty(outputs: list[Tensor], seeds: int = 1) -> Tensor:
     """Σ_l ‖f_l‖², per sample over the flattened block output, averaged over the batch."""
-    return sum(f.flatten(1).pow(2).sum(1).mean() for f in outputs)
+    return sum(batch_mean(f.flatten(1).pow(2).sum(1), seeds) for f in outputs)
 
 
-def local_objective(trace: Trace, credits: list[Tensor]) -> Tensor:
+def local_objective(trace: Trace, credits: list[Tensor], seeds: int = 1) -> Tensor:
     """⟨h_0, a_0⟩ + Σ_l ⟨f_l, a_l⟩, summed over features and averaged over the batch.
 
     Its gradient is ⟨∂h_0/∂θ, a_0⟩ for the embedding and ⟨∂f_l/∂θ, a_l⟩ for block l: a_l
-    plays the role of ∂ℓ/∂h_l.
+    plays the role of ∂ℓ/∂h_l. With K seeds stacked, averaged over each seed's rows.
     """
-    n = trace.logits.shape[0]
+    n = trace.logits.shape[0] // seeds  # samples per seed
     terms = [trace.states[0], *trace.outputs]
     return sum((t * a.detach()).sum() for t, a in zip(terms, credits, strict=True)) / n
 
@@ -128,6 +144,9 @@ class CreditMethod(LightningModule, abc.ABC):
     #: Written in every diagnostics row: ``method``, or ``depth_baseline`` for the run that
     #: diagnostic (d) compares the others against.
     role: ClassVar[str] = METHOD
+    #: K, the seeds stacked in each batch (seed-major rows); ``faeval.stacked`` sets it on the
+    #: stacked copy of a method. Reductions over the batch go through ``batch_mean``.
+    stack_size: int = 1
 
     def __init__(
         self,
@@ -212,21 +231,42 @@ class CreditMethod(LightningModule, abc.ABC):
         opt.zero_grad(set_to_none=True)
         self._in_step = True
         try:
-            trace = self.backbone.trace(x, detach=self.local)
-            loss = F.cross_entropy(trace.logits, y)
-            objective = loss
-            if self.penalty:
-                objective = objective + self.penalty * block_penalty(trace.outputs)
-            if self.local:
-                detached = trace.detached()
-                objective = objective + local_objective(trace, self.credits(detached, y))
-                objective = objective + self.auxiliary_loss(detached, y)
+            objective, losses = self.step_objective(x, y)
             self.manual_backward(objective)
             opt.step()
-            self.accumulate("train/loss", loss)
+            self.accumulate("train/loss", self.seed_means(losses))
         finally:
             self._in_step = False
-        return loss
+        return objective.detach()
+
+    def step_objective(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The objective whose gradient is the step's update, and the per-sample losses ℓ_i.
+
+        The forward pass, the credits and the local and auxiliary losses: everything of the
+        step but the backward pass and the optimizer (what ``faeval.stacked`` may compile).
+        """
+        trace = self.backbone.trace(x, detach=self.local)
+        losses = F.cross_entropy(trace.logits, y, reduction="none")  # ℓ_i, (N,)
+        objective = self.batch_mean(losses)
+        if self.penalty:
+            objective = objective + self.penalty * block_penalty(trace.outputs, self.stack_size)
+        if self.local:
+            detached = trace.detached()
+            credits = self.credits(detached, y)
+            objective = objective + local_objective(trace, credits, self.stack_size)
+            objective = objective + self.auxiliary_loss(detached, y)
+        return objective, losses
+
+    def batch_mean(self, values: Tensor) -> Tensor:
+        """The batch mean of per-sample values, per seed when seeds are stacked (``batch_mean``).
+
+        Every mean over the batch that reaches a gradient goes through here.
+        """
+        return batch_mean(values, self.stack_size)
+
+    def seed_means(self, values: Tensor) -> Tensor:
+        """Each seed's mean of per-sample values, detached, for logging. (K·B, ...) -> (K,)."""
+        return values.detach().reshape(self.stack_size, -1).mean(1)
 
     def accumulate(self, name: str, value: Tensor | float) -> None:
         """Adds a per-step figure to its epoch mean, logged as ``name`` when the epoch ends.
@@ -243,24 +283,50 @@ class CreditMethod(LightningModule, abc.ABC):
         total, count = self._epoch_sums.get(name, (0.0, 0))
         self._epoch_sums[name] = (total + value, count + 1)
 
-    def epoch_means(self) -> dict[str, float]:
+    def epoch_means(self, seed: int | None = None) -> dict[str, float]:
         """The means of the figures accumulated in the current epoch so far, over every rank.
 
         Under DDP this is a collective (one all-reduce of the sums and counts): every rank
         must call it, the same number of times, and they all get the same means.
+
+        Args:
+            seed: with seeds stacked, the index of the seed in the stack (figures are then
+                accumulated per seed, as ``seed_means`` gives them: (K,) sums).
         """
         sums = self._epoch_sums
         trainer = self._trainer
         if sums and trainer is not None and trainer.world_size > 1:
-            names = sorted(sums)  # the same names on every rank: the same code ran
-            values = [sums[k][0] for k in names] + [float(sums[k][1]) for k in names]
-            totals = torch.stack(
-                [torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in values]
-            )
-            totals = trainer.strategy.reduce(totals, reduce_op="sum")
-            n = len(names)
-            return {k: float(totals[i] / totals[n + i]) for i, k in enumerate(names)}
-        return {name: float(total / count) for name, (total, count) in sums.items()}
+            sums = self._reduced_sums(trainer)
+        means = {}
+        for name, (total, count) in sums.items():
+            mean = total / count
+            if isinstance(mean, Tensor) and mean.numel() > 1:
+                if seed is None:
+                    raise ValueError(f"{name} is accumulated per seed; pass the seed's index")
+                mean = mean[seed]
+            means[name] = float(mean)
+        return means
+
+    def _reduced_sums(self, trainer) -> dict[str, tuple[Tensor, Tensor]]:
+        """The epoch's sums and counts summed over ranks: one all-reduce, any sum's shape."""
+        sums = self._epoch_sums
+        names = sorted(sums)  # the same names on every rank: the same code ran
+        parts = [
+            torch.as_tensor(sums[k][0], dtype=torch.float32, device=self.device).reshape(-1)
+            for k in names
+        ]
+        counts = torch.tensor([float(sums[k][1]) for k in names], device=self.device)
+        totals = trainer.strategy.reduce(torch.cat([*parts, counts]), reduce_op="sum")
+        out, at = {}, 0
+        for i, (name, part) in enumerate(zip(names, parts, strict=True)):
+            total = totals[at : at + part.numel()]
+            out[name] = (total if part.numel() > 1 else total[0], totals[-len(names) + i])
+            at += part.numel()
+        return out
+
+    def clear_epoch_means(self) -> None:
+        """Starts the next epoch's figures afresh."""
+        self._epoch_sums.clear()
 
     def log_epoch(self, metrics: dict[str, float]) -> None:
         """Logs an epoch's figures at x = epochs completed.
@@ -284,7 +350,7 @@ class CreditMethod(LightningModule, abc.ABC):
     @override
     def on_train_epoch_end(self) -> None:
         self.log_epoch(self.epoch_means())
-        self._epoch_sums.clear()
+        self.clear_epoch_means()
 
     @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:

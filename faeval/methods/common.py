@@ -58,6 +58,14 @@ class FeedbackMatrices(nn.Module):
     def __len__(self) -> int:
         return self.count
 
+    def project(self, i: int, v: Tensor) -> Tensor:
+        """v·B_i: (N, rows) @ (rows, cols) -> (N, cols).
+
+        Credits go through here rather than ``@`` on ``self[i]``, so that stacked feedback
+        (``faeval.stacked``, one draw per seed) can multiply each seed's rows by its own B_i.
+        """
+        return v @ self[i]
+
     def __getitem__(self, i: int) -> Tensor:
         """B_i.
 
@@ -83,7 +91,7 @@ def direct_credits(feedback: FeedbackMatrices, trace: Trace, y: Tensor) -> list[
     """DFA's credit a_l = e·B_l for l = 0..L, each shaped like h_l."""
     e = output_error(trace.logits, y)
     # (B, C) @ (C, |h_l|) -> (B, |h_l|): e·B_l plays ∂ℓ/∂h_l
-    return [(e @ feedback[l]).view_as(h) for l, h in enumerate(trace.states)]
+    return [feedback.project(l, e).view_as(h) for l, h in enumerate(trace.states)]
 
 
 def mlp(d_in: int, d_out: int, width: int, depth: int) -> nn.Sequential:

@@ -77,6 +77,17 @@ class CreditBridge(CreditMethod):
         dims = state_sizes(self.backbone)
         self.values = helper_nets(dims, 1, value_width, value_depth, resolve_seed(value_seed))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        self._warming_up = warmup_epochs > 0  # host copy of epoch < warmup_epochs for the step
+
+    def warming_up(self) -> bool:
+        """Whether the credit is still DFA's (epoch < warmup_epochs).
+
+        Inside the training step it reads a host copy set when the epoch starts, so that no
+        step waits on the device to branch; elsewhere (diagnostics, audit) the buffer.
+        """
+        if self._in_step:
+            return self._warming_up
+        return bool((self.epoch < self.warmup_epochs).all())
 
     def value(self, layer: int, h: Tensor) -> Tensor:
         """V_l(h_l), one scalar per sample. (B, ...) -> (B,)."""
@@ -84,7 +95,7 @@ class CreditBridge(CreditMethod):
 
     @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
-        if self.epoch < self.warmup_epochs:
+        if self.warming_up():
             return direct_credits(self.feedback, trace, y)  # DFA's e·B_l plays ∂ℓ/∂h_l
         with torch.enable_grad():
             inputs = [h.detach().requires_grad_(True) for h in trace.states]
@@ -99,11 +110,13 @@ class CreditBridge(CreditMethod):
         target = F.cross_entropy(trace.logits.detach(), y, reduction="none")  # ℓ_i, (B,)
         terminal = values[-1] - target
         bridge = [v - v_next.detach() for v, v_next in itertools.pairwise(values)]
-        self.accumulate("train/value_terminal", terminal.detach().abs().mean())
+        self.accumulate("train/value_terminal", self.seed_means(terminal.abs()))
         self.accumulate(
-            "train/value_bridge", torch.stack([b.detach().abs().mean() for b in bridge]).mean()
+            "train/value_bridge", torch.stack([self.seed_means(b.abs()) for b in bridge]).mean(0)
         )
-        return terminal.pow(2).mean() / 2 + self.lam * sum(b.pow(2).mean() / 2 for b in bridge)
+        return self.batch_mean(terminal.pow(2)) / 2 + self.lam * sum(
+            self.batch_mean(b.pow(2)) / 2 for b in bridge
+        )
 
     @override
     def trained_helpers(self) -> tuple[nn.Module, float]:
@@ -112,3 +125,4 @@ class CreditBridge(CreditMethod):
     @override
     def on_train_epoch_start(self) -> None:
         self.epoch.fill_(self.current_epoch)
+        self._warming_up = self.current_epoch < self.warmup_epochs

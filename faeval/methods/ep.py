@@ -25,7 +25,6 @@ identity.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Literal
 
@@ -49,6 +48,12 @@ class EP(CreditMethod):
     statistics are left as they were. With ``steps=0`` there is no relaxation and the
     credits are zero.
 
+    The stop is decided on the device: a batch whose norm has fallen below the tolerance is
+    held where it is (with seeds stacked, each seed's batch on its own), and the host looks
+    at the flags only every ``check_every`` steps to end the loop once every batch has
+    stopped. The credits are therefore the same whatever ``check_every`` is; a larger one
+    waits on the device less often and may compute up to ``check_every`` − 1 steps in vain.
+
     Args:
         beta: the nudging strength β > 0.
         steps: K, the most relaxation steps per phase.
@@ -60,6 +65,8 @@ class EP(CreditMethod):
         tol: relative tolerance of the early stop (0 never stops early).
         symmetric: nudge with +β and −β and take the centred difference.
         credit: ``"error"`` for −ε_l/β, ``"displacement"`` for −(h_l^β − h_l^0)/β.
+        check_every: look at the stop flags on the host every n steps; default 1 on the CPU
+            (nothing to wait for) and 8 on an accelerator.
         *args, **kwargs: the arguments of ``CreditMethod``.
 
     Raises:
@@ -75,13 +82,15 @@ class EP(CreditMethod):
         tol: float = 1e-3,
         symmetric: bool = False,
         credit: Literal["error", "displacement"] = "error",
+        check_every: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if beta <= 0 or steps < 0 or step_size <= 0 or tol < 0:
+        if beta <= 0 or steps < 0 or step_size <= 0 or tol < 0 or (check_every or 1) < 1:
             raise ConfigError(
-                f"EP needs beta > 0, steps >= 0, step_size > 0 and tol >= 0, got beta={beta}, "
-                f"steps={steps}, step_size={step_size}, tol={tol}"
+                f"EP needs beta > 0, steps >= 0, step_size > 0, tol >= 0 and check_every >= 1, "
+                f"got beta={beta}, steps={steps}, step_size={step_size}, tol={tol}, "
+                f"check_every={check_every}"
             )
         if credit not in ("error", "displacement"):
             raise ConfigError(f"credit must be 'error' or 'displacement', got {credit!r}")
@@ -91,17 +100,18 @@ class EP(CreditMethod):
         self.tol = tol
         self.symmetric = symmetric
         self.credit = credit
-        self.steps_taken = 0
+        self.check_every = check_every
+        self.steps_taken = torch.zeros(1)  # of the last relaxation, per seed
 
     @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         if self.steps == 0:
-            self._took(0)
+            self._took(torch.zeros(self.stack_size, device=y.device))
             return [torch.zeros_like(h) for h in trace.states]
         plus, n_plus = self.relax(trace, y, self.beta)
         if self.symmetric:
             minus, n_minus = self.relax(trace, y, -self.beta)
-            self._took(max(n_plus, n_minus))
+            self._took(torch.maximum(n_plus, n_minus))
             # −(ε^{+β} − ε^{−β})/(2β) (or of the states) plays ∂ℓ_i/∂h_l, bias O(β²).
             return [-(p - m) / (2 * self.beta) for p, m in zip(plus, minus, strict=True)]
         self._took(n_plus)
@@ -109,18 +119,27 @@ class EP(CreditMethod):
             return [-p / self.beta for p in plus]  # −ε_l/β plays ∂ℓ_i/∂h_l, bias O(β)
         return [-(p - h) / self.beta for p, h in zip(plus, trace.states, strict=True)]
 
-    def relax(self, trace: Trace, y: Tensor, beta: float) -> tuple[list[Tensor], int]:
+    def relax(self, trace: Trace, y: Tensor, beta: float) -> tuple[list[Tensor], Tensor]:
         """Relaxes the states from the free state under nudging ``beta``.
 
         Returns:
             The prediction errors ε_0..ε_L at the final state (``credit="error"``) or the
             final states h_0..h_L (``credit="displacement"``), detached, and the number of
-            gradient steps taken.
+            gradient steps taken, per seed (K,).
+
+        Raises:
+            TrainingDiverged: the relaxation diverged (non-finite energy gradient).
         """
         backbone = self.backbone
         anchor = trace.states[0]  # embed(x): the free state's h_0, all EP needs of x
         states = [h.clone() for h in trace.states]
-        taken, first_norm = 0, None
+        seeds = self.stack_size
+        rows = len(y) // seeds
+        check_every = self.check_every or (1 if y.device.type == "cpu" else 8)
+        stopped = torch.zeros(seeds, dtype=torch.bool, device=y.device)
+        diverged = torch.zeros_like(stopped)
+        taken = torch.zeros(seeds, device=y.device)
+        first_norm = None
         with torch.enable_grad(), running_statistics_frozen(backbone):
             for k in range(self.steps + 1):
                 for h in states:
@@ -130,26 +149,40 @@ class EP(CreditMethod):
                     break
                 energy = layered_energy(backbone, errors, states[-1], y, beta)  # Σ_i E_i
                 grads = torch.autograd.grad(energy, states)
-                norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()
-                if not math.isfinite(norm):
-                    raise TrainingDiverged(
-                        f"EP's relaxation diverged after {k} steps of size {self.step_size} "
-                        "(non-finite energy gradient); lower --model.step_size."
-                    )
+                # ‖∇_h E‖ over each seed's batch: (K·B, ...) -> (K,)
+                norm = torch.sqrt(sum(g.reshape(seeds, -1).pow(2).sum(1) for g in grads))
+                diverged |= ~torch.isfinite(norm) & ~stopped
                 first_norm = norm if first_norm is None else first_norm
-                if norm <= self.tol * first_norm:
+                stopped |= norm <= self.tol * first_norm
+                if (k + 1) % check_every == 0 and self._relaxation_over(stopped, diverged, k + 1):
                     break
+                hold = stopped.repeat_interleave(rows)  # (K·B,): rows whose batch has stopped
                 states = [
-                    (h - self.step_size * g).detach() for h, g in zip(states, grads, strict=True)
+                    torch.where(
+                        hold.view(-1, *[1] * (h.dim() - 1)), h, h - self.step_size * g
+                    ).detach()
+                    for h, g in zip(states, grads, strict=True)
                 ]
-                taken = k + 1
+                taken += ~stopped
+        self._relaxation_over(stopped, diverged, k)
         out = errors if self.credit == "error" else states
         return [t.detach() for t in out], taken
 
-    def _took(self, steps: int) -> None:
+    def _relaxation_over(self, stopped: Tensor, diverged: Tensor, steps: int) -> bool:
+        """The host's look at the flags: raises on divergence, True once every batch stopped."""
+        if diverged.any():
+            seeds = diverged.nonzero().flatten().tolist()
+            where = f" (seeds {seeds} of the stack)" if self.stack_size > 1 else ""
+            raise TrainingDiverged(
+                f"EP's relaxation diverged within {steps} steps of size {self.step_size}{where} "
+                "(non-finite energy gradient); lower --model.step_size."
+            )
+        return bool(stopped.all())
+
+    def _took(self, steps: Tensor) -> None:
         """Keeps the last relaxation's step count and adds it to ``train/ep_steps``."""
         self.steps_taken = steps
-        self.accumulate("train/ep_steps", float(steps))
+        self.accumulate("train/ep_steps", steps)
 
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

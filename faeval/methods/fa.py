@@ -33,10 +33,12 @@ class FA(FeedbackMethod):
     @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         states = trace.states
-        a = output_error(trace.logits, y) @ self.feedback[0]  # (B, C) @ (C, |h_L|) -> (B, |h_L|)
+        # (B, C) @ (C, |h_L|) -> (B, |h_L|)
+        a = self.feedback.project(0, output_error(trace.logits, y))
         credits = [a]
         for l in range(len(states) - 1, 0, -1):
-            back = a @ self.feedback[l]  # (B, |h_l|) @ (|h_l|, |h_{l-1}|): B_l plays J_{F_l}ᵀ
+            # (B, |h_l|) @ (|h_l|, |h_{l-1}|): B_l plays J_{F_l}ᵀ
+            back = self.feedback.project(l, a)
             a = a + back if self.backbone.residual_add else back
             credits.append(a)
         return [c.view_as(h) for c, h in zip(reversed(credits), states, strict=True)]

@@ -111,12 +111,15 @@ class StateBridge(CreditMethod):
     @override
     def auxiliary_loss(self, trace: Trace, y: Tensor) -> Tensor:
         target = trace.states[-1].detach().flatten(1)
-        loss = sum(
-            F.mse_loss(bridge(h.detach().flatten(1)), target) / 2
+        # ½·(S_l(h_l) − h_L)², per sample and feature; its mean over both, per seed when stacked
+        errors = [
+            (bridge(h.detach().flatten(1)) - target).pow(2) / 2
             for bridge, h in zip(self.bridges, trace.states[:-1], strict=True)
+        ]
+        self.accumulate(
+            "train/bridge_loss", sum(self.seed_means(e) for e in errors) / len(self.bridges)
         )
-        self.accumulate("train/bridge_loss", loss.detach() / len(self.bridges))
-        return loss
+        return sum(self.batch_mean(e) for e in errors)
 
     @override
     def trained_helpers(self) -> tuple[nn.Module, float]:

@@ -32,6 +32,28 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
             loading refuses, or is not a faeval checkpoint.
     """
     path = Path(path)
+    ckpt = load_lightning_checkpoint(path, weights_only)
+    # A faeval method (faeval's own or a researcher's ``CreditMethod`` subclass) records its
+    # class path and keeps its network under ``backbone.``.
+    class_path = str(ckpt.get("hyper_parameters", {}).get(CLASS_PATH, ""))
+    if not class_path or not any(k.startswith("backbone.") for k in ckpt["state_dict"]):
+        raise CheckpointError(
+            f"{path} is not a faeval checkpoint (model class {class_path or 'unknown'!r}, no "
+            "backbone.* weights); audit a checkpoint of a faeval method (`faeval fit` or a "
+            "Trainer from Python)"
+        )
+    return ckpt
+
+
+def load_lightning_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
+    """Any Lightning checkpoint (a stack of seeds' too), loaded as ``load_checkpoint`` loads.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is corrupt, not a torch file, holds objects that weights-only
+            loading refuses, or has no ``state_dict``.
+    """
+    path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(
             f"no checkpoint at {path}; pass a .ckpt file from a run's checkpoints/ folder or "
@@ -63,15 +85,6 @@ def load_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
         raise CheckpointError(
             f"{path} is not a Lightning checkpoint (no state_dict); audit a .ckpt "
             "that `faeval fit` wrote"
-        )
-    # A faeval method (faeval's own or a researcher's ``CreditMethod`` subclass) records its
-    # class path and keeps its network under ``backbone.``.
-    class_path = str(ckpt.get("hyper_parameters", {}).get(CLASS_PATH, ""))
-    if not class_path or not any(k.startswith("backbone.") for k in ckpt["state_dict"]):
-        raise CheckpointError(
-            f"{path} is not a faeval checkpoint (model class {class_path or 'unknown'!r}, no "
-            "backbone.* weights); audit a checkpoint of a faeval method (`faeval fit` or a "
-            "Trainer from Python)"
         )
     return ckpt
 

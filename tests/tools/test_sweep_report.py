@@ -38,6 +38,32 @@ def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
     assert "4 already finished, 0 to run" in capsys.readouterr().out
 
 
+def test_the_seeds_of_a_setting_and_method_train_stacked_each_in_its_own_run_folder(swept):
+    for method in ("DFA", "FrozenBlocks"):
+        stack = swept / "out" / "stacks" / "tiny" / method / "seeds0-1"
+        assert (stack / "run.log").is_file() and (stack / "stack.json").is_file()
+        for seed in (0, 1):
+            run_dir = swept / "out" / "runs" / "tiny" / method / f"seed{seed}"
+            status = json.loads((run_dir / "status.json").read_text())
+            assert (
+                "--seeds" in status["cmd"]
+                and status["cmd"][status["cmd"].index("--seeds") + 1] == "0,1"
+            )
+            assert (run_dir / "run.log").read_text() == (stack / "run.log").read_text()
+            assert list((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+def test_the_layout_fits_the_machine():
+    assert sweep.layout(groups=4, seeds=3, cores=2, gpus=0) == (2, 1, 3)  # a stack per group
+    assert sweep.layout(groups=1, seeds=10, cores=2, gpus=0) == (2, 1, 5)  # two stacks of 5
+    assert sweep.layout(groups=4, seeds=10, cores=16, gpus=1) == (1, 16, 10)
+    assert sweep.slurm_stack(seeds=10, gpus=1) == 10 and sweep.slurm_stack(seeds=10, gpus=0) == 8
+    runs = [sweep.Run("s", m, seed, ()) for m in ("FA", "DFA") for seed in range(5)]
+    stacks = sweep.chunks(runs, 2)
+    assert [[r.seed for r in c] for c in stacks] == [[0, 3], [1, 4], [2], [0, 3], [1, 4], [2]]
+    assert {c[0].method for c in stacks[:3]} == {"FA"}
+
+
 def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     spec = {"seeds": [0, 1], "methods": ["DFA"]}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -64,6 +90,8 @@ def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_
                 "2",
                 "--cores",
                 "4",
+                "--stack",
+                "1",
             ]
         )
         == 1
@@ -79,10 +107,27 @@ def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_
     # Again: the finished runs are skipped, the failed ones retried, and nothing is lost:
     # each earlier attempt's folder is kept under attempts/.
     args = [str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"), "--cores", "4"]
+    args += ["--stack", "1"]
     assert sweep.main(args) == 1
     assert len(seen) == 6 and {r.seed for r in seen[4:]} == {0}
     kept = sorted((tmp_path / "out" / "attempts" / "default").glob("*/seed0-*/run.log"))
     assert [p.parts[-3] for p in kept] == ["DFA", "FrozenBlocks"]
+
+
+@pytest.mark.parametrize("stack", ["2", "1"])
+def test_a_run_that_fails_before_its_first_row_is_recorded_with_its_log(tmp_path, stack):
+    # faeval gives back the run folders it claimed; the sweep's run.log and status stay.
+    spec = {"seeds": [0, 1], "methods": ["DFA"], "protocol": False,
+            "args": ["--data", "FashionMNIST", "--data.data_dir", "nowhere"]}  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out), "--stack", stack]) == 1
+    for run_dir in out.glob("runs/*/*/seed*"):
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["status"] == "failed" and status["rc"] == 2
+        assert "faeval: error: no Fashion-MNIST file" in status["error"]
+        assert "faeval: error: no Fashion-MNIST file" in (run_dir / "run.log").read_text()
+    assert len(list(out.glob("runs/*/*/seed*"))) == 4
 
 
 def test_report_writes_tables_and_plots_of_the_expected_size(swept):
@@ -225,3 +270,67 @@ def test_the_second_round_sweep_plans_every_new_method_with_the_reference_settin
     assert len(runs) == 24 and {r.seed for r in runs} == {0, 1, 2}
     for key in ("base", "seeds", "args", "protocol", "settings"):
         assert spec[key] == reference[key], key
+
+
+def test_only_methods_that_stack_are_stacked_the_others_run_one_seed_per_process(monkeypatch):
+    from faeval.stacked.convert import STACKABLE_METHODS
+
+    # The sweep's torch-free list is the stacking's own.
+    assert set(sweep.STACKABLE_METHODS) == {c.__name__ for c in STACKABLE_METHODS}
+    monkeypatch.chdir(TOOLS.parent)
+    runs = sweep.plan(sweep.load_spec(Path("configs/sweeps/fmnist_second_round.yaml")))
+    sizes = {}
+    for stack in sweep.chunks(runs, stack=3):
+        assert len({r.method for r in stack}) == 1
+        sizes.setdefault(stack[0].method, []).append(len(stack))
+    assert sizes.pop("FrozenBlocks") == [3]  # stacks: its 3 seeds in one process
+    assert sizes == {m: [1, 1, 1] for m in ("LayerFA", "USF", "BRSF", "FRSF", "KP", "DRTP", "PC")}
+
+
+def test_a_sweep_started_again_continues_an_unfinished_stack_from_its_checkpoint(
+    swept, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    shutil.copytree(swept / "out", out)  # stack.json names its seeds' folders relatively
+    runs = [out / "runs" / "tiny" / "DFA" / f"seed{seed}" for seed in (0, 1)]
+    stack = out / "stacks" / "tiny" / "DFA" / "seeds0-1"
+    for run_dir in runs:
+        (run_dir / "status.json").unlink()  # their stack was killed: no status, a last.ckpt
+    before = [(run_dir / "diagnostics.jsonl").read_text() for run_dir in runs]
+    spec = yaml.safe_load((swept / "spec.yaml").read_text())
+    spec["args"] += ["--trainer.max_epochs", "2"]  # the budget it had not reached
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    # Cut otherwise now (one seed per process), the stack still continues as it was cut.
+    args = [str(tmp_path / "spec.yaml"), "--out", str(out), "--stack", "1"]
+    assert sweep.main([*args, "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    assert "(2 continuing from their last checkpoint)" in printed
+    assert "--seeds 0,1 " in printed and str(stack / "checkpoints" / "last.ckpt") in printed
+    assert sweep.main(args) == 0
+    for run_dir, rows_before in zip(runs, before, strict=True):
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["status"] == "ok" and status["resumed"] is True
+        assert "--seeds" in status["cmd"] and "--ckpt_path" in status["cmd"]
+        rows = (run_dir / "diagnostics.jsonl").read_text()
+        assert rows.startswith(rows_before)  # epochs 0 and 1 kept, epoch 2 appended
+        assert [json.loads(line)["epoch"] for line in rows.splitlines()] == [0, 1, 2]
+        assert "[sweep] continuing from checkpoints/last.ckpt" in (run_dir / "run.log").read_text()
+    assert not (out / "attempts").exists()  # continued in place, nothing set aside
+
+    # A run started afresh (here: its earlier attempt failed) sets aside every stack that
+    # held its seed, so that no later sweep continues a stale stack into its new folder; its
+    # stack-mate, unfinished, continues alone from its own last.ckpt (its lone run's).
+    failed = json.loads((runs[0] / "status.json").read_text())
+    (runs[0] / "status.json").write_text(json.dumps({**failed, "status": "failed"}))
+    (runs[1] / "status.json").unlink()
+    assert sweep.main(args) == 0
+    assert [p.parent.name for p in (out / "attempts" / "stacks" / "tiny").glob("*/seeds0-1-*")] == [
+        "DFA"
+    ]
+    assert [p.name[:5] for p in (out / "attempts" / "tiny" / "DFA").iterdir()] == ["seed0"]
+    for run_dir, resumed in zip(runs, (False, True), strict=True):
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["status"] == "ok" and status["resumed"] is resumed
+        assert "--seeds" not in status["cmd"]  # --stack 1: one process per run
+        assert ("--ckpt_path" in status["cmd"]) is resumed
+    assert not stack.exists()

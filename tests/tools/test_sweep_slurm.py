@@ -68,14 +68,22 @@ def test_a_slurm_sweep_gives_the_local_sweeps_results(cluster, swept, tmp_path, 
     assert sweep.main(args) == 0
     seconds = time.perf_counter() - start
     printed = capsys.readouterr().out
-    assert "one Slurm job array of 4 tasks" in printed and "4 ok, 0 failed" in printed
+    # One task per (setting, method): its two seeds stacked, as the local sweep stacked them.
+    assert "one Slurm job array of 2 tasks" in printed and "4 ok, 0 failed" in printed
     local, slurm = results(swept / "out"), results(out)
     for row in local + slurm:
         del row["seconds"]  # the one column that is not the runs' own
     assert slurm == local
-    jobs = [json.loads(p.read_text())["slurm_job"] for p in out.glob("runs/*/*/*/status.json")]
-    assert len({j.split("_")[0] for j in jobs}) == 1 and len(set(jobs)) == 4  # one array
-    print(f"slurm sweep of 4 tiny runs: {seconds:.1f} s")
+    jobs = {}
+    for path in out.glob("runs/*/*/*/status.json"):
+        status = json.loads(path.read_text())
+        jobs.setdefault(status["slurm_job"], []).append((status["method"], status["seed"]))
+    assert len({j.split("_")[0] for j in jobs}) == 1 and len(jobs) == 2  # one array
+    assert sorted(sorted(runs) for runs in jobs.values()) == [
+        [("DFA", 0), ("DFA", 1)],
+        [("FrozenBlocks", 0), ("FrozenBlocks", 1)],
+    ]
+    print(f"slurm sweep of 4 tiny runs in 2 stacks: {seconds:.1f} s")
     # Submitted again: every run is finished, nothing goes to the cluster.
     assert sweep.main(args) == 0
     assert "4 already finished, 0 to run" in capsys.readouterr().out
@@ -89,12 +97,16 @@ def test_dry_run_shows_the_array_and_resources_without_submitting(tmp_path, caps
             "--mem_gb", "3", "--sbatch", "qos=high"]  # fmt: skip
     assert sweep.main(argv) == 0
     out = capsys.readouterr().out
-    wanted = ["--array=0-3%4", "--partition=gpu", "--time=45", "--cpus-per-task=2",
+    wanted = ["--array=0-1%2", "--partition=gpu", "--time=45", "--cpus-per-task=2",
               "--gpus-per-node=1", "--mem=3GB", "--account=lab", "--qos=high",
               "--signal=USR2@90"]  # fmt: skip
     for option in wanted:
         assert f"#SBATCH {option}\n" in out, option
-    assert out.count("-m faeval fit") == 4
+    assert out.count("-m faeval fit") == 2 and out.count("--seeds 0,1") == 2  # stacked
+    assert sweep.main([*argv, "--stack", "1"]) == 0  # one task per run
+    out = capsys.readouterr().out
+    assert "#SBATCH --array=0-3%4\n" in out and out.count("-m faeval fit") == 4
+    assert "--seeds" not in out
     assert not (tmp_path / "out" / "slurm").exists()
     with pytest.raises(ValueError, match=r"unknown keys.*'partiton'"):
         sweep.slurm_options({"slurm": {"partiton": "x"}}, sweep.argparse.Namespace())
@@ -161,3 +173,53 @@ def test_a_task_signalled_before_its_time_limit_is_requeued_and_resumes_exactly(
     assert final.keys() == want.keys()
     for key, value in want.items():
         assert torch.equal(final[key], value), key
+
+
+#: SLOW for two seeds stacked in one task: each checkpoint write (two seeds' and the stack's
+#: after every step) takes 0.15 s more.
+STACKED = {**SLOW, "seeds": [0, 1],
+           "args": [*SLOW["args"], "--trainer.plugins", "tests.helpers.SlowWrites",
+                    "--trainer.plugins.seconds", "0.15"]}  # fmt: skip
+
+
+def test_a_stacked_task_signalled_before_its_time_limit_resumes_its_stack_exactly(
+    cluster, tmp_path
+):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(STACKED))
+    out = tmp_path / "requeue"
+    runs = [out / "runs" / "default" / "DFA" / f"seed{seed}" for seed in (0, 1)]
+    stack = out / "stacks" / "default" / "DFA" / "seeds0-1"
+    with ThreadPoolExecutor(1) as pool:
+        swept = pool.submit(
+            sweep.main, [str(tmp_path / "spec.yaml"), "--out", str(out), "--executor", "slurm"]
+        )
+        deadline = time.monotonic() + 240
+        while len(read_rows(runs[1] / "diagnostics.jsonl")) < 2:  # epoch 1 is done
+            assert time.monotonic() < deadline and not swept.done(), "the task never trained"
+            time.sleep(0.2)
+        # Task 0 of the array is DFA's stack of seeds 0 and 1 (FrozenBlocks' is task 1).
+        dfa_task = next((out / "slurm").glob("*_0")).name
+        subprocess.run(["scancel", "--signal=USR2", dfa_task], check=True)
+        while "PD" not in squeue(dfa_task):
+            assert time.monotonic() < deadline and not swept.done(), "never requeued"
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "update", f"JobId={dfa_task}", "StartTime=now"], check=True)
+        assert swept.result(timeout=300) == 0
+
+    assert "[sweep] continuing from checkpoints/last.ckpt" in (stack / "run.log").read_text()
+    straight = run(["fit", "--model", "DFA", "--seeds", "0,1", *STACKED["args"],
+                    "--trainer.default_root_dir", str(tmp_path / "straight")])  # fmt: skip
+    assert straight.trainer.global_step == 16
+    for seed, run_dir in enumerate(runs):
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["status"] == "ok" and status["resumed"] is True
+        assert "--seeds" in status["cmd"] and "--ckpt_path" in status["cmd"]
+        assert [r["epoch"] for r in read_rows(run_dir / "diagnostics.jsonl")] == [0, 1, 2, 3, 4]
+        final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        want = torch.load(
+            tmp_path / "straight" / "lightning_logs" / "SyntheticLadder" / "DFA" / f"seed{seed}"
+            / "checkpoints" / "last.ckpt", weights_only=True,
+        )["state_dict"]  # fmt: skip
+        assert final["state_dict"].keys() == want.keys()
+        for key, value in want.items():
+            assert torch.equal(final["state_dict"][key], value), (seed, key)

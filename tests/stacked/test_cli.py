@@ -1,0 +1,196 @@
+"""``faeval fit --seeds``: each seed of a stack against the same seed trained alone.
+
+Bit for bit: with every parameter's size a multiple of 16 floats, the stack and the lone run
+agree to the bit in weights, optimizer state and every diagnostics figure. With other sizes
+(the default tiny run: 3 classes, width 8), fused Adam's CPU kernel updates the tail of a
+parameter that is not a whole number of vectors with scalar code that rounds otherwise than
+its vector body, so a seed's small tensors (a 3-class head's bias) drift in the last bits:
+there the weights agree within 1e-6 relative and the rows within 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from faeval.cli import run
+from faeval.runlog import RunLog
+from faeval.stacked import NotStackable
+from faeval.stacked.cli import STACK_FILE, format_seeds, parse_seeds
+from tests.helpers import TINY_RUN
+from tests.stacked.fits import (
+    ALIGNED,
+    assert_close_rows,
+    checkpoint,
+    fit,
+    rows,
+    seed_dir,
+    tensors,
+)
+
+
+def test_each_seed_is_bit_for_bit_the_run_it_would_be_alone(aligned):
+    for seed in (1, 2):
+        stacked, alone = seed_dir(aligned / "stack", seed), seed_dir(aligned / "alone", seed)
+        assert rows(stacked) == rows(alone)
+        got, want = tensors(checkpoint(stacked)), tensors(checkpoint(alone))
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want), "weights or optimizer state"
+        assert [r["seed"] for r in rows(stacked)] == [seed] * 3
+
+
+def test_a_stack_of_one_seed_is_its_lone_run(aligned, tmp_path):
+    fit(tmp_path, "--seeds", "1", data=ALIGNED)
+    stacked, alone = seed_dir(tmp_path, 1), seed_dir(aligned / "alone", 1)
+    assert rows(stacked) == rows(alone)
+    got, want = tensors(checkpoint(stacked)), tensors(checkpoint(alone))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_each_seed_has_an_ordinary_run_folder(aligned):
+    stack = aligned / "stack" / "lightning_logs" / "SyntheticLadder" / "DFA" / "stack-0-2"
+    record = json.loads((stack / STACK_FILE).read_text())
+    assert record["seeds"] == [0, 1, 2]
+    for seed, run_dir in zip(record["seeds"], record["run_dirs"], strict=True):
+        assert not Path(run_dir).is_absolute()  # relative: the folders move together
+        run_dir = (stack / run_dir).resolve()
+        assert run_dir == seed_dir(aligned / "stack", seed).resolve()
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["seed_everything"] == seed and config["seeds"] is None
+        assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "hparams.yaml").is_file()
+        ckpt = checkpoint(run_dir)
+        alone = checkpoint(seed_dir(aligned / "alone", 1))
+        assert ckpt.keys() == alone.keys() and ckpt["callbacks"].keys() == alone["callbacks"].keys()
+        assert ckpt["hyper_parameters"] == alone["hyper_parameters"]
+    stack_config = yaml.safe_load((stack / "config.yaml").read_text())
+    assert stack_config["seeds"] == "0-2"
+    assert [p.name for p in (stack / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]
+
+
+# Resuming continues in the run's own folder, so ModelCheckpoint finds it non-empty, and this
+# one is a copy, so the folder recorded in its checkpoint has moved: both intended.
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+@pytest.mark.filterwarnings("ignore:The dirpath has changed from")
+def test_a_seed_resumed_alone_from_its_stacked_checkpoint_goes_on_as_if_never_stacked(
+    aligned, tmp_path
+):
+    seed = 2
+    run_dir = tmp_path / "seed2"  # a copy: the fixture's folder stays as the stack left it
+    shutil.copytree(seed_dir(aligned / "stack", seed), run_dir)
+    ckpt = next((run_dir / "checkpoints").glob("*.ckpt"))
+    fit(tmp_path / "three", "--seed_everything", str(seed), data=ALIGNED, epochs=3)
+    run(
+        [
+            "fit",
+            "--config",
+            str(run_dir / "config.yaml"),
+            "--ckpt_path",
+            str(ckpt),
+            "--trainer.max_epochs",
+            "3",
+        ]
+    )
+    assert rows(run_dir) == rows(seed_dir(tmp_path / "three", seed))
+    want = tensors(checkpoint(seed_dir(tmp_path / "three", seed)))
+    got = tensors(checkpoint(run_dir))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_with_other_sizes_each_seed_matches_its_lone_run_within_float_rounding(tmp_path):
+    fit(tmp_path / "stack", "--seeds", "0,1")
+    fit(tmp_path / "alone", "--seed_everything", "1")
+    stacked, alone = seed_dir(tmp_path / "stack", 1), seed_dir(tmp_path / "alone", 1)
+    got, want = tensors(checkpoint(stacked)), tensors(checkpoint(alone))
+    for key, value in want.items():
+        assert torch.allclose(got[key], value, rtol=1e-6, atol=1e-12), key
+    assert_close_rows(rows(stacked), rows(alone), rel=1e-5)
+
+
+def test_no_coupling_another_seed_leaves_every_other_seeds_run_bit_identical(aligned, tmp_path):
+    fit(tmp_path, "--seeds", "0,7,2", data=ALIGNED)
+    for seed in (0, 2):
+        assert rows(seed_dir(tmp_path, seed)) == rows(seed_dir(aligned / "stack", seed))
+        got = tensors(checkpoint(seed_dir(tmp_path, seed)))
+        want = tensors(checkpoint(seed_dir(aligned / "stack", seed)))
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+# Resuming continues in the run's own folder, so ModelCheckpoint finds it non-empty: intended.
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_a_stack_resumes_exactly_two_plus_two_epochs_is_four(tmp_path):
+    seeds = ["--seeds", "3,4", "--data.random_targets", "true"]
+    fit(tmp_path / "four", *seeds, model="StateBridge", epochs=4)
+    fit(tmp_path / "two", *seeds, model="StateBridge", epochs=2)
+    stack = tmp_path / "two" / "lightning_logs" / "SyntheticLadder" / "StateBridge" / "stack-3-4"
+    ckpt = next((stack / "checkpoints").glob("*.ckpt"))
+    run(
+        [
+            "fit",
+            "--config",
+            str(stack / "config.yaml"),
+            "--ckpt_path",
+            str(ckpt),
+            "--trainer.max_epochs",
+            "4",
+        ]
+    )
+    assert (stack / "config.resumed.yaml").is_file()
+    for seed in (3, 4):
+        resumed = seed_dir(tmp_path / "two", seed, "StateBridge")
+        straight = seed_dir(tmp_path / "four", seed, "StateBridge")
+        assert [r["epoch"] for r in rows(resumed)] == [0, 1, 2, 3, 4]
+        assert rows(resumed) == rows(straight)
+        got, want = tensors(checkpoint(resumed)), tensors(checkpoint(straight))
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert (resumed / "config.resumed.yaml").is_file()
+
+
+def test_the_floor_stop_ends_one_seed_and_the_others_go_on(tmp_path):
+    fit(tmp_path / "free", "--seeds", "0-2", epochs=2)
+    g_l = {s: RunLog(seed_dir(tmp_path / "free", s)).rows()[1]["g_L"] for s in range(3)}
+    low, high = min(g_l, key=g_l.get), max(g_l, key=g_l.get)
+    floor = math.sqrt(g_l[low] * sorted(g_l.values())[1])  # between the lowest and the next
+    fit(
+        tmp_path / "floor",
+        "--seeds",
+        "0-2",
+        "--floor_stop",
+        "true",
+        "--diagnostics.grad_floor",
+        str(floor),
+        epochs=2,
+    )
+    epochs = {s: [r["epoch"] for r in RunLog(seed_dir(tmp_path / "floor", s)).rows()] for s in g_l}
+    assert epochs[low] == [0, 1] and epochs[high] == [0, 1, 2]
+    for s in g_l:  # what ran is the same run as without the stop (the floor aside)
+        n = len(epochs[s])
+        got, want = rows(seed_dir(tmp_path / "floor", s)), rows(seed_dir(tmp_path / "free", s))
+        keys = ("h_norm", "g_norm", "train/loss", "test/acc", "step")
+        assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in want[:n]]
+
+
+def test_settings_a_stack_cannot_honour_are_refused(tmp_path):
+    with pytest.raises(NotStackable, match=r"drop --trainer\.logger"):
+        fit(tmp_path, "--seeds", "0-1", "--trainer.logger", "CSVLogger",
+            "--trainer.logger.save_dir", str(tmp_path), epochs=1)  # fmt: skip
+    with pytest.raises(NotStackable, match="one device"):
+        fit(tmp_path, "--seeds", "0-1", "--trainer.devices", "2", epochs=1)
+    with pytest.raises(ValueError, match="one seed twice"):
+        fit(tmp_path, "--seeds", "1,1", epochs=1)
+    with pytest.raises(ValueError, match=r"--stack\.compile applies to stacked runs; add --seeds"):
+        fit(tmp_path, "--stack.compile", "true", epochs=1)
+    with pytest.raises(ValueError, match="faeval test reads one run: point it at a seed's own"):
+        run(["test", "--model", "DFA", *TINY_RUN, "--seeds", "0-1"])
+
+
+def test_seed_lists():
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7] and parse_seeds(5) == [5]
+    assert format_seeds([0, 1, 2, 3, 7, 9, 10]) == "0-3,7,9-10"
+    with pytest.raises(ValueError, match=r"e\.g\. 0-9"):
+        parse_seeds("a-b")

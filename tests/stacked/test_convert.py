@@ -1,0 +1,147 @@
+"""Stacking methods: every known method and backbone, exactly per seed; refusals otherwise."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
+from faeval.methods import BP, DFA, EP, FA, CreditBridge, FrozenBlocks, StateBridge
+from faeval.stacked import NotStackable, seed_state, stack_methods
+from faeval.stacked.convert import check_optimizer
+from tests.helpers import LinearNet
+
+K = 3
+BACKBONES = {
+    "ResMLP": ((3, 8, 8), functools.partial(ResMLP, d_hidden=16, num_blocks=2)),
+    "SmallCNN": ((3, 8, 8), functools.partial(SmallCNN, width=4, num_blocks=2)),
+    "ViTMini": ((3, 8, 8), functools.partial(ViTMini, d_model=16, num_blocks=2, num_heads=2)),
+    "StudentNet": ((12,), functools.partial(StudentNet, width=16, depth=3)),
+}
+METHODS = {
+    "BP": (BP, {}),
+    "FA": (FA, {}),
+    "DFA": (DFA, {}),
+    "FrozenBlocks": (FrozenBlocks, {}),
+    "StateBridge": (StateBridge, {"bridge_width": 8}),
+    "CreditBridge": (CreditBridge, {"value_width": 8, "warmup_epochs": 0}),
+    "EP": (EP, {"steps": 6, "tol": 0.05, "check_every": 4}),
+}
+
+
+def build(method: str, backbone: str, seed: int):
+    cls, kwargs = METHODS[method]
+    shape, factory = BACKBONES[backbone]
+    torch.manual_seed(seed)
+    return cls(shape, 4, backbone=factory, **kwargs).train()
+
+
+def batch(shape, seed: int = 1) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(K * 6, *shape, generator=gen), torch.randint(0, 4, (K * 6,), generator=gen)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_stacked_step_gives_every_seed_its_lone_gradients_bit_for_bit(method, backbone):
+    lone = [build(method, backbone, seed) for seed in range(K)]
+    stacked = stack_methods([build(method, backbone, seed) for seed in range(K)])
+    assert stacked.stack_size == K and type(stacked) is type(lone[0])
+    x, y = batch(BACKBONES[backbone][0])
+    objective, losses = stacked.step_objective(x, y)
+    objective.backward()
+    for k, (method_k, xk, yk) in enumerate(zip(lone, x.chunk(K), y.chunk(K), strict=True)):
+        objective_k, losses_k = method_k.step_objective(xk, yk)
+        objective_k.backward()
+        assert torch.equal(losses.chunk(K)[k], losses_k)
+        params = dict(method_k.named_parameters())
+        for name, p in stacked.named_parameters():
+            if params[name].grad is None:
+                assert p.grad is None, name
+            else:
+                assert torch.equal(p.grad[k], params[name].grad), name
+        buffers = dict(method_k.named_buffers())
+        for name, b in stacked.named_buffers():  # BatchNorm's running statistics
+            assert torch.equal(b[k], buffers[name]), name
+
+
+def test_ep_stops_each_seed_at_its_own_step_whatever_the_check_interval():
+    taken = []
+    for check_every in (1, 5):
+        lone = [build("EP", "ResMLP", s) for s in range(K)]
+        stacked = stack_methods([build("EP", "ResMLP", s) for s in range(K)])
+        for m in [*lone, stacked]:
+            m.steps, m.tol, m.check_every = 60, 0.2, check_every
+        x, y = batch((3, 8, 8))
+        trace = stacked.backbone.trace(x).detached()
+        credits = stacked.credits(trace, y)
+        for k, (m, xk, yk) in enumerate(zip(lone, x.chunk(K), y.chunk(K), strict=True)):
+            want = m.credits(m.backbone.trace(xk).detached(), yk)
+            assert all(torch.equal(a.chunk(K)[k], b) for a, b in zip(credits, want, strict=True))
+            assert stacked.steps_taken[k] == m.steps_taken
+        taken.append(stacked.steps_taken)
+    assert torch.equal(*taken) and len(set(taken[0].tolist())) > 1  # the seeds stopped apart
+
+
+def test_no_coupling_another_seeds_data_leaves_a_seeds_gradients_bit_identical():
+    x, y = batch((3, 8, 8))
+    grads = []
+    for perturb in (False, True):
+        stacked = stack_methods([build("CreditBridge", "SmallCNN", s) for s in range(K)])
+        xp, yp = x.clone(), y.clone()
+        if perturb:  # seed 1's batch only
+            xp[6:12] = torch.randn(6, 3, 8, 8)
+            yp[6:12] = (yp[6:12] + 1) % 4
+        stacked.step_objective(xp, yp)[0].backward()
+        grads.append({n: p.grad for n, p in stacked.named_parameters()})
+    for name, g in grads[0].items():
+        assert torch.equal(g[[0, 2]], grads[1][name][[0, 2]]), name
+        assert not torch.equal(g[1], grads[1][name][1]) or g[1].abs().sum() == 0, name
+
+
+def test_seed_state_loads_into_the_lone_method_strictly():
+    lone = [build("StateBridge", "ViTMini", s) for s in range(K)]
+    stacked = stack_methods(lone)
+    for k in range(K):
+        fresh = build("StateBridge", "ViTMini", 99)
+        fresh.load_state_dict(seed_state(stacked.state_dict(), k), strict=True)
+        want = lone[k].state_dict()
+        assert all(torch.equal(v, want[n]) for n, v in fresh.state_dict().items())
+
+
+def test_a_method_it_does_not_know_is_refused_with_the_reason():
+    class MyDFA(DFA):  # a subclass may change credits or losses: not stackable until checked
+        pass
+
+    torch.manual_seed(0)
+    methods = [MyDFA((12,), 4, backbone=functools.partial(StudentNet, width=16)) for _ in range(2)]
+    with pytest.raises(NotStackable, match=r"MyDFA cannot be stacked over seeds.*--seeds"):
+        stack_methods(methods)
+
+
+def test_a_module_it_does_not_know_is_refused_with_its_path():
+    class Scaled(nn.Module):  # a module whose code might mix the batch's samples
+        def forward(self, h):
+            return h - h.mean(0)
+
+    def backbone(shape, classes):
+        net = ResMLP(shape, classes, d_hidden=16, num_blocks=2)
+        net.blocks[1].act = Scaled()
+        return net
+
+    torch.manual_seed(0)
+    methods = [DFA((6,), 3, backbone=backbone) for _ in range(2)]
+    with pytest.raises(NotStackable, match=r"backbone\.blocks\.1\.act \(.*Scaled\) cannot be"):
+        stack_methods(methods)
+    torch.manual_seed(0)
+    with pytest.raises(NotStackable, match=r"backbone \(tests\.helpers\.LinearNet\) cannot be"):
+        stack_methods([DFA((6,), 3, backbone=LinearNet) for _ in range(2)])
+
+
+def test_an_optimizer_that_is_not_elementwise_is_refused():
+    check_optimizer(torch.optim.Adam([nn.Parameter(torch.zeros(2))]))
+    with pytest.raises(NotStackable, match="LBFGS cannot be stacked"):
+        check_optimizer(torch.optim.LBFGS([nn.Parameter(torch.zeros(2))]))

@@ -1,0 +1,221 @@
+"""Benchmark: seeds stacked in one process against one process per seed, in seed-epochs/s.
+
+Usage:
+    python tools/bench_stack.py [--reps 3] [--n 50000] [--ks 1 2 4 8 16] [--batches 60]
+    python tools/bench_stack.py --compile_ks 1 8          # the compile option's gain too
+
+DFA (``--method``) on ResMLP d=256 L=4 over N CIFAR-shaped uint8 samples in memory, batch 128,
+on the CPU, trained through Lightning as ``faeval fit`` trains (no validation, diagnostics,
+logger or checkpoints). Each configuration runs in worker processes of its own, started
+together: each builds its data and methods, trains ``--warmup`` batches (compilation, caches),
+then waits; once all are ready they train ``--batches`` batches on a common signal, and the
+throughput is the seeds' share of an epoch they covered over the slowest worker's seconds.
+Configurations:
+
+- ``alone PxT``: one ordinary single-seed run per process, P processes of T threads (the
+  layouts a sweep without stacking can take: 1×cores and cores×1);
+- ``stack K``: one process of ``cores`` threads training K seeds stacked;
+- ``1x1 stack K``: one single-thread process training K seeds stacked (against ``alone 1x1``);
+- ``Px1 stack K/P``: ``cores`` single-thread processes, each K/P seeds stacked;
+- ``1x1 stack K compiled``: ``1x1 stack K`` with the compiled step (``--stack.compile``).
+
+The machine may be shared: every rep runs each configuration once, in an order rotated rep by
+rep, and each throughput is divided by the best ``alone`` layout's throughput of the same rep
+before the median over reps is taken. The load average is printed with each rep. Seed-epochs
+per CPU-second (the workers' own processor time) are printed too: for single-thread workers
+they measure the work per core, which other processes' load does not change much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKER_FLAG = "--worker"
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One process of one configuration: set up, report ready, train on "go", print seconds."""
+    import torch
+    from lightning.pytorch import Callback, Trainer
+
+    import faeval.methods
+    from faeval.data import InMemoryDataModule
+    from faeval.stacked import stack_methods  # noqa: F401  (import cost outside the timing)
+    from faeval.stacked.data import StackedData
+    from faeval.stacked.module import SeedStack
+
+    torch.set_num_threads(args.threads)
+
+    class RandomCIFAR(InMemoryDataModule):
+        input_shape, num_classes = (3, 32, 32), 10
+        mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+        def load(self):
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randint(0, 256, (args.n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+            xt = torch.randint(0, 256, (1024, 3, 32, 32), dtype=torch.uint8, generator=gen)
+            y, yt = torch.randint(0, 10, (args.n,)), torch.randint(0, 10, (1024,))
+            return {"train": (x, y), "test": (xt, yt)}
+
+    class Gate(Callback):
+        """Times ``batches`` batches after ``warmup`` ones, waiting for "go" in between."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == args.warmup:
+                print("ready", flush=True)
+                sys.stdin.readline()
+                self.start, self.cpu = time.perf_counter(), time.process_time()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == args.warmup + args.batches - 1:
+                wall, cpu = time.perf_counter() - self.start, time.process_time() - self.cpu
+                print(f"seconds {wall:.6f} {cpu:.6f}", flush=True)
+
+    cls = getattr(faeval.methods, args.method)
+    seeds = [args.seed0 + k for k in range(args.k)]
+    methods, datamodules = [], []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        methods.append(cls((3, 32, 32), 10))
+        datamodules.append(RandomCIFAR(batch_size=128, probe_size=16, seed=seed))
+    if args.mode == "alone":
+        module, data = methods[0], datamodules[0]
+    else:
+        module, data = SeedStack(methods, compile=args.compile), StackedData(datamodules)
+    trainer = Trainer(
+        max_epochs=1,
+        limit_train_batches=args.warmup + args.batches,
+        limit_val_batches=0,
+        logger=False,
+        accelerator="cpu",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[Gate()],
+    )
+    trainer.fit(module, datamodule=data)
+
+
+def launch(args, mode: str, processes: int, threads: int, k: int, compile: bool = False):
+    """Runs one configuration; returns seed-epochs per second."""
+    cmd = [sys.executable, __file__, WORKER_FLAG, "--mode", mode, "--n", str(args.n)]
+    cmd += ["--batches", str(args.batches), "--warmup", str(args.warmup)]
+    cmd += ["--threads", str(threads), "--k", str(k), "--method", args.method]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--seed0", str(p * k)] + (["--compile"] if compile else []),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        for p in range(processes)
+    ]
+    for proc in procs:  # every worker set up and warmed up
+        while (line := proc.stdout.readline()) and line.strip() != "ready":
+            pass
+        if not line:
+            raise RuntimeError(f"a worker of {mode} k={k} died before it was ready: {cmd}")
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    seconds, cpu = [], []
+    for proc in procs:
+        out, _ = proc.communicate()
+        for line in out.splitlines():
+            if line.startswith("seconds"):
+                seconds.append(float(line.split()[1]))
+                cpu.append(float(line.split()[2]))
+    if len(seconds) != processes:
+        raise RuntimeError(f"{mode} k={k}: a worker did not report its time")
+    epochs = args.batches * 128 / args.n  # the share of an epoch each seed covered
+    return processes * k * epochs / max(seconds), processes * k * epochs / sum(cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--n", type=int, default=50000, help="training samples")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--compile_ks", type=int, nargs="*", default=[])
+    parser.add_argument("--batches", type=int, default=60, help="timed batches per worker")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    parser.add_argument("--method", default="DFA")
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", nargs="*", default=[], help="run only these configurations")
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="stack", help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--seed0", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    cores = args.cores
+    configs = [(f"alone 1x{cores}", "alone", 1, cores, 1, False)]
+    if cores > 1:
+        configs.append((f"alone {cores}x1", "alone", cores, 1, 1, False))
+    configs += [(f"stack {k}", "stack", 1, cores, k, False) for k in args.ks]
+    if cores > 1:
+        configs.append(("alone 1x1", "alone", 1, 1, 1, False))
+        configs += [(f"1x1 stack {k}", "stack", 1, 1, k, False) for k in args.ks]
+    configs += [
+        (f"{cores}x1 stack {k // cores}", "stack", cores, 1, k // cores, False)
+        for k in args.ks
+        if cores > 1 and k >= cores and k % cores == 0
+    ]
+    configs += [(f"1x1 stack {k} compiled", "stack", 1, 1, k, True) for k in args.compile_ks]
+    if args.only:
+        configs = [c for c in configs if c[0] in args.only]
+    rates: dict[str, list[float]] = {name: [] for name, *_ in configs}
+    ratios: dict[str, list[float]] = {name: [] for name, *_ in configs}
+    per_cpu: dict[str, list[float]] = {name: [] for name, *_ in configs}
+    for rep in range(args.reps):
+        loadavg = Path("/proc/loadavg")
+        load = loadavg.read_text().split()[:3] if loadavg.exists() else []
+        order = configs[rep % len(configs) :] + configs[: rep % len(configs)]
+        got = {name: launch(args, mode, p, t, k, c) for name, mode, p, t, k, c in order}
+        best_alone = max(v for name, (v, _) in got.items() if name.startswith("alone"))
+        for name, (value, value_cpu) in got.items():
+            rates[name].append(value)
+            ratios[name].append(value / best_alone)
+            per_cpu[name].append(value_cpu)
+        print(
+            f"rep {rep + 1} (load average {' '.join(load)}): "
+            + "  ".join(f"{name} {v:.3f} ({c:.3f}/cpu-s)" for name, (v, c) in got.items()),
+            flush=True,
+        )
+    print(
+        f"\n{args.method}, ResMLP d=256 L=4, N = {args.n}, batch 128, {cores} cores, "
+        f"{args.batches} timed batches per worker, {args.reps} reps"
+    )
+    print(
+        f"{'configuration':<22}{'seed-epochs/s':>14}{'/ best alone':>14}{'range':>16}"
+        f"{'per CPU-second':>16}"
+    )
+    for name in rates:
+        r = ratios[name]
+        print(
+            f"{name:<22}{statistics.median(rates[name]):>14.3f}{statistics.median(r):>14.2f}"
+            f"{f'[{min(r):.2f}-{max(r):.2f}]':>16}{statistics.median(per_cpu[name]):>16.3f}"
+        )
+    for k in args.compile_ks:
+        compiled, eager = per_cpu.get(f"1x1 stack {k} compiled"), per_cpu.get(f"1x1 stack {k}")
+        if compiled and eager:
+            gain = [a / b for a, b in zip(compiled, eager, strict=True)]
+            print(f"compile gain at K = {k}, per CPU-second: {statistics.median(gain):.2f}×")
+
+
+if __name__ == "__main__":
+    main()
