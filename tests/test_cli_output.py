@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from faeval.cli import known_names, main, run
 from faeval.errors import ConfigError, user_error
@@ -90,6 +91,11 @@ def test_evaluating_a_run_leaves_every_file_of_it_as_it_was(tmp_path, command, c
         json.loads((run_dir / "diagnostics.jsonl").read_text().splitlines()[-1])["test/acc"]
     )
     assert f"[faeval] {command}: test/acc" in capsys.readouterr().out
+    # In TensorBoard the evaluation sits at the training curve's last x (epochs trained).
+    trained = json.loads((run_dir / "diagnostics.jsonl").read_text().splitlines()[-1])["epoch"]
+    events = EventAccumulator(str(run_dir / "eval" / folders[0]))
+    events.Reload()
+    assert [e.step for e in events.Scalars("test/acc")] == [trained] and trained >= 1
 
 
 def test_the_cards_command_fetches_cifar_when_absent(tmp_path, monkeypatch, fake_downloader):

@@ -171,6 +171,7 @@ class CreditMethod(LightningModule, abc.ABC):
         self.test_acc = MulticlassAccuracy(self.backbone.num_classes, average="micro")
         self.test_loss = MeanMetric()
         self._epoch_sums: dict[str, tuple[Tensor | float, int]] = {}
+        self._restored_epochs = 0  # epochs trained by the checkpoint an evaluation loaded
         self._in_step = False
 
     @abc.abstractmethod
@@ -343,9 +344,15 @@ class CreditMethod(LightningModule, abc.ABC):
             self.logger.log_metrics(metrics, step=self.epochs_completed())
 
     def epochs_completed(self) -> int:
-        """Epochs trained so far, counting the one ending now while fitting."""
-        fitting = self.trainer.state.fn == TrainerFn.FITTING
-        return self.current_epoch + int(fitting)
+        """Epochs trained so far, counting the one ending now while fitting.
+
+        ``faeval test``/``validate`` restore the weights but not the loops (current_epoch
+        is 0 there): the epochs the checkpoint had trained are read from it, so that an
+        evaluation sits at the x of the training curve's last point.
+        """
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            return self.current_epoch + 1
+        return max(self.current_epoch, self._restored_epochs)
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -360,6 +367,10 @@ class CreditMethod(LightningModule, abc.ABC):
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._epoch_sums = dict(checkpoint.get("faeval_epoch_sums", {}))
+        # Epochs whose training ended before the save (Lightning's fit loop counts an epoch
+        # as processed before its end-of-epoch checkpoints are written).
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+        self._restored_epochs = int(progress.get("current", {}).get("processed", 0))
 
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
