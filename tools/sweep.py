@@ -788,16 +788,29 @@ def queued(job_ids: list[str]) -> set[str]:
     return {row[0] for row in rows if len(row) == 2 and row[1] not in FINAL_STATES}
 
 
-def wait_slurm(jobs: list, work: list[list[Run]], out: Path, poll: float = 2.0) -> list[dict]:
-    """Waits until every task has left the queue; prints each run's line as it ends."""
+def wait_slurm(
+    jobs: list, work: list[list[Run]], out: Path, poll: float = 2.0, grace: float = 60.0
+) -> list[dict]:
+    """Waits until every task has left the queue; prints each run's line as it ends.
+
+    A task out of the queue whose runs are not all ended (a run "interrupted" for a requeue,
+    or without a status) is given ``grace`` seconds to come back: between its stop and its
+    return to pending, Slurm can leave a requeued task out of squeue's answer.
+    """
     pending = {job.job_id: group for job, group in zip(jobs, work, strict=True)}
+    missing_since: dict[str, float] = {}
     done = []
     while pending:
         time.sleep(poll)
         waiting = queued(list(pending))
+        now = time.monotonic()
         for job_id in [j for j in pending if j not in waiting]:
-            for run in pending.pop(job_id):
-                status = read_status(run.dir(out)) or {
+            statuses = [read_status(run.dir(out)) for run in pending[job_id]]
+            settled = all(s and s.get("status") not in (None, "interrupted") for s in statuses)
+            if not settled and now - missing_since.setdefault(job_id, now) < grace:
+                continue
+            for run, status in zip(pending.pop(job_id), statuses, strict=True):
+                status = status or {
                     "status": "failed",
                     "epochs": 0,
                     "error": f"Slurm task {job_id} ended without a status: see {out / 'slurm'}",
@@ -806,6 +819,8 @@ def wait_slurm(jobs: list, work: list[list[Run]], out: Path, poll: float = 2.0) 
                     status = {**status, "status": "failed", "error": "interrupted, not requeued"}
                 print(report_line(run, status), flush=True)
                 done.append(status)
+        for job_id in waiting:
+            missing_since.pop(job_id, None)
     return done
 
 

@@ -127,6 +127,34 @@ def test_a_task_between_its_requeue_and_pending_counts_as_queued(monkeypatch):
     assert "--states=all" in seen[0]
 
 
+def test_a_requeued_task_missing_from_the_queue_for_a_moment_is_waited_for(tmp_path, monkeypatch):
+    # Between a requeued task's stop and its return to pending, squeue can leave it out: the
+    # sweep waits (grace) for a task whose run is "interrupted" instead of calling it lost.
+    run = sweep.Run("s", "DFA", 0, ())
+    run.dir(tmp_path).mkdir(parents=True)
+    status = run.dir(tmp_path) / "status.json"
+    status.write_text(json.dumps({"status": "interrupted"}))
+    polls = iter([set(), {"7_0"}, set(), set()])  # gone, back (pending), then ended
+
+    def fake_queued(job_ids):
+        answer = next(polls)
+        if not answer and status.read_text().count("interrupted") and seen["polls"] >= 2:
+            status.write_text(json.dumps({"status": "ok", "epochs": 4}))  # the requeued run
+        seen["polls"] += 1
+        return answer
+
+    seen = {"polls": 0}
+    monkeypatch.setattr(sweep, "queued", fake_queued)
+    job = type("Job", (), {"job_id": "7_0"})()
+    done = sweep.wait_slurm([job], [[run]], tmp_path, poll=0, grace=3600)
+    assert [d["status"] for d in done] == ["ok"] and seen["polls"] == 3
+    # With no grace left, an interrupted run out of the queue is reported as not requeued.
+    status.write_text(json.dumps({"status": "interrupted"}))
+    monkeypatch.setattr(sweep, "queued", lambda job_ids: set())
+    done = sweep.wait_slurm([job], [[run]], tmp_path, poll=0, grace=0)
+    assert done[0]["status"] == "failed" and done[0]["error"] == "interrupted, not requeued"
+
+
 #: 4 epochs of 4 steps, last.ckpt after every step; Throttle makes each step take 0.4 s.
 SLOW = {"seeds": [0], "methods": ["DFA"], "protocol": False,
         "args": [*TINY_RUN, "--trainer.max_epochs", "4", "--data.random_targets", "true",
