@@ -60,6 +60,8 @@ before a task's time limit (and on preemption); submitit's handler stops the run
 loses at most the work since its last checkpoint: every epoch, or every N steps with
 ``--checkpoint_every_n_steps N`` in ``args``), requeues the task, and the requeued task
 continues from checkpoints/last.ckpt (up to 3 time-outs per task, preemptions unlimited).
+A task whose requeue Slurm lost (it ended while its run says "interrupted") is submitted
+again by the waiting sweep, up to 3 times, and continues from last.ckpt the same way.
 
 Prints one line per run as it ends and, at the end, the throughput in seed-epochs per second.
 Writes DIR/sweep.json (the plan) and DIR/results.csv (one row per run, timm bulk_runner style).
@@ -789,16 +791,26 @@ def queued(job_ids: list[str]) -> set[str]:
 
 
 def wait_slurm(
-    jobs: list, work: list[list[Run]], out: Path, poll: float = 2.0, grace: float = 60.0
+    jobs: list,
+    work: list[list[Run]],
+    out: Path,
+    poll: float = 2.0,
+    grace: float = 10.0,
+    resubmit: Callable[[list[Run]], object] | None = None,
+    tries: int = 3,
 ) -> list[dict]:
     """Waits until every task has left the queue; prints each run's line as it ends.
 
     A task out of the queue whose runs are not all ended (a run "interrupted" for a requeue,
-    or without a status) is given ``grace`` seconds to come back: between its stop and its
-    return to pending, Slurm can leave a requeued task out of squeue's answer.
+    or without a status) is given ``grace`` seconds to come back. A task whose requeue Slurm
+    lost (its runs stay "interrupted": on a small cluster the task's own ``scontrol
+    requeue`` can race with its batch script's exit, which then marks it failed) is
+    submitted again through ``resubmit``, up to ``tries`` times; it continues from its
+    last.ckpt as the requeued task would have.
     """
     pending = {job.job_id: group for job, group in zip(jobs, work, strict=True)}
     missing_since: dict[str, float] = {}
+    tried: dict[tuple[Run, ...], int] = {}
     done = []
     while pending:
         time.sleep(poll)
@@ -809,7 +821,21 @@ def wait_slurm(
             settled = all(s and s.get("status") not in (None, "interrupted") for s in statuses)
             if not settled and now - missing_since.setdefault(job_id, now) < grace:
                 continue
-            for run, status in zip(pending.pop(job_id), statuses, strict=True):
+            group = pending.pop(job_id)
+            key = tuple(group)
+            lost = any(s and s.get("status") == "interrupted" for s in statuses)
+            if lost and resubmit is not None and tried.get(key, 0) < tries:
+                tried[key] = tried.get(key, 0) + 1
+                job = resubmit(group)
+                pending[job.job_id] = group
+                names = ", ".join(f"{r.setting}/{r.method}/seed{r.seed}" for r in group)
+                print(
+                    f"[sweep] Slurm did not requeue task {job_id} ({names}): submitted again "
+                    f"as {job.job_id}, continuing from its last.ckpt",
+                    flush=True,
+                )
+                continue
+            for run, status in zip(group, statuses, strict=True):
                 status = status or {
                     "status": "failed",
                     "epochs": 0,
@@ -960,7 +986,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             if args.no_wait:
                 return 0
-            done = wait_slurm(submitted, work, out)
+
+            def resubmit(group: list[Run]):
+                return submit_slurm(spec, [group], runs, out, options)[0]
+
+            done = wait_slurm(submitted, work, out, resubmit=resubmit)
     else:
         lock = threading.Lock()
 
