@@ -18,7 +18,31 @@ from faeval.seeding import resolve_seed
 PROBE_SIZE = 1024
 
 
-class TensorBatches:
+class BatchPosition:
+    """Lightning-stateful position in an epoch's batches (``state_dict``/``load_state_dict``).
+
+    The holder sets ``progress`` (a callable giving the batches the trainer finished, or
+    None), ``_handed_out`` (batches handed out so far), ``_epoch_in_progress`` and
+    ``_resume`` (the (epoch, position) to continue, read by its ``__iter__``).
+    """
+
+    progress: Callable[[], int] | None
+    _handed_out: int
+    _epoch_in_progress: int | None
+    _resume: tuple[int, int] | None
+
+    def state_dict(self) -> dict[str, int | None]:
+        """The epoch in progress and how many of its batches the trainer has finished."""
+        position = self.progress() if self.progress is not None else self._handed_out
+        return {"epoch": self._epoch_in_progress, "position": position}
+
+    def load_state_dict(self, state: dict[str, int | None]) -> None:
+        """Continue the saved epoch at the saved position (a later epoch starts afresh)."""
+        if state.get("epoch") is not None:
+            self._resume = (state["epoch"], state["position"])
+
+
+class TensorBatches(BatchPosition):
     """Batches of an in-memory (x, y) pair by index slicing: no per-sample Python work.
 
     The shuffle permutation (and the random targets, when asked) of epoch k come from a
@@ -103,16 +127,6 @@ class TensorBatches:
             start, stop = self._chunk(count - 1)
             count -= start == stop  # an evaluation rank left without a sample in the last
         return count
-
-    def state_dict(self) -> dict[str, int | None]:
-        """The epoch in progress and how many of its batches the trainer has finished."""
-        position = self.progress() if self.progress is not None else self._handed_out
-        return {"epoch": self._epoch_in_progress, "position": position}
-
-    def load_state_dict(self, state: dict[str, int | None]) -> None:
-        """Continue the saved epoch at the saved position (a later epoch starts afresh)."""
-        if state.get("epoch") is not None:
-            self._resume = (state["epoch"], state["position"])
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.x)

@@ -89,9 +89,13 @@ def direct_feedback(backbone: LayeredBackbone, seed: int) -> FeedbackMatrices:
 
 def direct_credits(feedback: FeedbackMatrices, trace: Trace, y: Tensor) -> list[Tensor]:
     """DFA's credit a_l = e·B_l for l = 0..L, each shaped like h_l."""
-    e = output_error(trace.logits, y)
-    # (B, C) @ (C, |h_l|) -> (B, |h_l|): e·B_l plays ∂ℓ/∂h_l
-    return [feedback.project(l, e).view_as(h) for l, h in enumerate(trace.states)]
+    return projected_credits(feedback, trace, output_error(trace.logits, y))
+
+
+def projected_credits(feedback: FeedbackMatrices, trace: Trace, signal: Tensor) -> list[Tensor]:
+    """a_l = signal·B_l for l = 0..L, each shaped like h_l (DFA's error, DRTP's target)."""
+    # (B, C) @ (C, |h_l|) -> (B, |h_l|): signal·B_l plays ∂ℓ/∂h_l
+    return [feedback.project(l, signal).view_as(h) for l, h in enumerate(trace.states)]
 
 
 def mlp(d_in: int, d_out: int, width: int, depth: int) -> nn.Sequential:

@@ -7,7 +7,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.backbones import Trace
-from faeval.methods.common import FeedbackMatrices, direct_feedback
+from faeval.methods.common import FeedbackMatrices, direct_feedback, projected_credits
 from faeval.methods.feedback import FeedbackMethod
 
 
@@ -45,5 +45,4 @@ class DRTP(FeedbackMethod):
     @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         target = F.one_hot(y, self.backbone.num_classes).to(self.feedback[0].dtype)  # (B, C)
-        # (B, C) @ (C, |h_l|) -> (B, |h_l|): −onehot(y)·B_l plays ∂ℓ/∂h_l
-        return [(-target @ self.feedback[l]).view_as(h) for l, h in enumerate(trace.states)]
+        return projected_credits(self.feedback, trace, -target)  # −onehot(y)·B_l plays ∂ℓ/∂h_l

@@ -20,10 +20,11 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.data import InMemoryDataModule, TensorBatches
+from faeval.data.base import BatchPosition
 from faeval.stacked.convert import RUN_ALONE, NotStackable
 
 
-class StackedBatches:
+class StackedBatches(BatchPosition):
     """Seed-major batches of K·B rows: row block k is seed k's own batch of its own epoch.
 
     Args:
@@ -59,16 +60,6 @@ class StackedBatches:
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
-
-    def state_dict(self) -> dict[str, int | None]:
-        """The epoch in progress and how many of its batches the trainer has finished."""
-        position = self.progress() if self.progress is not None else self._handed_out
-        return {"epoch": self._epoch_in_progress, "position": position}
-
-    def load_state_dict(self, state: dict[str, int | None]) -> None:
-        """Continue the saved epoch at the saved position (a later epoch starts afresh)."""
-        if state.get("epoch") is not None:
-            self._resume = (state["epoch"], state["position"])
 
     def plan(self) -> tuple[Tensor, Tensor | None]:
         """This epoch's orders (K, N) and random labels (K, N) (None: the true labels).

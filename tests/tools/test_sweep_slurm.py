@@ -56,6 +56,24 @@ def squeue(task: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
 
 
+def sweep_signalled_after_epoch_1(spec: Path, out: Path, run_dir: Path) -> str:
+    """Runs the sweep on the cluster; once ``run_dir`` has trained epoch 1, sends task 0 of
+    the array Slurm's warning before its time limit (USR2, as ``--signal=USR2@90`` does) and
+    lets the requeued task start. Returns task 0's id once the sweep has ended well."""
+    with ThreadPoolExecutor(1) as pool:
+        swept = pool.submit(sweep.main, [str(spec), "--out", str(out), "--executor", "slurm"])
+        deadline = time.monotonic() + 240
+        while len(read_rows(run_dir / "diagnostics.jsonl")) < 2:  # epoch 1 is done
+            assert time.monotonic() < deadline and not swept.done(), "the task never trained"
+            time.sleep(0.2)
+        # Task i of the array runs the i-th planned run (or stack): DFA's comes first.
+        task = next((out / "slurm").glob("*_0")).name
+        subprocess.run(["scancel", "--signal=USR2", task], check=True)
+        start_requeued(task, swept, deadline)
+        assert swept.result(timeout=300) == 0
+    return task
+
+
 def start_requeued(task: str, swept, deadline: float) -> None:
     """Lets a requeued task start now rather than after Slurm's two-minute hold (BeginTime).
 
@@ -198,20 +216,7 @@ def test_a_task_signalled_before_its_time_limit_is_requeued_and_resumes_exactly(
     )
     out = tmp_path / "requeue"
     run_dir = out / "runs" / "default" / "DFA" / "seed0"
-    with ThreadPoolExecutor(1) as pool:
-        swept = pool.submit(
-            sweep.main, [str(tmp_path / "spec.yaml"), "--out", str(out), "--executor", "slurm"]
-        )
-        deadline = time.monotonic() + 240
-        while len(read_rows(run_dir / "diagnostics.jsonl")) < 2:  # epoch 1 is done
-            assert time.monotonic() < deadline and not swept.done(), "the task never trained"
-            time.sleep(0.2)
-        # Task i of the array runs the i-th planned run: DFA's seed 0 is task 0.
-        dfa_task = next((out / "slurm").glob("*_0")).name
-        # Slurm's warning before the time limit, as `--signal=USR2@90` sends it.
-        subprocess.run(["scancel", "--signal=USR2", dfa_task], check=True)
-        start_requeued(dfa_task, swept, deadline)
-        assert swept.result(timeout=300) == 0
+    dfa_task = sweep_signalled_after_epoch_1(tmp_path / "spec.yaml", out, run_dir)
 
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "ok" and status["resumed"] is True
@@ -243,19 +248,8 @@ def test_a_stacked_task_signalled_before_its_time_limit_resumes_its_stack_exactl
     out = tmp_path / "requeue"
     runs = [out / "runs" / "default" / "DFA" / f"seed{seed}" for seed in (0, 1)]
     stack = out / "stacks" / "default" / "DFA" / "seeds0-1"
-    with ThreadPoolExecutor(1) as pool:
-        swept = pool.submit(
-            sweep.main, [str(tmp_path / "spec.yaml"), "--out", str(out), "--executor", "slurm"]
-        )
-        deadline = time.monotonic() + 240
-        while len(read_rows(runs[1] / "diagnostics.jsonl")) < 2:  # epoch 1 is done
-            assert time.monotonic() < deadline and not swept.done(), "the task never trained"
-            time.sleep(0.2)
-        # Task 0 of the array is DFA's stack of seeds 0 and 1 (FrozenBlocks' is task 1).
-        dfa_task = next((out / "slurm").glob("*_0")).name
-        subprocess.run(["scancel", "--signal=USR2", dfa_task], check=True)
-        start_requeued(dfa_task, swept, deadline)
-        assert swept.result(timeout=300) == 0
+    # Task 0 of the array is DFA's stack of seeds 0 and 1 (FrozenBlocks' is task 1).
+    sweep_signalled_after_epoch_1(tmp_path / "spec.yaml", out, runs[1])
 
     assert "[sweep] continuing from checkpoints/last.ckpt" in (stack / "run.log").read_text()
     straight = run(["fit", "--model", "DFA", "--seeds", "0,1", *STACKED["args"],
