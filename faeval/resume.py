@@ -132,7 +132,7 @@ def check_resume_options(
         ckpt_path: the checkpoint being resumed.
         saved: the hyperparameters to hold them against (default: the checkpoint's own
             ``hyper_parameters``; a stack's checkpoint records its seeds' apart, see
-            ``faeval.stacked.cli.check_stack_resume``).
+            ``faeval.cli.stacked.check_stack_resume``).
 
     Raises:
         ResumeConflict: naming each contradicting option and the checkpoint's value.

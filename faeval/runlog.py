@@ -9,7 +9,7 @@ Files of a run folder:
     diagnostics.jsonl   one ``EpochRow`` per measured epoch (row 0 is the initialisation)
     protocol.jsonl      one ``ProtocolRow`` per pass of the protocol's heavier pieces
 
-A sweep (``tools/sweep.py``) keeps its runs in ``runs/<setting>/<method>/seed<S>/``;
+A sweep (``faeval sweep``) keeps its runs in ``runs/<setting>/<method>/seed<S>/``;
 ``load_sweep`` reads every row of every run in one call.
 """
 
@@ -449,7 +449,7 @@ def sweep_runs(sweep_dir: str | Path) -> list[SweepRun]:
     root = Path(sweep_dir) / SWEEP_RUNS
     if not root.is_dir():
         raise FileNotFoundError(
-            f"no {SWEEP_RUNS}/ folder in {sweep_dir}; pass the --out folder of tools/sweep.py"
+            f"no {SWEEP_RUNS}/ folder in {sweep_dir}; pass the --out folder of faeval sweep"
         )
     found = []
     for d in root.glob("*/*/seed*"):
@@ -479,7 +479,7 @@ def load_sweep(
     epoch. Unfinished and failed runs contribute the rows they wrote.
 
     Args:
-        sweep_dir: the sweep's folder (``tools/sweep.py --out``).
+        sweep_dir: the sweep's folder (``faeval sweep --out``).
         as_frame: return a pandas ``DataFrame`` (one row per record; per-layer figures stay
             lists) instead of plain records; needs pandas (``pip install pandas``).
 

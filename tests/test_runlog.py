@@ -78,7 +78,7 @@ RUNS = [("d256", "DFA", 0, 3), ("d256", "DFA", 1, 2), ("d256", "mypkg.Mine", 0, 
 
 
 def write_sweep(root) -> None:
-    """A sweep folder as tools/sweep.py lays it out, its rows written by RunLog."""
+    """A sweep folder as faeval sweep lays it out, its rows written by RunLog."""
     for setting, method, seed, epochs in RUNS:
         log = RunLog(root / "runs" / setting / method / f"seed{seed}")
         for e in range(epochs):

@@ -3,7 +3,7 @@
 # Installs Debian's slurm-wlm and munge and starts a single-node Slurm cluster on this machine
 # (root needed): a munge key, /etc/slurm/slurm.conf with this host, its CPUs and memory,
 # munged, slurmctld and slurmd; then waits until `srun hostname` answers. Idempotent: when the
-# cluster already answers it returns at once. The tests of `tools/sweep.py --executor slurm`
+# cluster already answers it returns at once. The tests of `faeval sweep --executor slurm`
 # use it (.ci/run starts it before the tests). No accounting daemon: `sacct` is off.
 # Logs: /var/log/slurm/{slurmctld,slurmd}.log.
 set -euo pipefail

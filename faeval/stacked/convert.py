@@ -92,7 +92,7 @@ class NotStackable(ConfigError):
     """The run cannot be stacked over seeds; the message says why and what to do instead."""
 
 
-RUN_ALONE = "train these seeds one process each (leave out --seeds, or tools/sweep.py --stack 1)"
+RUN_ALONE = "train these seeds one process each (leave out --seeds, or faeval sweep --stack 1)"
 
 
 def check_stackable(method: CreditMethod) -> None:
@@ -175,7 +175,7 @@ def stack_methods(methods: list[CreditMethod]) -> CreditMethod:
 
     Args:
         methods: K methods of one class and configuration, each built as its own lone run
-            builds it (``faeval.stacked.cli`` seeds each construction with its seed).
+            builds it (``faeval.cli.stacked`` seeds each construction with its seed).
 
     Returns:
         A method of the same class: its state dict has each lone method's keys, every tensor

@@ -22,7 +22,7 @@ import yaml
 from faeval.cli import run
 from faeval.runlog import RunLog
 from faeval.stacked import NotStackable
-from faeval.stacked.cli import STACK_FILE, format_seeds, parse_seeds
+from faeval.cli.stacked import STACK_FILE, format_seeds, parse_seeds
 from tests.helpers import TINY_RUN
 from tests.stacked.fits import (
     ALIGNED,

@@ -1,4 +1,5 @@
-"""``faeval``: LightningCLI over the methods, the data sets and the diagnostics callback.
+"""``faeval fit|validate|test|audit``: LightningCLI over the methods, the data sets and the
+diagnostics callback.
 
 faeval fit --model DFA --data CIFAR10
 faeval fit --config configs/resmlp_d256_l4_dfa.yaml
@@ -28,8 +29,8 @@ import faeval.backbones  # short names: --model.backbone ResMLP
 import faeval.data
 import faeval.methods
 from faeval.callbacks import Diagnostics, FloorStopping, LineProgress
-from faeval.cli_help import arrange_groups, parser_kwargs, summarize_commands
-from faeval.cli_messages import short_message
+from faeval.cli.help import arrange_groups, parser_kwargs, summarize_commands
+from faeval.cli.messages import short_message
 from faeval.data import InMemoryDataModule
 from faeval.data.contract import input_shape_of, num_classes_of
 from faeval.errors import ConfigError, DataNotFoundError, user_error
@@ -48,7 +49,7 @@ from faeval.runs import (
     release_unused,
     run_name,
 )
-from faeval.stacked.cli import (
+from faeval.cli.stacked import (
     StackedFit,
     add_stack_arguments,
     check_lone_run,
@@ -476,7 +477,7 @@ def quiet_lightning_banners() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """The ``faeval`` console script: a user's mistake is one line and exit code 2.
+    """``faeval fit|validate|test|audit``: a user's mistake is one line and exit code 2.
 
     A ``FaevalError`` (a bad value, a missing data set or file, an unreadable checkpoint, a
     taken run folder) and Lightning's own configuration errors are printed without a
@@ -504,7 +505,3 @@ def _lightning_misconfiguration(err: BaseException) -> BaseException | None:
             return err
         err = err.__cause__ or err.__context__
     return None
-
-
-if __name__ == "__main__":
-    main()

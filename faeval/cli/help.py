@@ -23,6 +23,8 @@ gives a verdict on whether a method really assigns credit to its deep layers.
   tensorboard --logdir lightning_logs          the curves ("Custom Scalars" tab)
   faeval audit RUN                             the protocol's verdict on a saved run
   faeval test RUN                              test accuracy of a saved run (in RUN/eval/)
+  faeval sweep SPEC.yaml --out DIR             methods × seeds × settings, locally or on Slurm
+  faeval report DIR                            the sweep's verdicts, tables and figures
 
 Runs go to lightning_logs/<data>/<method>/seed<S>/. `faeval COMMAND --help` for each."""
 

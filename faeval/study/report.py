@@ -1,11 +1,11 @@
 """Turn a sweep directory into the verdict table, the standard-pair table and plots.
 
 Usage:
-    python tools/report.py sweeps/fmnist_reference
-    python tools/report.py SWEEP_DIR [--out DIR] [--growth_threshold 50] [--grad_floor 1e-7]
+    faeval report sweeps/fmnist_reference
+    faeval report SWEEP_DIR [--out DIR] [--growth_threshold 50] [--grad_floor 1e-7]
         [--stability_threshold 0.1] [--margin 0.02] [--null_sigmas 2] [--reference_epochs 100]
 
-Reads the runs that ``tools/sweep.py`` wrote (DIR/runs/<setting>/<method>/seed<S>/) and
+Reads the runs that ``faeval sweep`` wrote (DIR/runs/<setting>/<method>/seed<S>/) and
 judges each from its logs alone (diagnostics.jsonl, protocol.jsonl): nothing is re-run.
 Writes, in --out (default: the sweep directory):
     report.md    the budget of each setting (data set, backbone, epochs, batches per epoch,
@@ -418,6 +418,7 @@ def group(judged) -> dict[str, list]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        prog="faeval report",
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("sweep", type=Path, help="the sweep directory")
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sweep.is_dir():
         print(
             f"report: error: no sweep folder at {args.sweep}; pass the --out folder of "
-            "tools/sweep.py",
+            "faeval sweep",
             file=sys.stderr,
         )
         return 2

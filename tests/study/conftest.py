@@ -1,4 +1,4 @@
-"""The local sweep of SPEC, run once for every test of tools/ that reads it."""
+"""The local sweep of SPEC, run once for every study test that reads it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tools.sweeps import SPEC, sweep
+from tests.study.sweeps import SPEC, sweep
 
 
 @pytest.fixture(scope="package")

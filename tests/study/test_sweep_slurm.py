@@ -1,4 +1,4 @@
-"""tools/sweep.py --executor slurm on the single-node cluster of tools/slurm_cluster.sh.
+"""faeval sweep --executor slurm on the single-node cluster of tools/slurm_cluster.sh.
 
 .ci/run starts the cluster before the tests; without one these tests fail (they never skip).
 """
@@ -20,9 +20,8 @@ import yaml
 from faeval.cli import run
 from faeval.runlog import read_rows
 from tests.helpers import TINY_RUN
-from tests.tools.sweeps import SPEC, TOOLS, sweep
+from tests.study.sweeps import ROOT, SPEC, sweep
 
-ROOT = TOOLS.parent
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from faeval.stacked.module import HPARAMS_KEY, SeedStack
 from faeval.stacked.runs import SeedRun, SeedRuns
 
 if TYPE_CHECKING:
-    from faeval.cli import FaevalCLI
+    from faeval.cli.lightning import FaevalCLI
 
 #: The stack's record in its folder: its seeds and their run folders.
 STACK_FILE = "stack.json"
@@ -65,8 +65,8 @@ class StackSettings:
 
 
 def folder_logger(run_dir: Path) -> TensorBoardLogger:
-    """The TensorBoard logger of a lone run in ``run_dir`` (``faeval.cli.folder_logger``)."""
-    from faeval.cli import folder_logger  # faeval.cli imports this module
+    """The TensorBoard logger of a lone run in ``run_dir`` (``lightning.folder_logger``)."""
+    from faeval.cli.lightning import folder_logger  # faeval.cli.lightning imports this module
 
     return folder_logger(run_dir)
 

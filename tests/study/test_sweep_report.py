@@ -1,4 +1,4 @@
-"""tools/sweep.py and tools/report.py on a tiny sweep: runs, resume, failures, tables, plots."""
+"""faeval sweep and faeval report on a tiny sweep: runs, resume, failures, tables, plots."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 
 from faeval.cli import known_names
 from faeval.runlog import load_sweep
-from tests.tools.sweeps import TOOLS, report, sweep
+from tests.study.sweeps import ROOT, report, sweep
 
 
 def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
@@ -229,7 +229,7 @@ def test_report_on_partial_mixed_and_empty_sweeps_says_what_is_missing(swept, tm
 
 
 def test_the_reference_sweep_plans_bp_fa_dfa_and_frozen_on_three_seeds(monkeypatch):
-    monkeypatch.chdir(TOOLS.parent)  # the spec's base path is relative to the repository
+    monkeypatch.chdir(ROOT)  # the spec's base path is relative to the repository
     spec = sweep.load_spec(Path("configs/sweeps/fmnist_reference.yaml"))
     runs = sweep.plan(spec)
     assert sorted({r.method for r in runs}) == ["BP", "DFA", "FA", "FrozenBlocks"]
@@ -260,7 +260,7 @@ def test_a_sweep_started_again_continues_an_unfinished_run_from_its_checkpoint(s
 
 
 def test_the_second_round_sweep_plans_every_new_method_with_the_reference_settings(monkeypatch):
-    monkeypatch.chdir(TOOLS.parent)
+    monkeypatch.chdir(ROOT)
     spec = sweep.load_spec(Path("configs/sweeps/fmnist_second_round.yaml"))
     reference = sweep.load_spec(Path("configs/sweeps/fmnist_reference.yaml"))
     runs = sweep.plan(spec)
@@ -277,7 +277,7 @@ def test_only_methods_that_stack_are_stacked_the_others_run_one_seed_per_process
 
     # The sweep's torch-free list is the stacking's own.
     assert set(sweep.STACKABLE_METHODS) == {c.__name__ for c in STACKABLE_METHODS}
-    monkeypatch.chdir(TOOLS.parent)
+    monkeypatch.chdir(ROOT)
     runs = sweep.plan(sweep.load_spec(Path("configs/sweeps/fmnist_second_round.yaml")))
     sizes = {}
     for stack in sweep.chunks(runs, stack=3):

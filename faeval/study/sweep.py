@@ -1,9 +1,9 @@
 """Run a sweep: methods × seeds × settings from one YAML, the seeds of each stacked in a process.
 
 Usage:
-    python tools/sweep.py configs/sweeps/fmnist_reference.yaml --out sweeps/fmnist_reference
-    python tools/sweep.py SPEC.yaml --out DIR [--jobs N] [--threads T] [--stack K] [--dry_run]
-    python tools/sweep.py SPEC.yaml --out DIR --executor slurm [--partition P] [--time MIN]
+    faeval sweep configs/sweeps/fmnist_reference.yaml --out sweeps/fmnist_reference
+    faeval sweep SPEC.yaml --out DIR [--jobs N] [--threads T] [--stack K] [--dry_run]
+    faeval sweep SPEC.yaml --out DIR --executor slurm [--partition P] [--time MIN]
         [--cpus_per_task N] [--gpus_per_node N] [--mem_gb G] [--array_parallelism N]
         [--sbatch KEY=VALUE ...] [--stack K] [--no_wait] [--dry_run]
 
@@ -65,7 +65,7 @@ again by the waiting sweep, up to 3 times, and continues from last.ckpt the same
 
 Prints one line per run as it ends and, at the end, the throughput in seed-epochs per second.
 Writes DIR/sweep.json (the plan) and DIR/results.csv (one row per run, timm bulk_runner style).
-Then: python tools/report.py DIR
+Then: faeval report DIR
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ def stacked_command(spec: dict, runs: list[Run], out: Path) -> list[str]:
 
 
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
-#: A stack's record in its folder (``faeval.stacked.cli.STACK_FILE``; not imported: torch).
+#: A stack's record in its folder (``faeval.cli.stacked.STACK_FILE``; not imported: torch).
 STACK_FILE = "stack.json"
 #: Seeds stacked per Slurm task without a GPU (tools/bench_stack.py: stacking's gain per core
 #: peaks near 8 seeds; at 16 the activations outgrow the caches).
@@ -752,12 +752,6 @@ def submit_slurm(
 ) -> list:
     """Submits one job array, one task per stack (or run); returns submitit's jobs."""
     submitit = submitit_module()
-    # The tasks unpickle this module's classes: by value, since tools/ is no package.
-    module = sys.modules[__name__]
-    if __name__ != "__main__":
-        import cloudpickle
-
-        cloudpickle.register_pickle_by_value(module)
     executor = submitit.SlurmExecutor(folder=out / "slurm" / "%j", max_num_timeout=3)
     executor.update_parameters(**slurm_parameters(options, out.name))
     threads = int(options["cpus_per_task"])
@@ -852,6 +846,7 @@ def wait_slurm(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        prog="faeval sweep",
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("spec", type=Path, help="the sweep YAML")
@@ -1011,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"[sweep] {len(done) - len(failed)} ok, {len(failed)} failed; {epochs} seed-epochs in "
         f"{wall:.1f} s = {rate:.3f} seed-epochs/s ({how})\n"
-        f"[sweep] results: {results}\n[sweep] report: python tools/report.py {args.out}",
+        f"[sweep] results: {results}\n[sweep] report: faeval report {args.out}",
         flush=True,
     )
     return 1 if failed else 0
