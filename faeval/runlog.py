@@ -277,15 +277,46 @@ def protocol_scalars(row: ProtocolRow) -> dict[str, float]:
     return out
 
 
+#: The key of a row that lists the figures written as null because they were NaN or ±inf.
+NONFINITE_KEY = "nonfinite_figures"
+
+
+def strict_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The row as strict JSON: every NaN or ±inf figure becomes null, and the row lists them
+    under ``NONFINITE_KEY`` (``"h_norm[3]"``, ``"train/loss"``) so that a null says why."""
+    bad: list[str] = []
+
+    def clean(value: Any, name: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            bad.append(name)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{name}.{k}" if name else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{name}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    out = clean(row, "")
+    if bad:
+        out[NONFINITE_KEY] = sorted(set(bad) | set(row.get(NONFINITE_KEY) or []))
+    return out
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """One row as a line of strict JSON (``strict_row``): any JSON reader parses it."""
+    return json.dumps(strict_row(row), allow_nan=False) + "\n"
+
+
 def append_row(path: Path, row: dict[str, Any]) -> None:
     """Appends one JSON row to a ``.jsonl`` file in a single write (creating the folder).
 
     A row is complete once its newline is written: a process killed in the middle of the
-    write leaves a last line without one, which ``read_rows`` ignores.
+    write leaves a last line without one, which ``read_rows`` ignores. Non-finite figures
+    are written as null and listed in the row (``strict_row``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
+        fh.write(json_line(row))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -317,7 +348,7 @@ def keep_rows_through(path: Path, epoch: int) -> int:
     dropped = len(rows) - len(kept) + (not text.endswith("\n") and bool(text))
     if dropped:
         temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        temp.write_text("".join(json_line(r) for r in kept))
         os.replace(temp, path)
     return dropped
 

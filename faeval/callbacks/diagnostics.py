@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm import tqdm
 from typing_extensions import override
 
@@ -16,6 +19,7 @@ from faeval.data.contract import Batch, trainer_probe
 from faeval.diagnostics.layers import LayerFigures, measure_layers
 from faeval.errors import ConfigError
 from faeval.protocol.settings import DEFAULT_THRESHOLDS
+from faeval.runend import clear_end, write_end
 from faeval.runlog import (
     METHOD,
     ROWS_FILE,
@@ -60,6 +64,10 @@ class Diagnostics(Callback):
     while they are unmeasurable. Diagnostics run in float32 with autocast off and BatchNorm
     in eval mode, whatever the training precision.
 
+    It also records how the run ended (``faeval.runend``: ``end.json``, finished, stopped,
+    diverged, interrupted or failed), and ends a run whose training loss or figures went
+    non-finite: nothing after a NaN can be trained or measured.
+
     Args:
         grad_floor: the floor of diagnostic (b) on ‖g_L‖.
         growth_threshold: the threshold of diagnostic (a) on the largest growth factor
@@ -95,6 +103,12 @@ class Diagnostics(Callback):
         self.seed: int | None = None
         self._probe = None
         self._run_dir: Path | None = None
+        #: Why the run stopped before its planned epochs, when something outside this
+        #: callback stopped it and said why (a stacked seed's floor stop).
+        self.stop_reason: str | None = None
+        #: Set once a training figure went non-finite: the run ends as "diverged".
+        self.diverged: str | None = None
+        self.epochs_done: int | None = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -121,6 +135,9 @@ class Diagnostics(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.seed = resolve_seed(None)
+        self.stop_reason = self.diverged = None
+        if trainer.is_global_zero:
+            clear_end(self._run_dir)  # training (again): an earlier attempt's end no longer holds
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             write_layout(trainer.logger)
             write_hparams(trainer.logger, self._hparams(trainer, pl_module))
@@ -145,8 +162,12 @@ class Diagnostics(Callback):
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch + 1  # epochs completed
+        self.epochs_done = epoch
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        if epoch % self.every_n_epochs and not last:
+        loss = self._metrics(trainer, pl_module).get("train/loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self._diverge(trainer, f"the training loss is {float(loss)} after epoch {epoch}")
+        if epoch % self.every_n_epochs and not last and not self.diverged:
             return
         start = time.perf_counter()
         fig = measure_once(trainer, pl_module, self._probe)
@@ -158,9 +179,20 @@ class Diagnostics(Callback):
         if trainer.logger is not None:
             trainer.logger.log_metrics(scalars, step=epoch)  # x = epoch, as the method's own
         self._write(trainer, row)
+        if row["nonfinite"] and not self.diverged:
+            self._diverge(trainer, f"activations or gradients are not finite after epoch {epoch}")
+
+    def _diverge(self, trainer: Trainer, why: str) -> None:
+        """Ends the run: past a non-finite figure nothing trains or measures."""
+        self.diverged = why
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            tqdm.write(f"[faeval] diverged: {why}; the run stops here")
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._write_end(trainer, *self._how_it_ended(trainer))
         if self.verbose and trainer.is_global_zero:
             run_dir = self._run_dir
             tqdm.write(
@@ -168,6 +200,63 @@ class Diagnostics(Callback):
                 f"config.yaml, checkpoints/; TensorBoard: tensorboard --logdir "
                 f"{logs_root(run_dir)}"
             )
+
+    @override
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        if not trainer.is_global_zero or self._run_dir is None:
+            return
+        if isinstance(exception, SIGTERMException):
+            state, why = "interrupted", "SIGTERM (scancel, a time limit, a shutdown)"
+        elif isinstance(exception, KeyboardInterrupt):
+            state, why = "interrupted", "SIGINT (Ctrl-C)"
+        elif isinstance(exception, SystemExit):
+            state, why = "interrupted", f"the process was asked to exit ({exception.code})"
+        elif isinstance(exception, FloatingPointError):  # faeval's TrainingDiverged too
+            state, why = "diverged", str(exception).splitlines()[0] if str(exception) else ""
+        else:
+            first = str(exception).splitlines()[0] if str(exception) else ""
+            state, why = "failed", f"{type(exception).__name__}: {first}"
+        self._write_end(trainer, state, why)
+
+    def _how_it_ended(self, trainer: Trainer) -> tuple[str, str]:
+        """The state and reason of a ``fit`` that returned."""
+        epochs = self._epochs(trainer)
+        planned = trainer.max_epochs
+        max_steps = getattr(trainer, "max_steps", -1)
+        if self.diverged:
+            return "diverged", self.diverged
+        if planned is not None and planned >= 0 and epochs >= planned:
+            return "finished", f"trained the planned {planned} epochs"
+        if max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps:
+            return "finished", f"trained the planned {max_steps} steps"
+        if self.stop_reason:
+            return "stopped", self.stop_reason
+        for callback in getattr(trainer, "callbacks", []):
+            if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+                what = (
+                    f"‖g_L‖ under the floor {self.grad_floor:g} (diagnostic (b))"
+                    if callback.monitor == "diag/g_L"
+                    else f"early stopping on {callback.monitor}"
+                )
+                return "stopped", f"{what} after epoch {epochs}"
+        return "interrupted", f"training ended after {epochs} of {planned} epochs, no reason given"
+
+    def _epochs(self, trainer: Trainer) -> int:
+        """Epochs this run completed: counted at its last epoch end, or, where this process
+        trained none (resumed from a checkpoint at its budget), the trainer's."""
+        return self.epochs_done if self.epochs_done is not None else trainer.current_epoch
+
+    def _write_end(self, trainer: Trainer, state: str, reason: str) -> None:
+        write_end(
+            self._run_dir,
+            state,
+            reason,
+            epochs=self._epochs(trainer),
+            planned_epochs=trainer.max_epochs,
+            step=trainer.global_step,
+        )
 
     @staticmethod
     def _hparams(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
@@ -192,11 +281,16 @@ class Diagnostics(Callback):
                 params[f"data.{key}"] = getattr(data, key)
         return params
 
+    @staticmethod
+    def _metrics(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        """The epoch's figures so far (under DDP a collective: every rank calls it)."""
+        # The method logs its epoch means after this callback runs: ask it for them directly.
+        return {**trainer.callback_metrics, **getattr(pl_module, "epoch_means", dict)()}
+
     def _row(
         self, trainer: Trainer, pl_module: LightningModule, fig: LayerFigures, epoch: int
     ) -> EpochRow:
-        # The method logs its epoch means after this callback runs: ask it for them directly.
-        metrics = {**trainer.callback_metrics, **getattr(pl_module, "epoch_means", dict)()}
+        metrics = self._metrics(trainer, pl_module)
         row: EpochRow = {
             "epoch": epoch,
             "step": trainer.global_step,

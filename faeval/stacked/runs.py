@@ -230,20 +230,33 @@ class SeedRuns(Callback):
                 metrics = {k: float(v) for k, v in view.callback_metrics.items()}
                 run.logger.log_metrics(metrics, step=trainer.current_epoch + 1)
             g_last = run.logged.get("diag/g_L")
-            if self.floor_stop and g_last is not None and not g_last >= self.grad_floor:
+            if run.diagnostics.diverged:  # its lone run would stop here too
+                self.stop(trainer, pl_module, run)
+            elif self.floor_stop and g_last is not None and not g_last >= self.grad_floor:
                 self.stop(trainer, pl_module, run, g_last)
         if not self.active():
             trainer.should_stop = True
 
-    def stop(self, trainer: Trainer, stack: LightningModule, run: SeedRun, g_last: float) -> None:
-        """Ends one seed's run where ``FloorStopping`` would have ended its lone run."""
+    def stop(
+        self, trainer: Trainer, stack: LightningModule, run: SeedRun, g_last: float | None = None
+    ) -> None:
+        """Ends one seed's run where its lone run would have ended: ``FloorStopping`` on
+        ``g_last``, or (without it) the divergence its diagnostics saw."""
         run.stopped = trainer.current_epoch + 1
-        what = "is not finite" if not math.isfinite(g_last) else f"{g_last:.3g} < {self.grad_floor}"
-        tqdm.write(
-            f"[faeval] seed {run.seed}: stopped after epoch {run.stopped}: ‖g_L‖ {what}. "
-            "Diagnostic (b): the true gradient at the last hidden layer is at the floor, so "
-            "cosines against it are unmeasurable from here on."
-        )
+        if g_last is not None:
+            what = (
+                "is not finite"
+                if not math.isfinite(g_last)
+                else f"{g_last:.3g} < {self.grad_floor}"
+            )
+            tqdm.write(
+                f"[faeval] seed {run.seed}: stopped after epoch {run.stopped}: ‖g_L‖ {what}. "
+                "Diagnostic (b): the true gradient at the last hidden layer is at the floor, so "
+                "cosines against it are unmeasurable from here on."
+            )
+            run.diagnostics.stop_reason = (
+                f"‖g_L‖ {what}: under the floor (diagnostic (b)) after epoch {run.stopped}"
+            )
         self.finish(trainer, stack, run)
 
     def finish(self, trainer: Trainer, stack: LightningModule, run: SeedRun) -> None:
@@ -261,6 +274,14 @@ class SeedRuns(Callback):
         self.sync(pl_module)
         for run in self.active():
             self.finish(trainer, pl_module, run)
+
+    @override
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        # Each seed still training records how the stack ended (interrupted, failed…).
+        for run in self.active():
+            run.diagnostics.on_exception(SeedView(trainer, run, {}), run.method, exception)
 
     @override
     def on_save_checkpoint(
