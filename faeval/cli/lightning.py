@@ -31,9 +31,15 @@ import faeval.methods
 from faeval.callbacks import Diagnostics, FloorStopping, LineProgress
 from faeval.cli.help import arrange_groups, parser_kwargs, summarize_commands
 from faeval.cli.messages import short_message
+from faeval.cli.stacked import (
+    StackedFit,
+    add_stack_arguments,
+    check_lone_run,
+    check_stack_resume,
+)
 from faeval.data import InMemoryDataModule
 from faeval.data.contract import input_shape_of, num_classes_of
-from faeval.errors import ConfigError, DataNotFoundError, user_error
+from faeval.errors import ConfigError, DataNotFoundError, FaevalError, user_error
 from faeval.hparams import CLASS_PATH, class_config
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
@@ -48,12 +54,6 @@ from faeval.runs import (
     holds_run,
     release_unused,
     run_name,
-)
-from faeval.cli.stacked import (
-    StackedFit,
-    add_stack_arguments,
-    check_lone_run,
-    check_stack_resume,
 )
 from faeval.trainer import FaevalTrainer
 
@@ -429,11 +429,41 @@ def folder_logger(run_dir: Path) -> TensorBoardLogger:
     )
 
 
-def run(args: list[str] | None = None) -> FaevalCLI:
+class _Parsed(Exception):
+    """Raised by ``ParseOnly`` once the command line parsed: nothing is built."""
+
+
+class ParseOnly(FaevalCLI):
+    """Parses and checks a command line as ``faeval`` would, then stops: no class is built, no
+    folder claimed, nothing trained (``check_arguments``)."""
+
+    @override
+    def instantiate_classes(self) -> None:
+        raise _Parsed
+
+
+def check_arguments(args: list[str]) -> None:
+    """Checks ``faeval ARGS`` (``["fit", "--model", "DFA", ...]``) as the command parses it:
+    option names, types, class paths and required options, nothing built or run.
+
+    Raises:
+        SystemExit: code 2, the one-line error printed on stderr, for a mistake.
+    """
+    try:
+        run(args, cli_class=ParseOnly)
+    except _Parsed:
+        return
+    except FaevalError as err:
+        sys.stderr.write(f"faeval: error: {err}\n")
+        raise SystemExit(2) from None
+
+
+def run(args: list[str] | None = None, cli_class: type[FaevalCLI] = FaevalCLI) -> FaevalCLI:
     """Runs the command line and returns the CLI (its trainer, model and datamodule).
 
     Args:
         args: replaces ``sys.argv[1:]`` (for tests and scripts).
+        cli_class: the CLI class (``ParseOnly`` to check a command line only).
     """
     # lightning 2.6 calls a torch 2.14 API that warns on every run; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -441,7 +471,7 @@ def run(args: list[str] | None = None) -> FaevalCLI:
     # outside srun whether it meant to use srun; faeval's sweeps submit through Slurm itself.
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
     quiet_lightning_banners()
-    return FaevalCLI(
+    return cli_class(
         CreditMethod,
         LightningDataModule,  # faeval's data sets by name, anyone's by class path
         subclass_mode_model=True,

@@ -419,7 +419,8 @@ def group(judged) -> dict[str, list]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="faeval report",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("sweep", type=Path, help="the sweep directory")
     parser.add_argument("--out", type=Path, default=None, help="default: the sweep directory")

@@ -20,9 +20,9 @@ import torch
 import yaml
 
 from faeval.cli import run
+from faeval.cli.stacked import STACK_FILE, format_seeds, parse_seeds
 from faeval.runlog import RunLog
 from faeval.stacked import NotStackable
-from faeval.cli.stacked import STACK_FILE, format_seeds, parse_seeds
 from tests.helpers import TINY_RUN
 from tests.stacked.fits import (
     ALIGNED,

@@ -14,7 +14,11 @@ import pytest
 import yaml
 
 from faeval.cli import known_names
+from faeval.runend import END_FILE, write_end
 from faeval.runlog import load_sweep
+from faeval.study import execute, layout, plan
+from faeval.study import spec as specs
+from tests.helpers import TINY_RUN
 from tests.study.sweeps import ROOT, report, sweep
 
 
@@ -35,7 +39,7 @@ def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
     assert config["seed_everything"] == 1
     # Resumable: a second call skips every finished run.
     assert sweep.main([str(swept / "spec.yaml"), "--out", str(swept / "out")]) == 0
-    assert "4 already finished, 0 to run" in capsys.readouterr().out
+    assert "4 runs: 4 finished, 0 diverged, 0 to run" in capsys.readouterr().out
 
 
 def test_the_seeds_of_a_setting_and_method_train_stacked_each_in_its_own_run_folder(swept):
@@ -54,32 +58,33 @@ def test_the_seeds_of_a_setting_and_method_train_stacked_each_in_its_own_run_fol
 
 
 def test_the_layout_fits_the_machine():
-    assert sweep.layout(groups=4, seeds=3, cores=2, gpus=0) == (2, 1, 3)  # a stack per group
-    assert sweep.layout(groups=1, seeds=10, cores=2, gpus=0) == (2, 1, 5)  # two stacks of 5
-    assert sweep.layout(groups=4, seeds=10, cores=16, gpus=1) == (1, 16, 10)
-    assert sweep.slurm_stack(seeds=10, gpus=1) == 10 and sweep.slurm_stack(seeds=10, gpus=0) == 8
-    runs = [sweep.Run("s", m, seed, ()) for m in ("FA", "DFA") for seed in range(5)]
-    stacks = sweep.chunks(runs, 2)
+    assert layout.layout(groups=4, seeds=3, cores=2, gpus=0) == (2, 1, 3)  # a stack per group
+    assert layout.layout(groups=1, seeds=10, cores=2, gpus=0) == (2, 1, 5)  # two stacks of 5
+    assert layout.layout(groups=4, seeds=10, cores=16, gpus=1) == (1, 16, 10)
+    assert layout.slurm_stack(seeds=10, gpus=1) == 10 and layout.slurm_stack(seeds=10, gpus=0) == 8
+    runs = [plan.Run("s", m, seed, ()) for m in ("FA", "DFA") for seed in range(5)]
+    stacks = layout.chunks(runs, 2)
     assert [[r.seed for r in c] for c in stacks] == [[0, 3], [1, 4], [2], [0, 3], [1, 4], [2]]
     assert {c[0].method for c in stacks[:3]} == {"FA"}
 
 
 def test_threads_per_job_and_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    spec = {"seeds": [0, 1], "methods": ["DFA"]}
+    spec = {"seeds": [0, 1], "methods": ["DFA"], "args": TINY_RUN}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     seen = []
 
     def fake(spec, run, run_dir):  # a process that fails for seed 0 and succeeds for seed 1
         code = (
-            "import os, sys, json, pathlib; "
+            "import os, sys, json, pathlib; from faeval.runend import write_end; "
             f"print(os.environ['OMP_NUM_THREADS']); d = pathlib.Path({str(run_dir)!r}); "
             "(d / 'diagnostics.jsonl').write_text(json.dumps({'epoch': 1}) + '\\n'); "
+            f"write_end(d, 'finished', 'planned') if {run.seed} else None; "
             f"sys.exit({3 if run.seed == 0 else 0})"
         )
         seen.append(run)
         return [sys.executable, "-c", code]
 
-    monkeypatch.setattr(sweep, "command", fake)
+    monkeypatch.setattr(execute, "command", fake)
     assert (
         sweep.main(
             [
@@ -229,12 +234,11 @@ def test_report_on_partial_mixed_and_empty_sweeps_says_what_is_missing(swept, tm
 
 
 def test_the_reference_sweep_plans_bp_fa_dfa_and_frozen_on_three_seeds(monkeypatch):
-    monkeypatch.chdir(ROOT)  # the spec's base path is relative to the repository
-    spec = sweep.load_spec(Path("configs/sweeps/fmnist_reference.yaml"))
-    runs = sweep.plan(spec)
+    spec = specs.load_spec(ROOT / "configs/sweeps/fmnist_reference.yaml")
+    runs = plan.plan(spec)
     assert sorted({r.method for r in runs}) == ["BP", "DFA", "FA", "FrozenBlocks"]
     assert len(runs) == 12 and {r.seed for r in runs} == {0, 1, 2}
-    cmd = sweep.command(spec, runs[0], Path("/tmp/x"))
+    cmd = plan.command(spec, runs[0], Path("/tmp/x"))
     assert cmd[cmd.index("--model.backbone.d_hidden") + 1] == "256"
     assert "--trainer.callbacks+=Protocol" in cmd
 
@@ -243,7 +247,8 @@ def test_a_sweep_started_again_continues_an_unfinished_run_from_its_checkpoint(s
     out = tmp_path / "out"
     shutil.copytree(swept / "out", out)
     run_dir = out / "runs" / "tiny" / "DFA" / "seed1"
-    (run_dir / "status.json").unlink()  # its process was killed: no status, a last.ckpt
+    for name in ("status.json", END_FILE):  # its process was killed: no record, a last.ckpt
+        (run_dir / name).unlink()
     before = (run_dir / "diagnostics.jsonl").read_text()
     spec = yaml.safe_load((swept / "spec.yaml").read_text())
     spec["args"] += ["--trainer.max_epochs", "2"]  # the budget it had not reached
@@ -251,7 +256,7 @@ def test_a_sweep_started_again_continues_an_unfinished_run_from_its_checkpoint(s
     assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out), "--dry_run"]) == 0
     assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out)]) == 0
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["status"] == "ok" and status["resumed"] is True
+    assert status["status"] == "ok" and status["continued"] == 1
     assert "--ckpt_path" in status["cmd"]
     rows = (run_dir / "diagnostics.jsonl").read_text()
     assert rows.startswith(before)  # epochs 0 and 1 kept, epoch 2 appended
@@ -259,11 +264,10 @@ def test_a_sweep_started_again_continues_an_unfinished_run_from_its_checkpoint(s
     assert not (out / "attempts").exists()  # continued in place, nothing set aside
 
 
-def test_the_second_round_sweep_plans_every_new_method_with_the_reference_settings(monkeypatch):
-    monkeypatch.chdir(ROOT)
-    spec = sweep.load_spec(Path("configs/sweeps/fmnist_second_round.yaml"))
-    reference = sweep.load_spec(Path("configs/sweeps/fmnist_reference.yaml"))
-    runs = sweep.plan(spec)
+def test_the_second_round_sweep_plans_every_new_method_with_the_reference_settings():
+    spec = specs.load_spec(ROOT / "configs/sweeps/fmnist_second_round.yaml")
+    reference = specs.load_spec(ROOT / "configs/sweeps/fmnist_reference.yaml")
+    runs = plan.plan(spec)
     new = {"LayerFA", "USF", "BRSF", "FRSF", "KP", "DRTP", "PC"}
     assert {r.method for r in runs} == new | {"FrozenBlocks"}
     assert new <= set(known_names()["model"])
@@ -272,15 +276,10 @@ def test_the_second_round_sweep_plans_every_new_method_with_the_reference_settin
         assert spec[key] == reference[key], key
 
 
-def test_only_methods_that_stack_are_stacked_the_others_run_one_seed_per_process(monkeypatch):
-    from faeval.stacked.convert import STACKABLE_METHODS
-
-    # The sweep's torch-free list is the stacking's own.
-    assert set(sweep.STACKABLE_METHODS) == {c.__name__ for c in STACKABLE_METHODS}
-    monkeypatch.chdir(ROOT)
-    runs = sweep.plan(sweep.load_spec(Path("configs/sweeps/fmnist_second_round.yaml")))
+def test_only_methods_that_stack_are_stacked_the_others_run_one_seed_per_process():
+    runs = plan.plan(specs.load_spec(ROOT / "configs/sweeps/fmnist_second_round.yaml"))
     sizes = {}
-    for stack in sweep.chunks(runs, stack=3):
+    for stack in layout.chunks(runs, stack=3):
         assert len({r.method for r in stack}) == 1
         sizes.setdefault(stack[0].method, []).append(len(stack))
     assert sizes.pop("FrozenBlocks") == [3]  # stacks: its 3 seeds in one process
@@ -295,7 +294,8 @@ def test_a_sweep_started_again_continues_an_unfinished_stack_from_its_checkpoint
     runs = [out / "runs" / "tiny" / "DFA" / f"seed{seed}" for seed in (0, 1)]
     stack = out / "stacks" / "tiny" / "DFA" / "seeds0-1"
     for run_dir in runs:
-        (run_dir / "status.json").unlink()  # their stack was killed: no status, a last.ckpt
+        for name in ("status.json", END_FILE):  # their stack was killed: no record, a last.ckpt
+            (run_dir / name).unlink()
     before = [(run_dir / "diagnostics.jsonl").read_text() for run_dir in runs]
     spec = yaml.safe_load((swept / "spec.yaml").read_text())
     spec["args"] += ["--trainer.max_epochs", "2"]  # the budget it had not reached
@@ -309,7 +309,7 @@ def test_a_sweep_started_again_continues_an_unfinished_stack_from_its_checkpoint
     assert sweep.main(args) == 0
     for run_dir, rows_before in zip(runs, before, strict=True):
         status = json.loads((run_dir / "status.json").read_text())
-        assert status["status"] == "ok" and status["resumed"] is True
+        assert status["status"] == "ok" and status["continued"] == 1
         assert "--seeds" in status["cmd"] and "--ckpt_path" in status["cmd"]
         rows = (run_dir / "diagnostics.jsonl").read_text()
         assert rows.startswith(rows_before)  # epochs 0 and 1 kept, epoch 2 appended
@@ -320,9 +320,8 @@ def test_a_sweep_started_again_continues_an_unfinished_stack_from_its_checkpoint
     # A run started afresh (here: its earlier attempt failed) sets aside every stack that
     # held its seed, so that no later sweep continues a stale stack into its new folder; its
     # stack-mate, unfinished, continues alone from its own last.ckpt (its lone run's).
-    failed = json.loads((runs[0] / "status.json").read_text())
-    (runs[0] / "status.json").write_text(json.dumps({**failed, "status": "failed"}))
-    (runs[1] / "status.json").unlink()
+    write_end(runs[0], "failed", "RuntimeError: a bug")
+    (runs[1] / END_FILE).unlink()
     assert sweep.main(args) == 0
     assert [p.parent.name for p in (out / "attempts" / "stacks" / "tiny").glob("*/seeds0-1-*")] == [
         "DFA"
@@ -330,7 +329,7 @@ def test_a_sweep_started_again_continues_an_unfinished_stack_from_its_checkpoint
     assert [p.name[:5] for p in (out / "attempts" / "tiny" / "DFA").iterdir()] == ["seed0"]
     for run_dir, resumed in zip(runs, (False, True), strict=True):
         status = json.loads((run_dir / "status.json").read_text())
-        assert status["status"] == "ok" and status["resumed"] is resumed
+        assert status["status"] == "ok" and bool(status["continued"]) is resumed
         assert "--seeds" not in status["cmd"]  # --stack 1: one process per run
         assert ("--ckpt_path" in status["cmd"]) is resumed
     assert not stack.exists()

@@ -1,0 +1,89 @@
+"""How a sweep's runs are laid out: processes, threads, and the seeds stacked per process."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from faeval.study.plan import Run, stack_dir, stacks_dir
+from faeval.study.state import resumable_stack, stack_record
+
+#: Seeds stacked per Slurm task without a GPU (tools/bench_stack.py: stacking's gain per core
+#: peaks near 8 seeds; at 16 the activations outgrow the caches).
+CPU_STACK = 8
+
+
+def gpu_count() -> int:
+    """GPUs on this machine (``nvidia-smi -L``), 0 without one."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(line.startswith("GPU ") for line in done.stdout.splitlines())
+
+
+def layout(groups: int, seeds: int, cores: int, gpus: int) -> tuple[int, int, int]:
+    """Processes, threads per process and seeds stacked per process for this machine.
+
+    With GPUs: one process per GPU, every seed of a (setting, method) stacked, the cores
+    shared out. On a CPU: one single-thread process per core, each stacking its share of a
+    (setting, method)'s seeds, so that the processes have work from the start.
+    """
+    if gpus:
+        return gpus, max(1, cores // gpus), seeds
+    per_group = max(1, -(-cores // max(1, groups)))  # processes each group is split into
+    return cores, 1, max(1, -(-seeds // per_group))
+
+
+def slurm_stack(seeds: int, gpus: int) -> int:
+    """Seeds stacked per Slurm task: all of a (setting, method) on a GPU, up to CPU_STACK else."""
+    return seeds if gpus else min(seeds, CPU_STACK)
+
+
+def stackable(method: str) -> bool:
+    """Whether ``faeval fit --seeds`` stacks this method (``STACKABLE_METHODS`` of
+    ``faeval.stacked.convert``); the others, a class path of your own included, run one seed
+    per process."""
+    from faeval.stacked.convert import STACKABLE_METHODS  # torch: only when a sweep plans
+
+    return method in {c.__name__ for c in STACKABLE_METHODS}
+
+
+def chunks(runs: list[Run], stack: int, out: Path | None = None) -> list[list[Run]]:
+    """The runs grouped by (setting, method), each group cut into stacks of ``stack`` seeds
+    (of one seed for a method that does not stack).
+
+    With ``out``, an unfinished earlier stack of a group's runs (``resumable_stack``) is kept
+    as it was cut, whatever ``stack`` is now, so that it continues from its checkpoint.
+    """
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.setting, run.method), []).append(run)
+    result = []
+    for (setting, method), group in groups.items():
+        if out is not None:
+            for kept in unfinished_stacks(out, setting, method, group):
+                result.append(kept)
+                group = [r for r in group if r not in kept]
+        if not group:
+            continue
+        size = stack if stackable(method) else 1
+        n = -(-len(group) // size)  # as many stacks as needed, as even as can be
+        result += [group[i::n] for i in range(n)]
+    return result
+
+
+def unfinished_stacks(out: Path, setting: str, method: str, group: list[Run]) -> list[list[Run]]:
+    """The earlier stacks of ``group``'s runs that can be continued, each as its list of runs."""
+    folder = stacks_dir(out, setting, method)
+    by_seed = {r.seed: r for r in group}
+    found: list[list[Run]] = []
+    for stack in sorted(folder.glob("seeds*")) if folder.is_dir() else []:
+        seeds = (stack_record(stack) or {}).get("seeds") or []
+        taken = {r.seed for kept in found for r in kept}
+        if len(seeds) < 2 or not set(seeds) <= by_seed.keys() - taken:
+            continue
+        runs = [by_seed[s] for s in seeds]
+        if stack_dir(out, runs) == stack and resumable_stack(out, runs):
+            found.append(runs)
+    return found

@@ -1,0 +1,56 @@
+"""The study's commands in an installed faeval: a wheel in a fresh environment, no checkout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+
+import pytest
+
+from tests.study.sweeps import ROOT
+
+pytestmark = [pytest.mark.slow]
+
+
+def test_sweep_and_report_run_from_a_wheel_in_any_folder(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(wheels), str(ROOT)],  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("faeval-*.whl")
+    env_dir = tmp_path / "env"
+    # The environment's torch and friends come from the machine; faeval only from the wheel.
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+         str(wheel)],  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run(
+        [str(python), "-c", "import faeval; print(faeval.__file__)"],
+        cwd=elsewhere, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert str(env_dir) in where  # the wheel's faeval, not this checkout's
+    for command in ("sweep", "report"):
+        out = subprocess.run(
+            [str(env_dir / "bin" / "faeval"), command, "--help"],
+            cwd=elsewhere, capture_output=True, text=True,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert f"faeval {command}" in out.stdout
+    # A spec with a mistake, checked by the installed package, from an empty folder.
+    (elsewhere / "spec.yaml").write_text("seeds: [0, 0]\nmethods: [DFA]\n")
+    out = subprocess.run(
+        [str(env_dir / "bin" / "faeval"), "sweep", "spec.yaml", "--out", "out"],
+        cwd=elsewhere, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 2 and "names 0 twice" in out.stderr and "Traceback" not in out.stderr
+    assert not (elsewhere / "out").exists()
