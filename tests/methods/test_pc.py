@@ -210,9 +210,9 @@ def test_the_forward_update_is_the_shared_update_with_the_relaxed_errors(tmp_pat
     method = make(steps=6, step_size=0.2, update="forward", optimizer=sgd(0.0))
     x, y = data()
     backbone = make().train().backbone
-    credits = [-e.detach() for e in hand_energy(backbone, x, y,
-               hand_relaxation(backbone, x, y, steps=6, gamma=0.2))[1]]  # fmt: skip
-    states, logits = reference_states(backbone, x)
+    relaxed = hand_relaxation(backbone, x, y, steps=6, gamma=0.2)
+    credits = [-e.detach() for e in hand_energy(backbone, x, y, relaxed)[1]]  # −ε_l at h*
+    states, _ = reference_states(backbone, x)
     local = (states[0] * credits[0]).sum() + sum(
         (block(h.detach()) * a).sum()
         for block, h, a in zip(backbone.blocks, states[:-1], credits[1:], strict=True)
