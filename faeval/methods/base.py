@@ -248,6 +248,22 @@ class CreditMethod(LightningModule, abc.ABC):
         """
         trace = self.backbone.trace(x, detach=self.local)
         losses = F.cross_entropy(trace.logits, y, reduction="none")  # ℓ_i, (N,)
+        return self.update_objective(trace, y, losses), losses
+
+    def update_objective(self, trace: Trace, y: Tensor, losses: Tensor) -> Tensor:
+        """The objective whose gradient is the step's update, from the step's forward pass.
+
+        By default the shared update: the mean loss (for a local method, the readout's exact
+        gradient), the penalty, ⟨h_0, a_0⟩ + Σ_l ⟨f_l, a_l⟩ with the method's credits and
+        the auxiliary loss. A method whose update is not of this form (PC taking the energy's
+        gradient at its relaxed states) overrides it.
+
+        Args:
+            trace: the forward trace, connected to the parameters (each block input and the
+                readout's input detached when ``local``).
+            y: the labels the method trains on.
+            losses: the per-sample losses ℓ_i of ``trace.logits``, (N,).
+        """
         objective = self.batch_mean(losses)
         if self.penalty:
             objective = objective + self.penalty * block_penalty(trace.outputs, self.stack_size)
@@ -256,7 +272,7 @@ class CreditMethod(LightningModule, abc.ABC):
             credits = self.credits(detached, y)
             objective = objective + local_objective(trace, credits, self.stack_size)
             objective = objective + self.auxiliary_loss(detached, y)
-        return objective, losses
+        return objective
 
     def batch_mean(self, values: Tensor) -> Tensor:
         """The batch mean of per-sample values, per seed when seeds are stacked (``batch_mean``).

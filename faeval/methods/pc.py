@@ -13,10 +13,21 @@ h ← h − γ·∇_h F(h), where ∇_{h_l} F = ε_l − J_{Φ_{l+1}}(h_l)ᵀ·�
 
     a_l = −ε_l at the end of the relaxation,
 
-and learning is the shared local update with it (each block's weights get ⟨f_l, −ε_l⟩, PC's
-update −ε_lᵀ·∂Φ_l/∂θ evaluated at the forward pass). The output error starts the relaxation
-and reaches h_{L−k} after k + 1 steps: with T = 0 the credits are zero and the output error
-alone trains (the readout's exact gradient); with T = 1, a_L = γ·∂ℓ/∂h_L and a_l = 0 below.
+the prediction error the diagnostics compare with g_l. Learning (``update``):
+
+- ``"relaxed"`` (inference learning as pcx, jpc and Whittington & Bogacz 2017 train it):
+  every parameter takes the gradient of F at the relaxed states h*, averaged over the batch
+  as the loss is: block l gets ∂F/∂θ_l = −ε_l·∂Φ_l(h*_{l-1})/∂θ_l, the embedding
+  ∂/∂θ ½‖h*_0 − embed(x)‖² = −ε_0·∂embed(x)/∂θ, the readout (terminal LN and head)
+  ∂ℓ(h*_L)/∂θ. It is the shared update's form, ⟨F_l(h*_{l-1}), a_l⟩ and the readout's loss,
+  evaluated at h* rather than at the forward pass.
+- ``"forward"``: the shared update with the same credits at the forward pass: block l gets
+  ⟨F_l(h_{l-1}), −ε_l⟩ and the readout ∂ℓ(h_L)/∂θ. The embedding's update is the same
+  under both (embed(x) does not depend on the states).
+
+The output error starts the relaxation and reaches h_{L−k} after k + 1 steps: with T = 0 the
+credits are zero, h* is the forward pass and the output error alone trains (the readout's
+exact gradient) under either update; with T = 1, a_L = γ·∂ℓ/∂h_L and a_l = 0 below.
 
 Fixed predictions (Millidge, Tschantz & Buckley 2022; Song et al. 2020): the predictions
 Φ_l(h_{l−1}), their Jacobians and ∂ℓ/∂h_L are held at their forward values while the errors
@@ -28,10 +39,14 @@ This recursion is linear and the chain of Jacobians nilpotent, so after T steps
 backprop's gradient at every layer times a positive factor that grows to 1 with T: the
 direction is exactly backprop's once T ≥ L + 1, and at γ = 1 the credits equal backprop's
 gradients (each step carries the error one layer down through the vector-Jacobian products
-autograd uses). Under Adam, a positive factor per layer hardly changes the update.
+autograd uses). Under Adam, a positive factor per layer hardly changes the update. The
+predictions being held at the forward pass, so are their parameter gradients: with fixed
+predictions both updates are the forward one.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +55,7 @@ from typing_extensions import override
 
 from faeval.backbones import Trace
 from faeval.errors import ConfigError, TrainingDiverged
-from faeval.methods.base import CreditMethod
+from faeval.methods.base import CreditMethod, block_penalty, local_objective
 from faeval.methods.ep import layered_energy, prediction_errors, running_statistics_frozen
 
 
@@ -59,11 +74,15 @@ class PC(CreditMethod):
             γ < 2/λ_max of its Hessian: ≈ 0.5 for near-identity residual blocks, as for EP;
             0.1 leaves room for blocks that grow in training).
         fixed_predictions: hold the predictions, their Jacobians and the output gradient at
-            their forward values (the variant whose credits are backprop's).
+            their forward values (the variant whose credits are backprop's); the update is
+            then the forward one whatever ``update`` says.
+        update: ``"relaxed"``, the gradient of the energy at the relaxed states (inference
+            learning), or ``"forward"``, the shared update with the credits −ε_l at the
+            forward pass.
         *args, **kwargs: the arguments of ``CreditMethod``.
 
     Raises:
-        ConfigError: ``steps`` < 0 or ``step_size`` <= 0.
+        ConfigError: ``steps`` < 0, ``step_size`` <= 0 or an unknown ``update``.
         TrainingDiverged: the relaxation diverged (γ too large for the block Jacobians).
     """
 
@@ -73,6 +92,7 @@ class PC(CreditMethod):
         steps: int = 20,
         step_size: float = 0.1,
         fixed_predictions: bool = False,
+        update: Literal["relaxed", "forward"] = "relaxed",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -81,22 +101,55 @@ class PC(CreditMethod):
                 f"PC needs steps >= 0 and step_size > 0, got steps={steps}, "
                 f"step_size={step_size}; set --model.steps and --model.step_size"
             )
+        if update not in ("relaxed", "forward"):
+            raise ConfigError(f"PC's update must be 'relaxed' or 'forward', got {update!r}")
         self.steps = steps
         self.step_size = step_size
         self.fixed_predictions = fixed_predictions
+        self.update = update
         self.energies: Tensor | None = None
 
     @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
-        relax = self.relax_fixed if self.fixed_predictions else self.relax
-        return [-e for e in relax(trace, y)]  # −ε_l plays ∂ℓ_i/∂h_l
+        if self.fixed_predictions:
+            return [-e for e in self.relax_fixed(trace, y)]  # −ε_l plays ∂ℓ_i/∂h_l
+        return [-e for e in self.relax(trace, y)[1]]
 
-    def relax(self, trace: Trace, y: Tensor) -> list[Tensor]:
-        """T gradient steps on F from the forward pass; the final errors ε_0..ε_L, detached.
+    @override
+    def update_objective(self, trace: Trace, y: Tensor, losses: Tensor) -> Tensor:
+        """The batch mean of F(h*) as a function of the parameters, h* the relaxed states.
+
+        Its gradient is ∂F/∂θ at h*, on the scale of the mean loss: the readout's loss at
+        h*_L, and ⟨F_l(h*_{l-1}), −ε_l⟩ + ⟨embed(x), −ε_0⟩, whose gradients are those of
+        ½‖ε_l‖² (written with the errors the relaxation kept to their own precision). The
+        penalty, if any, acts on the forward pass's block outputs as for every method.
+        """
+        if self.update == "forward" or self.fixed_predictions:
+            return super().update_objective(trace, y, losses)
+        backbone = self.backbone
+        states, errors = self.relax(trace.detached(), y)  # h*, ε at h*: detached
+        with running_statistics_frozen(backbone):  # the forward pass has updated them
+            outputs = [block(h) for block, h in zip(backbone.blocks, states[:-1], strict=True)]
+            logits = backbone.readout(states[-1])  # (N, C) at h*_L
+        objective = self.batch_mean(F.cross_entropy(logits, y, reduction="none"))  # mean ℓ(h*_L)
+        if self.penalty:
+            objective = objective + self.penalty * block_penalty(trace.outputs, self.stack_size)
+        # h_0 = embed(x) with its graph: ⟨embed(x), −ε_0⟩ gives ∂/∂θ ½‖h*_0 − embed(x)‖².
+        relaxed = Trace([trace.states[0], *states[1:]], outputs, logits)
+        return objective + local_objective(relaxed, [-e for e in errors], self.stack_size)
+
+    def relax(self, trace: Trace, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """T gradient steps on F from the forward pass.
 
         The relaxation moves the displacements δ_l = h_l − h_l(forward) rather than the
         states, so that the errors keep their own precision (``prediction_errors`` with
         shifts): a confidently classified sample's credit would otherwise round to exactly 0.
+
+        Returns:
+            The relaxed states h*_0..h*_L and the errors ε_0..ε_L there, detached.
+
+        Raises:
+            TrainingDiverged: the energy is not finite after the T steps.
         """
         backbone, gamma = self.backbone, self.step_size
         forward = [h.detach() for h in trace.states]  # h_0 = embed(x): all F needs of x
@@ -121,7 +174,8 @@ class PC(CreditMethod):
                 "(non-finite energy); lower --model.step_size."
             )
         self.accumulate("train/pc_energy", self.energies[-1] / len(y))
-        return [e.detach() for e in errors]
+        states = [(h + d).detach() for h, d in zip(forward, shifts, strict=True)]
+        return states, [e.detach() for e in errors]
 
     def relax_fixed(self, trace: Trace, y: Tensor) -> list[Tensor]:
         """T steps of the fixed-prediction errors; the final errors ε_0..ε_L, detached."""

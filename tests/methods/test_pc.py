@@ -1,4 +1,6 @@
-"""PC: fixed predictions against backprop, T = 0 and T = 1, the energy's descent."""
+"""PC: fixed predictions against backprop, T = 0 and T = 1, the energy's descent, and both
+updates (the energy's gradient at the relaxed states, the shared one at the forward pass)
+against the energy written out here."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from faeval.data import TensorBatches
 from faeval.diagnostics import sample_cosines, sample_norms, true_gradients
 from faeval.errors import ConfigError, TrainingDiverged
 from faeval.methods import PC
-from tests.helpers import EpochMetric, quiet_trainer, reference_states, sgd
+from tests.helpers import EpochMetric, GradRecorder, quiet_trainer, reference_states, sgd
 
 BACKBONE = partial(ResMLP, d_hidden=16, num_blocks=4, w2_std=0.3)
 CNN = partial(SmallCNN, width=4, num_blocks=2, downsample=False)
@@ -140,3 +142,118 @@ def test_a_confident_samples_credit_survives_float32():
     for a, g in zip(method.credits(trace, y), grads, strict=True):
         assert (sample_norms(a) > 0).all()  # not one credit rounded to exactly 0
         assert sample_cosines(a, g).min() > 0.3
+
+
+def hand_energy(backbone, x, y, states):
+    """Σ_i F_i = Σ_i [½‖h_0 − embed(x)‖² + Σ_l ½‖h_l − h_{l-1} − F_l(h_{l-1})‖² + ℓ_i(h_L)]."""
+    errors = [states[0] - backbone.embed(x)]
+    for block, h_prev, h in zip(backbone.blocks, states[:-1], states[1:], strict=True):
+        errors.append(h - (h_prev + block(h_prev) if backbone.residual_add else block(h_prev)))
+    loss = F.cross_entropy(backbone.readout(states[-1]), y, reduction="sum")
+    return sum(e.pow(2).sum() for e in errors) / 2 + loss, errors
+
+
+def hand_relaxation(backbone, x, y, steps, gamma):
+    """h* after T steps h ← h − γ·∇_h F from the forward pass, by autograd on ``hand_energy``."""
+    states = [h.detach() for h in reference_states(backbone, x)[0]]
+    for _ in range(steps):
+        states = [h.requires_grad_(True) for h in states]
+        grads = torch.autograd.grad(hand_energy(backbone, x, y, states)[0], states)
+        states = [(h - gamma * g).detach() for h, g in zip(states, grads, strict=True)]
+    return states
+
+
+def trained_gradients(tmp_path, method, x, y):
+    """Every parameter's gradient in one training step of ``method`` on the batch (x, y)."""
+    recorder = GradRecorder()
+    loader = TensorBatches(x, y, batch_size=len(x))
+    quiet_trainer(tmp_path, max_steps=1, callbacks=[recorder]).fit(
+        method, train_dataloaders=loader, val_dataloaders=loader
+    )
+    return recorder.grads[0]
+
+
+def parameter_gradients(backbone, objective):
+    """∂objective/∂θ for every parameter of the backbone, by name."""
+    named = dict(backbone.named_parameters())
+    grads = torch.autograd.grad(objective, list(named.values()), allow_unused=True)
+    return {f"backbone.{n}": g for n, g in zip(named, grads, strict=True)}
+
+
+def assert_same_gradients(got, expected):
+    assert set(got) == set(expected)  # every parameter, readout included, has a gradient
+    for name, g in expected.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-9, atol=1e-13, msg=name)
+
+
+RELAXING = [(BACKBONE, (12,)), (partial(CNN, residual_add=True), (3, 8, 8))]
+
+
+@pytest.mark.parametrize(("backbone", "input_shape"), RELAXING, ids=["resmlp", "cnn"])
+def test_the_relaxed_update_is_the_energys_gradient_at_the_relaxed_states(
+    tmp_path, backbone, input_shape
+):
+    """Every parameter's gradient is ∂/∂θ of the batch mean of F at h* (h* held fixed)."""
+    method = make(backbone, input_shape, steps=6, step_size=0.2, optimizer=sgd(0.0))
+    x, y = data(input_shape)
+    reference = make(backbone, input_shape)  # the same initial weights (seed 0)
+    reference.train()
+    states = hand_relaxation(reference.backbone, x, y, steps=6, gamma=0.2)
+    energy, errors = hand_energy(reference.backbone, x, y, states)
+    assert all(e.abs().max() > 1e-6 for e in errors)  # the error has reached every layer
+    expected = parameter_gradients(reference.backbone, energy / len(y))  # mean F over the batch
+    assert_same_gradients(trained_gradients(tmp_path, method, x, y), expected)
+
+
+def test_the_forward_update_is_the_shared_update_with_the_relaxed_errors(tmp_path):
+    """⟨embed(x), −ε_0⟩ + Σ_l ⟨F_l(h_{l-1}), −ε_l⟩ at the forward pass, and ℓ̄ at h_L."""
+    method = make(steps=6, step_size=0.2, update="forward", optimizer=sgd(0.0))
+    x, y = data()
+    backbone = make().train().backbone
+    relaxed = hand_relaxation(backbone, x, y, steps=6, gamma=0.2)
+    credits = [-e.detach() for e in hand_energy(backbone, x, y, relaxed)[1]]  # −ε_l at h*
+    states, _ = reference_states(backbone, x)
+    local = (states[0] * credits[0]).sum() + sum(
+        (block(h.detach()) * a).sum()
+        for block, h, a in zip(backbone.blocks, states[:-1], credits[1:], strict=True)
+    )
+    readout = F.cross_entropy(backbone.readout(states[-1].detach()), y)
+    expected = parameter_gradients(backbone, readout + local / len(y))
+    assert_same_gradients(trained_gradients(tmp_path, method, x, y), expected)
+
+
+def test_the_two_updates_differ_where_the_states_enter(tmp_path):
+    x, y = data()
+    relaxed, forward = (
+        trained_gradients(tmp_path, make(steps=6, step_size=0.2, update=u, optimizer=sgd()), x, y)
+        for u in ("relaxed", "forward")
+    )
+    assert relaxed.keys() == forward.keys()
+    for name in relaxed:
+        # embed(x) does not depend on the states; a block's last bias gets −ε_l whatever h_{l-1}
+        if name.startswith("backbone.embed.") or name.endswith(".w2.bias"):
+            torch.testing.assert_close(relaxed[name], forward[name], rtol=1e-12, atol=0)
+        else:  # by far the most where the states moved most: the top block, the readout
+            top = name.startswith(("backbone.blocks.3.", "backbone.out_ln.", "backbone.head."))
+            change = (relaxed[name] - forward[name]).norm() / forward[name].norm()
+            assert change > (1e-2 if top else 1e-4), name
+
+
+def test_with_fixed_predictions_both_updates_are_the_forward_one(tmp_path):
+    x, y = data()
+    relaxed, forward = (
+        trained_gradients(
+            tmp_path,
+            make(steps=5, step_size=1.0, fixed_predictions=True, update=u, optimizer=sgd()),
+            x,
+            y,
+        )
+        for u in ("relaxed", "forward")
+    )
+    assert relaxed.keys() == forward.keys()
+    assert all(torch.equal(relaxed[n], forward[n]) for n in relaxed)
+
+
+def test_an_unknown_update_raises():
+    with pytest.raises(ConfigError, match="'relaxed' or 'forward'"):
+        PC((12,), 4, update="backward")
