@@ -19,6 +19,8 @@ Writes, in --out (default: the sweep directory):
                  [95% CI], Γ and cosines as mean ± std), the compute per method (wall
                  seconds per run from the runs' status.json, epochs trained) and the plots
     report.tex   the verdict and standard-pair tables as booktabs tabular fragments
+    tensorboard/ one TensorBoard run per (setting, method): the median of its seeds and
+                 their range (faeval.study.tensorboard; tensorboard --logdir DIR/tensorboard)
     report.json  the same, per run and per method
     <setting>_curves.{png,pdf}    log10 ‖h_L‖, log10 ‖g_L‖ (with the floor), deep cosine
                                   and test accuracy over epochs: per method the median over
@@ -69,6 +71,7 @@ from faeval.runlog import (
     run_budget,
 )
 from faeval.study.provenance import compute, provenance, wall_span
+from faeval.study.tensorboard import STUDY_TB, study_message, write_method_runs
 
 DPI = 200
 #: Figure sizes in inches: a paper's text width is about 7 in, a column about 3.5 in, so the
@@ -708,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.md").write_text("\n".join(md) + "\n")
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.tex").write_text("\n".join(tex) + "\n")
+    if finished:  # the study's TensorBoard view: one run per method (faeval.study.tensorboard)
+        print(study_message(write_method_runs(args.sweep, out / STUDY_TB)), flush=True)
     for p in problems:
         print(
             f"[report] not reported: {p['setting']}/{p['method']}/seed{p['seed']} ({p['state']})",
