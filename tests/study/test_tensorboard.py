@@ -10,6 +10,7 @@ import statistics
 
 import pytest
 
+from faeval.callbacks.tensorboard import FEEDBACK_CATEGORY, LAYOUT, PROTOCOL_CATEGORY, write_layout
 from faeval.runlog import RunLog
 from faeval.study.tensorboard import GLANCE, write_method_runs
 from tests.helpers import tensorboard_server
@@ -80,3 +81,27 @@ def test_the_layout_compares_methods_first_in_margin_charts_none_empty(served):
     glance = [c["title"] for c in layout["category"][0]["chart"]]
     assert any(t.startswith("Mode 2") for t in glance) and "test accuracy" in glance
     assert "cos(a_l, g_l), l = 3" in titles and "cos(a_l, g_l), l = 4" not in titles
+
+
+class Recorder:
+    """A logger whose experiment records the layout it is given."""
+
+    def __init__(self):
+        self.experiment = self
+        self.layouts = []
+
+    def add_custom_scalars(self, layout):
+        self.layouts.append(layout)
+
+
+@pytest.mark.parametrize(("protocol", "feedback"), [(True, True), (False, True), (False, False)])
+def test_a_run_lays_out_only_the_categories_it_can_fill(protocol, feedback):
+    logger = Recorder()
+    write_layout(logger, protocol=protocol, feedback=feedback)
+    (layout,) = logger.layouts
+    assert (PROTOCOL_CATEGORY in layout) == protocol
+    assert (FEEDBACK_CATEGORY in layout) == feedback
+    assert next(iter(layout)) == next(iter(LAYOUT))
+    for category, charts in layout.items():  # margin charts reversed, as TensorBoard draws
+        margins = [t for t, c in LAYOUT[category].items() if c[0] == "Margin"]
+        assert [t for t, c in charts.items() if c[0] == "Margin"] == margins[::-1]
