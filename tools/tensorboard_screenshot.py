@@ -5,6 +5,8 @@ Usage:
     python tools/tensorboard_screenshot.py LOGDIR [--out PNG] [--tab custom_scalars]
         [--width 1600] [--height 1500] [--wait 20]
 
+A sweep's folder (``faeval sweep --out``) is shown as its study view: its ``tensorboard/``
+folder of one run per method (``faeval.study.tensorboard``; ``faeval report`` writes it).
 Starts ``tensorboard --logdir LOGDIR`` on a free local port, waits until it answers, points
 Debian's ``chromium --headless --screenshot`` at the tab (default: Custom Scalars, where
 faeval's charts are) with TensorBoard's default settings, and stops the server. Needs
@@ -13,6 +15,11 @@ faeval's charts are) with TensorBoard's default settings, and stops the server. 
     faeval fit --config configs/fmnist_dfa_quickstart.yaml
     faeval fit --config configs/fmnist_dfa_quickstart.yaml --model BP
     python tools/tensorboard_screenshot.py lightning_logs --out docs/tensorboard.png
+
+and the study's (BP, FA, DFA and FrozenBlocks × 3 seeds) with
+
+    faeval sweep SPEC --out /tmp/study && faeval report /tmp/study
+    python tools/tensorboard_screenshot.py /tmp/study --out docs/tensorboard_study.png
 """
 
 from __future__ import annotations
@@ -59,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.logdir.is_dir():
         print(f"screenshot: error: no folder {args.logdir}; pass a logs folder", file=sys.stderr)
         return 2
+    study = args.logdir / "tensorboard"
+    if (args.logdir / "runs").is_dir() and study.is_dir():  # a sweep: its study view
+        args.logdir = study
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         print("screenshot: error: no chromium; apt-get install chromium", file=sys.stderr)

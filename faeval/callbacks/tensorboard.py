@@ -16,6 +16,12 @@ from typing import Any
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
+#: The categories that only some runs can fill: the protocol's (with the Protocol callback or
+#: ``faeval audit``) and the feedback weights' (layer-wise methods).
+PROTOCOL_CATEGORY = "faeval: protocol (with --trainer.callbacks+=Protocol)"
+FEEDBACK_CATEGORY = "faeval: feedback weights (layer-wise methods: LayerFA, USF, BRSF, FRSF, KP)"
+
+
 #: The custom-scalar layout: category -> chart title -> [kind, tags]. "Margin" charts draw one
 #: line per run (tags: value, lower, upper) with a band between lower and upper; TensorBoard
 #: does not smooth them, so a run of a few epochs is drawn as it is. "Multiline" charts take
@@ -53,7 +59,7 @@ LAYOUT: dict[str, dict[str, list]] = {
             [r"^log10/credit_scale/l\d+$"],
         ],
     },
-    "faeval: protocol (with --trainer.callbacks+=Protocol)": {
+    PROTOCOL_CATEGORY: {
         "deep cos (band: the null band, mean ± 2σ of fresh feedback)": [
             "Margin",
             ["protocol/cos_deep", "protocol/null_deep_lower", "protocol/null_deep_upper"],
@@ -68,7 +74,7 @@ LAYOUT: dict[str, dict[str, list]] = {
             [r"^protocol/stability$", r"^protocol/stability_gradient$"],
         ],
     },
-    "faeval: feedback weights (layer-wise methods: LayerFA, USF, BRSF, FRSF, KP)": {
+    FEEDBACK_CATEGORY: {
         "angle(W, B) per layer, degrees": ["Multiline", [r"^diag/feedback_angle/"]],
         "log10 ‖B‖/‖W‖ per layer": ["Multiline", [r"^log10/feedback_norm_ratio/"]],
     },
@@ -78,18 +84,34 @@ LAYOUT: dict[str, dict[str, list]] = {
 HPARAM_METRICS = ("test/acc", "diag/growth", "diag/g_L", "log10/g_L")
 
 
-def write_layout(logger: TensorBoardLogger) -> None:
+def write_layout(logger: TensorBoardLogger, protocol: bool = True, feedback: bool = True) -> None:
     """Writes the custom-scalar layout into the run's events.
 
-    TensorBoard (2.21) draws a category's margin charts after its multiline charts and in
-    reverse order; they are written reversed so that they appear in ``LAYOUT``'s order.
+    Args:
+        logger: the run's logger.
+        protocol: lay out the protocol's charts (the run logs them: Protocol callback).
+        feedback: lay out the feedback weights' charts (a layer-wise feedback method).
+
+    TensorBoard merges the layouts of every run it shows, so a chart that no run can fill
+    is never drawn empty when each run leaves out what it does not log.
     """
-    layout = {}
-    for category, charts in LAYOUT.items():
+    left_out = {PROTOCOL_CATEGORY: not protocol, FEEDBACK_CATEGORY: not feedback}
+    layout = {c: charts for c, charts in LAYOUT.items() if not left_out.get(c, False)}
+    write_layout_dict(logger.experiment, layout)
+
+
+def write_layout_dict(writer, layout: dict[str, dict[str, list]]) -> None:
+    """Writes a custom-scalar ``layout`` (as ``LAYOUT``) with a ``SummaryWriter``.
+
+    TensorBoard (2.21) draws a category's margin charts after its multiline charts and in
+    reverse order; they are written reversed so that they appear in the layout's order.
+    """
+    ordered = {}
+    for category, charts in layout.items():
         margins = [(t, c) for t, c in charts.items() if c[0] == "Margin"]
         lines = [(t, c) for t, c in charts.items() if c[0] != "Margin"]
-        layout[category] = dict(lines + margins[::-1])
-    logger.experiment.add_custom_scalars(layout)
+        ordered[category] = dict(lines + margins[::-1])
+    writer.add_custom_scalars(ordered)
 
 
 def write_hparams(logger: TensorBoardLogger, params: dict[str, Any]) -> None:

@@ -161,3 +161,169 @@ def verdict_table(
             "Rules: " + "; ".join(f"{DIAGNOSTICS[k]}: {' / '.join(rules[k])}" for k in keys),
         ]
     return "\n".join(lines)
+
+
+#: What the figure of each diagnostic is, in a report's cells.
+QUANTITY = {
+    "a": "max growth",
+    "b": "‖g_L‖",
+    "c": "stability",
+    "d": "margin",
+    "mode2": "deep cos",
+    "bp": "distance from backprop",
+}
+
+
+def _quantity(sv: SeedVerdict) -> str:
+    """What the interval of ``sv`` is of (the figure, or its clearance over each run's band)."""
+    if sv.key == "mode2" and sv.rule.startswith("no feedback draw"):
+        return "ρ clearance over random credit"
+    if sv.clearance:
+        return "clearance over band" if sv.key == "mode2" else f"{QUANTITY[sv.key]} − threshold"
+    return QUANTITY[sv.key]
+
+
+def decided_cell(sv: SeedVerdict) -> str:
+    """A report's verdict cell: the verdict, then the figure that decided it, labelled.
+
+    (d) and Mode 2 over two or more seeds: the mean of the per-seed quantity the interval is
+    of (the margin; the clearance over each run's own band) and its Student-t interval,
+    ``**PASS** clearance over band: mean +0.979 [95% CI +0.965, +0.993], n=3``. The others
+    (and a single measurable seed): the range of the per-seed figure, each seed judged on
+    its own, ``**FIRES** max growth: ×190 … ×206 (min … max, 3 seeds; 3 fire)``. The note
+    "backprop in disguise" reads as a note, never a bold FIRES.
+    """
+    if sv.status == "N/A":
+        return "N/A"
+    figures = [f for _, st, f in sv.seeds if st in ("PASS", "FIRES") and f is not None]
+    fires = sum(st == "FIRES" for _, st, _ in sv.seeds)
+    iv = sv.interval
+    if iv is not None:
+        what = (
+            f"{_quantity(sv)}: mean {_span(sv, iv.mean)} "
+            f"[{100 * iv.level:g}% CI {_span(sv, iv.low)}, {_span(sv, iv.high)}], n={iv.n}"
+        )
+    elif figures:
+        lo, hi = min(figures), max(figures)
+        n = len(figures)
+        span = figure(sv.key, lo) if lo == hi else f"{figure(sv.key, lo)} … {figure(sv.key, hi)}"
+        label = "1 seed" if n == 1 else f"min … max, {n} seeds"
+        what = f"{QUANTITY[sv.key]}: {span} ({label}; {fires} fire)"
+    else:
+        what = ""
+    if sv.key == "bp":  # a note, not a failure: FIRES means "the credit is backprop's"
+        if not figures:
+            return sv.status
+        span = figure("bp", hi) if lo == hi else f"{figure('bp', lo)} … {figure('bp', hi)}"
+        if sv.status == "FIRES":
+            return (
+                f"note: the credit is backprop's (distance ≤ {figure('bp', hi)}, {n} of {n} seeds)"
+            )
+        if sv.status == "PASS":
+            return f"not backprop's (distance {span}, {n} seeds)"
+        return f"note on {fires} of {n} seeds: the credit is backprop's (distance {span})"
+    return f"**{sv.status}** {what}".rstrip()
+
+
+def rules_apart(methods: dict[str, dict[str, SeedVerdict]]) -> list[str]:
+    """The rules as a Markdown list, one line per rule: where a diagnostic's rule differs by
+    method (Mode 2 judges ρ where there is no feedback draw), each rule on its own line with
+    the methods it applies to."""
+    lines = []
+    for key, name in DIAGNOSTICS.items():
+        by_rule: dict[str, list[str]] = {}
+        for method, table in methods.items():
+            if table[key].status != "N/A":
+                by_rule.setdefault(table[key].rule, []).append(method)
+        if key == "bp":  # the note applies, it does not fail
+            by_rule = {r.replace("fires when", "applies when"): m for r, m in by_rule.items()}
+        if len(by_rule) == 1:
+            lines.append(f"- {name}: {next(iter(by_rule))}.")
+        for rule, names in by_rule.items() if len(by_rule) > 1 else ():
+            lines.append(f"- {name}, for {', '.join(names)}: {rule}.")
+    return lines
+
+
+CELL_LEGEND = (
+    "Each cell: the verdict, then the figure that decided it. (d) and Mode 2: the mean over "
+    "seeds of the per-seed margin (pp) or clearance over the run's own band, with its 95% "
+    "Student-t interval [low, high] (PASS: the interval lies above the threshold; FIRES: "
+    "below; MIXED: it contains it). The others: the per-seed figure as min … max over the "
+    "measurable seeds, and how many seeds fire (the note: how many are backprop's)."
+)
+
+
+def study_table(
+    methods: dict[str, dict[str, SeedVerdict]], marks: dict[tuple[str, str], str] | None = None
+) -> str:
+    """A report's Markdown verdict table: ``decided_cell`` per method and diagnostic, the
+    legend of its cells and the rules, each stated apart (``rules_apart``)."""
+    keys = list(DIAGNOSTICS)
+    marks = marks or {}
+    lines = [
+        "| method | " + " | ".join(DIAGNOSTICS[k] for k in keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for method, table in methods.items():
+        cells = [decided_cell(table[k]) + marks.get((method, k), "") for k in keys]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if methods:
+        lines += ["", CELL_LEGEND, "", "Rules:", "", *rules_apart(methods)]
+    return "\n".join(lines)
+
+
+#: Unicode in faeval's cells and the LaTeX (text mode) that prints it.
+LATEX_SYMBOLS = {
+    "×": r"$\times$",
+    "‖": r"$\|$",
+    "±": r"$\pm$",
+    "Γ": r"$\Gamma$",
+    "ρ": r"$\rho$",
+    "σ": r"$\sigma$",
+    "·": r"$\cdot$",
+    "−": r"$-$",
+    "–": "--",
+    "…": r"\dots{}",
+    "≤": r"$\leq$",
+    "⚠": r"$^\dagger$",
+}
+
+
+def latex_text(text: str) -> str:
+    """Plain text (a Markdown cell) as LaTeX text: ``**X**`` as ``\\textbf{X}``, LaTeX's
+    special characters escaped, faeval's Unicode symbols as math."""
+    special = {
+        "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&",
+        "%": r"\%", "#": r"\#", "_": r"\_", "^": r"\^{}", "~": r"\~{}",
+    }  # fmt: skip
+    out = "".join(special.get(ch, ch) for ch in text)
+    parts = out.split("**")
+    out = "".join(p if i % 2 == 0 else rf"\textbf{{{p}}}" for i, p in enumerate(parts))
+    return "".join(LATEX_SYMBOLS.get(ch, ch) for ch in out)
+
+
+def latex_tabular(head: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    """A booktabs ``tabular`` fragment (``\\toprule``, ``\\midrule``, ``\\bottomrule``: needs
+    ``\\usepackage{booktabs}``) of plain-text cells, each through ``latex_text``."""
+    align = align or "l" * len(head)
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule"]
+    lines.append(" & ".join(latex_text(h) for h in head) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(latex_text(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def latex_verdicts(
+    methods: dict[str, dict[str, SeedVerdict]], marks: dict[tuple[str, str], str] | None = None
+) -> str:
+    """The verdict table of ``study_table`` as a booktabs tabular fragment, one column per
+    diagnostic (p-columns: the cells carry their deciding figure and interval)."""
+    keys = list(DIAGNOSTICS)
+    marks = marks or {}
+    rows = [
+        [method] + [decided_cell(table[k]) + marks.get((method, k), "") for k in keys]
+        for method, table in methods.items()
+    ]
+    align = "l" + r"p{2.3cm}" * len(keys)
+    return latex_tabular(["method"] + [DIAGNOSTICS[k] for k in keys], rows, align)

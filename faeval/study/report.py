@@ -8,19 +8,27 @@ Usage:
 Reads the runs that ``faeval sweep`` wrote (DIR/runs/<setting>/<method>/seed<S>/) and
 judges each from its logs alone (diagnostics.jsonl, protocol.jsonl): nothing is re-run.
 Writes, in --out (default: the sweep directory):
-    report.md    the budget of each setting (data set, backbone, epochs, batches per epoch,
-                 seeds), with a warning where it is shorter than the reference's; per setting
-                 the verdict table (per method, each diagnostic PASS/FIRES/MIXED across seeds,
-                 with per-seed figures and, for (d) and Mode 2, the 95% interval over seeds
-                 that decided it), how sure each of those verdicts is (why MIXED, and how many
-                 seeds would settle it), the standard-pair table (accuracy mean ± std, Γ,
-                 margin over FrozenBlocks) and the plots
+    report.md    provenance (faeval version and commit, Python, torch, Lightning, CPU, GPU,
+                 the sweep's wall time); the budget of each setting (data set, backbone,
+                 epochs, batches per epoch, seeds), with a warning where it is shorter than
+                 the reference's; per setting the verdict table (per method, each diagnostic
+                 PASS/FIRES/MIXED across seeds with the figure that decided it: for (d) and
+                 Mode 2 the mean of the per-seed margin or clearance with its 95% interval,
+                 for the others the range over seeds; each rule stated apart), how sure
+                 (d) and Mode 2 are, the standard-pair table (accuracy and margin as mean
+                 [95% CI], Γ and cosines as mean ± std), the compute per method (wall
+                 seconds per run from the runs' status.json, epochs trained) and the plots
+    report.tex   the verdict and standard-pair tables as booktabs tabular fragments
+    tensorboard/ one TensorBoard run per (setting, method): the median of its seeds and
+                 their range (faeval.study.tensorboard; tensorboard --logdir DIR/tensorboard)
     report.json  the same, per run and per method
-    <setting>_norms.{png,pdf}     ‖h_L‖ and ‖g_L‖ over epochs (log scale, one line per
-                                  method, seeds as a band, the floor drawn)
+    <setting>_curves.{png,pdf}    log10 ‖h_L‖, log10 ‖g_L‖ (with the floor), deep cosine
+                                  and test accuracy over epochs: per method the median over
+                                  seeds and the seeds' min–max band
     <setting>_cosine.{png,pdf}    per-layer cos(a_l, g_l) at the last epoch, each method
                                   with its null band (fresh feedback draws, mean ± k·std)
-    <setting>_accuracy.{png,pdf}  test accuracy per method and seed against FrozenBlocks
+    <setting>_margin.{png,pdf}    (d) as decided: each seed's margin over the FrozenBlocks
+                                  run of the same seed, and the mean with its 95% interval
 Every figure's title states the budget; the PDFs are vector files for a paper.
 Prints the tables, and which planned runs are missing, failed or unfinished: an empty,
 partial or mixed sweep directory is reported as far as it goes.
@@ -43,7 +51,8 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 from faeval.errors import FaevalError
-from faeval.protocol.render import interval_text, verdict_table
+from faeval.protocol.intervals import Interval, paired_interval
+from faeval.protocol.render import interval_text, latex_tabular, latex_verdicts, study_table
 from faeval.protocol.settings import REFERENCE_EPOCHS, Thresholds
 from faeval.protocol.verdicts import (
     DIAGNOSTICS,
@@ -53,12 +62,21 @@ from faeval.protocol.verdicts import (
     judge_run,
     judge_seeds,
 )
-from faeval.runlog import DEPTH_BASELINE, RunLog, is_depth_baseline, mean_std, run_budget
+from faeval.runlog import (
+    DEPTH_BASELINE,
+    RunLog,
+    is_depth_baseline,
+    mean_std,
+    measured,
+    run_budget,
+)
+from faeval.study.provenance import compute, provenance, wall_span
+from faeval.study.tensorboard import STUDY_TB, study_message, write_method_runs
 
 DPI = 200
 #: Figure sizes in inches: a paper's text width is about 7 in, a column about 3.5 in, so the
 #: fonts below print at their own size.
-SIZES = {"norms": (7.2, 3.4), "cosine": (5.4, 3.8), "accuracy": (5.4, 3.8)}
+SIZES = {"curves": (7.2, 5.6), "cosine": (5.4, 3.8), "margin": (5.4, 3.8)}
 FORMATS = ("png", "pdf")
 STYLE = {
     "font.size": 9,
@@ -196,19 +214,45 @@ def budget_warning(budget: dict, reference_epochs: int) -> str | None:
 
 
 def pm(ms: tuple[float, float] | None, scale: float = 1.0, fmt: str = "{:.4f}") -> str:
+    """``mean ± std`` (the sample std over seeds), or n/a."""
     if ms is None:
         return "n/a"
     return f"{fmt.format(scale * ms[0])} ± {fmt.replace('+', '').format(scale * ms[1])}"
 
 
-def pair_table(by_method: dict[str, list[RunVerdict]]) -> tuple[str, dict]:
-    """Markdown standard-pair table and its numbers."""
-    lines = [
-        "| method | seeds | test acc | Γ (all layers) | cos layer 0 | deep cos | "
-        "margin over FrozenBlocks (pp) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    numbers = {}
+def mean_ci(values: list[float | None]) -> Interval | None:
+    """The mean over seeds of the measured ``values`` with its 95% Student-t interval (None
+    for fewer than two)."""
+    vals = [v for v in values if measured(v)]
+    return paired_interval(vals, 0.0)
+
+
+def ci_text(values: list[float | None], scale: float = 1.0, spec: str = ".4f") -> str:
+    """``mean [low, high]`` (95% CI over seeds); the one value where there is one seed."""
+    vals = [v for v in values if measured(v)]
+    if not vals:
+        return "n/a"
+    iv = mean_ci(vals)
+    if iv is None:
+        return f"{scale * vals[0]:{spec}} (1 seed)"
+    return f"{scale * iv.mean:{spec}} [{scale * iv.low:{spec}}, {scale * iv.high:{spec}}]"
+
+
+#: The standard pair's columns, their statistic named in the header.
+PAIR_HEAD = [
+    "method",
+    "seeds",
+    "test acc, mean [95% CI]",
+    "margin over FrozenBlocks (pp), mean [95% CI]",
+    "Γ (all layers), mean ± std",
+    "cos layer 0, mean ± std",
+    "deep cos, mean ± std",
+]
+
+
+def pair_rows(by_method: dict[str, list[RunVerdict]]) -> tuple[list[list[str]], dict]:
+    """The standard pair per method as table cells, and its numbers."""
+    rows, numbers = [], {}
     for method, rvs in by_method.items():
         col = {
             k: [rv.pair[k] for rv in rvs] for k in ("acc", "gamma", "cos_l0", "cos_deep", "margin")
@@ -219,43 +263,84 @@ def pair_table(by_method: dict[str, list[RunVerdict]]) -> tuple[str, dict]:
         if unmeasured:
             gamma += f" ({unmeasured}/{len(rvs)} unmeasurable)"
         baseline = rvs[0].role == DEPTH_BASELINE
-        margin = "n/a (baseline)" if baseline else pm(nums["margin"], 100, "{:+.2f}")
-        lines.append(
-            f"| {method} | {len(rvs)} | {pm(nums['acc'])} | {gamma} | "
-            f"{pm(nums['cos_l0'], fmt='{:+.3f}')} | {pm(nums['cos_deep'], fmt='{:+.3f}')}"
-            f" | {margin} |"
+        margin = "n/a (baseline)" if baseline else ci_text(col["margin"], 100, "+.2f")
+        rows.append(
+            [
+                method,
+                str(len(rvs)),
+                ci_text(col["acc"]),
+                margin,
+                gamma,
+                pm(nums["cos_l0"], fmt="{:+.3f}"),
+                pm(nums["cos_deep"], fmt="{:+.3f}"),
+            ]
         )
         numbers[method] = {
             k: None if v is None else {"mean": v[0], "std": v[1]} for k, v in nums.items()
         }
+        for k in ("acc", "margin"):
+            iv = mean_ci(col[k])
+            if numbers[method][k] is not None and iv is not None:
+                numbers[method][k]["ci95"] = [iv.low, iv.high]
         numbers[method]["gamma_unmeasurable"] = unmeasured
-    return "\n".join(lines), numbers
+    return rows, numbers
 
 
-def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [
-        (r["epoch"], r[key])
-        for r in rows
-        if r.get(key) is not None and math.isfinite(r[key]) and r[key] > 0
-    ]
-    return [p[0] for p in pts], [p[1] for p in pts]
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(
+        ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        + ["| " + " | ".join(r) + " |" for r in rows]
+    )
 
 
-def plot_norms(judged, floor: float, title: str, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=SIZES["norms"], layout="constrained")
-    for ax, key, name in (
-        (axes[0], "h_L", "‖h_L‖ (mean per-sample L2)"),
-        (axes[1], "g_L", "‖g_L‖ (true gradient at h_L)"),
-    ):
+#: The epoch curves: panel title, how a row gives the value (None: not drawn), y label.
+CURVES = (
+    ("log10 ‖h_L‖ (mean per-sample L2)", lambda r: log10_or_none(r.get("h_L")), "log10 ‖h_L‖"),
+    ("log10 ‖g_L‖ (true gradient at h_L)", lambda r: log10_or_none(r.get("g_L")), "log10 ‖g_L‖"),
+    ("deep cos(a_l, g_l), mean over l = 1..L", lambda r: finite(r.get("cos_deep")), "deep cos"),
+    ("test accuracy", lambda r: finite(r.get("test/acc")), "test accuracy"),
+)
+
+
+def finite(value) -> float | None:
+    return float(value) if measured(value) else None
+
+
+def log10_or_none(value) -> float | None:
+    return math.log10(value) if measured(value) and value > 0 else None
+
+
+def seed_band(runs, value) -> tuple[list[int], list[float], list[float], list[float], int]:
+    """Per epoch, the median and the min and max over seeds of ``value(row)``.
+
+    Returns:
+        (epochs, median, low, high, seeds): epochs where at least one seed has a value.
+    """
+    per_epoch = defaultdict(list)
+    for r, _ in runs:
+        for row in r["rows"]:
+            v = value(row)
+            if v is not None:
+                per_epoch[row["epoch"]].append(v)
+    epochs = sorted(per_epoch)
+    return (
+        epochs,
+        [statistics.median(per_epoch[e]) for e in epochs],
+        [min(per_epoch[e]) for e in epochs],
+        [max(per_epoch[e]) for e in epochs],
+        len(runs),
+    )
+
+
+def plot_curves(judged, floor: float, title: str, path: Path) -> None:
+    """log10 ‖h_L‖, log10 ‖g_L‖, the deep cosine and test accuracy over epochs: per method
+    the median over seeds (line) and the seeds' min–max (band); the floor of (b) drawn."""
+    fig, axes = plt.subplots(2, 2, figsize=SIZES["curves"], layout="constrained", sharex=True)
+    for ax, (name, value, ylabel) in zip(axes.flat, CURVES, strict=True):
         for i, (method, runs) in enumerate(group(judged).items()):
-            per_epoch = defaultdict(list)
-            for r, _ in runs:
-                for e, v in zip(*series(r["rows"], key), strict=True):
-                    per_epoch[e].append(v)
-            if not per_epoch:
+            epochs, mid, low, high, n = seed_band(runs, value)
+            if not epochs:
                 continue
-            epochs = sorted(per_epoch)
-            mid = [statistics.median(per_epoch[e]) for e in epochs]
             color, baseline = f"C{i}", runs[0][1].role == DEPTH_BASELINE
             ax.plot(
                 epochs,
@@ -264,21 +349,16 @@ def plot_norms(judged, floor: float, title: str, path: Path) -> None:
                 ls="--" if baseline else "-",
                 marker=MARKERS[i % len(MARKERS)],
                 ms=3,
-                label=f"{method} (median of {len(runs)} seeds)",
+                label=f"{method}: median of {n} seeds, band min–max",
             )
-            ax.fill_between(
-                epochs,
-                [min(per_epoch[e]) for e in epochs],
-                [max(per_epoch[e]) for e in epochs],
-                color=color,
-                alpha=0.2,
-            )
-        if key == "g_L":
-            ax.axhline(floor, color="k", ls=":", lw=1, label=f"floor {floor:g} (b)")
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.fill_between(epochs, low, high, color=color, alpha=0.2, lw=0)
+        if ylabel == "log10 ‖g_L‖":
+            ax.axhline(math.log10(floor), color="k", ls=":", lw=1, label=f"floor {floor:g} (b)")
         ax.set_title(name)
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
     save(fig, title, path)
 
 
@@ -347,38 +427,34 @@ def null_band(runs) -> tuple[list[int], list[float], list[float], int] | None:
     return layers, mean, std, bands[0]["draws"]
 
 
-def plot_accuracy(judged, margin: float, title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=SIZES["accuracy"], layout="constrained")
-    methods = list(group(judged))
-    frozen = [
-        rv.pair["acc"]
-        for _, rv in judged
-        if rv.role == DEPTH_BASELINE and rv.pair["acc"] is not None
-    ]
-    if frozen:
-        f = statistics.fmean(frozen)
-        ax.axhline(f, color="k", ls="-", lw=1, label=f"FrozenBlocks {f:.3f}")
-        ax.axhline(f + margin, color="k", ls="--", lw=1, label=f"+ margin {100 * margin:g} pp")
-    for i, method in enumerate(methods):
-        accs = [
-            (rv.seed, rv.pair["acc"])
-            for _, rv in judged
-            if rv.method == method and rv.pair["acc"] is not None
-        ]
-        if accs:
-            ax.scatter(
-                [i] * len(accs),
-                [a for _, a in accs],
-                color=f"C{i}",
-                marker=MARKERS[i % 8],
-                zorder=3,
-            )
-            ax.plot(
-                [i - 0.2, i + 0.2], [statistics.fmean(a for _, a in accs)] * 2, color=f"C{i}", lw=2
-            )
-    ax.set_xticks(range(len(methods)), methods)
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy per seed against FrozenBlocks (d)")
+def plot_margin(judged, margin: float, title: str, path: Path) -> None:
+    """(d) as it is decided: each seed's margin over the FrozenBlocks run of the same seed
+    (points) and, per method, their mean with its 95% Student-t interval (bar), against
+    the threshold."""
+    fig, ax = plt.subplots(figsize=SIZES["margin"], layout="constrained")
+    methods = [(m, runs) for m, runs in group(judged).items() if runs[0][1].role != DEPTH_BASELINE]
+    ax.axhline(0, color="k", lw=0.6)
+    ax.axhline(
+        100 * margin, color="k", ls="--", lw=1, label=f"threshold of (d): {100 * margin:g} pp"
+    )
+    for i, (_, runs) in enumerate(methods):
+        color, marker = f"C{i}", MARKERS[i % len(MARKERS)]
+        values = [100 * rv.pair["margin"] for _, rv in runs if measured(rv.pair["margin"])]
+        if not values:
+            continue
+        ax.scatter([i - 0.12] * len(values), values, color=color, marker=marker, s=14, zorder=3)
+        iv = mean_ci(values)
+        if iv is not None:
+            ax.errorbar(
+                [i + 0.12], [iv.mean], yerr=[[iv.mean - iv.low], [iv.high - iv.mean]],
+                color=color, marker="_", ms=10, capsize=4, lw=1.5,
+            )  # fmt: skip
+    ax.scatter([], [], color="0.4", s=14, label="one seed: acc − FrozenBlocks acc (same seed)")
+    ax.errorbar([], [], yerr=[], color="0.4", marker="_", capsize=4, label="mean, 95% CI")
+    ax.set_xticks(range(len(methods)), [m for m, _ in methods])
+    ax.set_xlim(-0.6, max(len(methods), 1) - 0.4)
+    ax.set_ylabel("margin over FrozenBlocks (pp)")
+    ax.set_title("(d): paired margin per seed, mean and 95% Student-t interval")
     save(fig, title, path)
 
 
@@ -397,6 +473,62 @@ def save(fig, title: str, path: Path) -> None:
     for fmt in FORMATS:
         fig.savefig(path.with_suffix(f".{fmt}"), dpi=DPI)
     plt.close(fig)
+
+
+PAIR_NOTE = (
+    "Statistics over seeds: test accuracy and the margin over FrozenBlocks (each seed against "
+    "the FrozenBlocks run of the same seed) as mean [95% Student-t interval]; Γ and the "
+    "cosines as mean ± sample standard deviation."
+)
+CELL_NOTE = (
+    "verdict; (d) and Mode 2: mean [95% CI] of the per-seed margin or clearance over the "
+    "band; others: min ... max over seeds"
+)
+
+
+def latex_comment(text: str) -> str:
+    """Text safe in a LaTeX comment line (no newline)."""
+    return text.replace("\n", " ")
+
+
+def compute_table(used: dict[str, dict]) -> str:
+    """Markdown table of the compute per method (``provenance.compute``)."""
+    if not used:
+        return "No run has a status.json with its seconds (runs not written by faeval sweep)."
+    rows = []
+    for method, c in used.items():
+        epochs = sorted(set(c["epochs"]))
+        rows.append(
+            [
+                method,
+                str(c["runs"]),
+                ", ".join(str(e) for e in epochs),
+                f"{c['median_seconds']:.1f} ({min(c['seconds']):.1f}–{max(c['seconds']):.1f})",
+                f"{c['total_seconds']:.1f}",
+            ]
+        )
+    head = ["method", "runs", "epochs trained", "wall s per run, median (min–max)", "total s"]
+    return (
+        markdown_table(head, rows)
+        + "\n\nWall seconds of each run's process as the sweep measured them (status.json "
+        "`seconds`), start-up and the protocol's passes included."
+    )
+
+
+def provenance_lines(made: dict) -> str:
+    """The provenance as Markdown lines."""
+    commit = made["faeval_commit"] or "not a git checkout"
+    span = made.get("sweep_wall_seconds")
+    return "\n".join(
+        [
+            f"- faeval {made['faeval']} (commit {commit}), Python {made['python']}, "
+            f"torch {made['torch']}, lightning {made['lightning']}",
+            f"- this report written {made['written']} on {made['host']}: CPU {made['cpu']}; "
+            f"GPU {made['gpu']}",
+            "- the sweep's wall time, first run's start to last run's end: "
+            + ("n/a" if span is None else f"{span:.0f} s"),
+        ]
+    )
 
 
 HOW_SURE = (
@@ -478,8 +610,17 @@ def main(argv: list[str] | None = None) -> int:
                 "may change with the full budget (see each setting).",
                 "",
             ]
+    made = provenance()
+    made["sweep_wall_seconds"] = wall_span(finished)
+    md += ["## Provenance", "", provenance_lines(made), ""]
+    tex = [
+        f"% faeval report of {latex_comment(str(args.sweep))}; needs \\usepackage{{booktabs}}",
+        f"% {latex_comment(provenance_lines(made).replace(chr(10), ' '))}",
+        "",
+    ]
     report = {
         "sweep": str(args.sweep),
+        "provenance": made,
         "thresholds": thresholds.as_dict(),
         "reference_epochs": args.reference_epochs,
         "settings": {},
@@ -499,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         judged = judge_setting([r for r in finished if r["setting"] == setting], thresholds)
         by_method = {m: [rv for _, rv in v] for m, v in group(judged).items()}
         seeds = {m: judge_seeds(rvs) for m, rvs in by_method.items()}
-        pairs, numbers = pair_table(by_method)
+        pair_cells, numbers = pair_rows(by_method)
+        pairs = markdown_table(PAIR_HEAD, pair_cells)
         budget = budgets[setting]
         title = f"{setting}: {budget_line(budget, sep=chr(10))}"  # two lines
         warning = budget_warning(budget, args.reference_epochs)
@@ -516,15 +658,27 @@ def main(argv: list[str] | None = None) -> int:
             if (text := interval_text(m, table[k]))
         ]
         names = {k: f"{setting}_{k}" for k in SIZES}
-        plot_norms(judged, thresholds.grad_floor, title, out / names["norms"])
+        plot_curves(judged, thresholds.grad_floor, title, out / names["curves"])
         plot_cosine(judged, thresholds.null_sigmas, title, out / names["cosine"])
-        plot_accuracy(judged, thresholds.margin, title, out / names["accuracy"])
+        plot_margin(judged, thresholds.margin, title, out / names["margin"])
+        used = compute([r for r, _ in judged])
+        compute_md = compute_table(used)
+        tex += [
+            f"% setting {latex_comment(setting)}: {latex_comment(budget_line(budget))}",
+            f"% verdicts across seeds (cells: {latex_comment(CELL_NOTE)})",
+            latex_verdicts(seeds, marks),
+            "",
+            f"% standard pair, setting {latex_comment(setting)}",
+            latex_tabular(PAIR_HEAD, pair_cells, "ll" + "r" * (len(PAIR_HEAD) - 2)),
+            "",
+        ]
         md += [f"## Setting `{setting}`", "", f"Budget: {budget_line(budget)}.", ""]
         md += [warning, ""] if warning else []
-        md += ["### Verdicts (across seeds)", "", verdict_table(seeds, marks), ""]
+        md += ["### Verdicts (across seeds)", "", study_table(seeds, marks), ""]
         md += ["### How sure (across seeds)", "", HOW_SURE, ""]
         md += [f"- {text}" for text in sure] or ["- No interval: fewer than two seeds."]
-        md += ["", "### Standard pair", "", pairs, ""]
+        md += ["", "### Standard pair", "", PAIR_NOTE, "", pairs, ""]
+        md += ["### Compute", "", compute_md, ""]
         for kind, name in names.items():
             files = " · ".join(f"[{fmt.upper()}]({name}.{fmt})" for fmt in FORMATS)
             md += [f"![{kind}]({name}.png)", "", files, ""]
@@ -537,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
                     "verdicts": {k: sv.as_dict() for k, sv in seeds[m].items()},
                     "budget_dependent": [k for (mm, k) in marks if mm == m],
                     "pair": numbers[m],
+                    "compute": used.get(m),
                 }
                 for m in seeds
             },
@@ -546,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"== setting {setting}: {budget_line(budget)}\n"
             + (f"{warning}\n" if warning else "")
-            + f"{verdict_table(seeds, marks)}\n\n"
+            + f"{study_table(seeds, marks)}\n\n"
             + "".join(f"{text}\n" for text in sure)
             + f"\n{pairs}\n",
             flush=True,
@@ -555,6 +710,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[report] plot {out / name}.{{{','.join(FORMATS)}}}", flush=True)
     (out / "report.md").write_text("\n".join(md) + "\n")
     (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.tex").write_text("\n".join(tex) + "\n")
+    if finished:  # the study's TensorBoard view: one run per method (faeval.study.tensorboard)
+        print(study_message(write_method_runs(args.sweep, out / STUDY_TB)), flush=True)
     for p in problems:
         print(
             f"[report] not reported: {p['setting']}/{p['method']}/seed{p['seed']} ({p['state']})",
