@@ -29,7 +29,7 @@ import faeval.data
 import faeval.methods
 from faeval.callbacks import Diagnostics, FloorStopping, LineProgress
 from faeval.cli.folders import folder_logger, log_root
-from faeval.cli.help import arrange_groups, parser_kwargs, summarize_commands
+from faeval.cli.help import arrange_groups, hide_options, parser_kwargs, summarize_commands
 from faeval.cli.messages import short_message
 from faeval.cli.stacked import StackedFit, add_stack_arguments, check_lone_run, check_stack_resume
 from faeval.data import InMemoryDataModule
@@ -125,6 +125,10 @@ def known_classes(key: str) -> dict[str, type]:
     return {n: c for n in dir(module) if isinstance(c := getattr(module, n), type)}
 
 
+#: Options only ``faeval fit`` acts on (the others accept them: a run's config.yaml has them).
+FIT_ONLY = ("floor_stop", "run_name", "checkpoint_every_n_steps", "seeds", "stack")
+
+
 class FaevalParser(LightningArgumentParser):
     """Reports a mistake on the command line in one or two lines, with exit code 2.
 
@@ -169,6 +173,16 @@ class FaevalCLI(LightningCLI):
         summarize_commands(self.parser)
 
     _raw_args: list[str] | None = None  # the arguments as given (parse_arguments)
+    _building: str | None = None  # the command whose parser is being built
+
+    @override
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        # add_arguments_to_parser is shared by every command: it reads which one from here.
+        self._building = subcommand
+        try:
+            return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        finally:
+            self._building = None
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -178,6 +192,7 @@ class FaevalCLI(LightningCLI):
         parser.add_class_arguments(
             Diagnostics, "diagnostics", fail_untyped=False, sub_configs=True, skip={"probe"}
         )
+        # faeval fit's own options (FIT_ONLY).
         parser.add_argument(
             "--floor_stop",
             type=bool,
@@ -203,6 +218,10 @@ class FaevalCLI(LightningCLI):
             help="Also save checkpoints/last.ckpt every N training steps (0: every epoch only).",
         )
         add_stack_arguments(parser)  # --seeds, --stack.*: seeds stacked in one process (issue 13)
+        if self._building != "fit":
+            # A run's config.yaml (which test, validate and audit read) holds fit's options:
+            # they are accepted there, and left out of the command's --help.
+            hide_options(parser, FIT_ONLY)
         # The model is built for the data: any LightningDataModule (--data mypkg.MyData) gives
         # its input shape and class count, or faeval reads them off its validation data.
         parser.link_arguments(
