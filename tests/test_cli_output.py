@@ -65,6 +65,22 @@ def test_help_starts_with_what_faeval_is_and_its_own_options(capsys):
     assert audit.index("--thresholds.margin") < audit.index("--trainer.accelerator")
 
 
+#: Options only faeval fit acts on.
+FIT_OPTIONS = ("--seeds", "--stack.", "--checkpoint_every_n_steps", "--floor_stop", "--run_name")
+
+
+@pytest.mark.parametrize("command", ["fit", "test", "validate", "audit"])
+def test_each_command_s_help_lists_its_own_options(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    listed = [o for o in FIT_OPTIONS if re.search(rf"^\s+{re.escape(o)}", text, re.M)]
+    assert listed == (list(FIT_OPTIONS) if command == "fit" else []), listed
+    assert "--ckpt_path" in text and "--trainer.accelerator" in text
+    if command != "fit":
+        assert "Options of this command:" in text and "--stack CONFIG" not in text
+
+
 def _hashes(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()

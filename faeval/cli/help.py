@@ -106,8 +106,23 @@ def summarize_commands(parser) -> None:
                 choice.help = SUMMARIES[name]
 
 
+def hide_options(parser, keys) -> None:
+    """Leaves the options ``keys`` (and their groups' ``--key.*``) out of ``parser``'s help;
+    they are still accepted."""
+    for action in parser._actions:
+        dest = action.dest or ""
+        if any(dest == key or dest.startswith(key + ".") for key in keys):
+            action.help = argparse.SUPPRESS
+
+
 def arrange_groups(parser) -> None:
-    """Retitles the option groups and puts faeval's first, the Trainer's last."""
+    """Retitles the option groups, puts faeval's first, the Trainer's last, and drops the
+    groups whose options are all hidden (``hide_options``)."""
+    parser._action_groups[:] = [
+        g
+        for g in parser._action_groups
+        if not g._group_actions or any(a.help != argparse.SUPPRESS for a in g._group_actions)
+    ]
     keys = {id(group): key for key, group in getattr(parser, "groups", {}).items()}
     for group in parser._action_groups:
         key = keys.get(id(group))

@@ -21,7 +21,6 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
@@ -29,14 +28,10 @@ import faeval.backbones  # short names: --model.backbone ResMLP
 import faeval.data
 import faeval.methods
 from faeval.callbacks import Diagnostics, FloorStopping, LineProgress
-from faeval.cli.help import arrange_groups, parser_kwargs, summarize_commands
+from faeval.cli.folders import folder_logger, log_root
+from faeval.cli.help import arrange_groups, hide_options, parser_kwargs, summarize_commands
 from faeval.cli.messages import short_message
-from faeval.cli.stacked import (
-    StackedFit,
-    add_stack_arguments,
-    check_lone_run,
-    check_stack_resume,
-)
+from faeval.cli.stacked import StackedFit, add_stack_arguments, check_lone_run, check_stack_resume
 from faeval.data import InMemoryDataModule
 from faeval.data.contract import input_shape_of, num_classes_of
 from faeval.errors import ConfigError, DataNotFoundError, FaevalError, user_error
@@ -46,15 +41,7 @@ from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
 from faeval.resume import check_resume_options, checkpointing
 from faeval.runlog import RunLog
-from faeval.runs import (
-    DEFAULT_RUN_NAME,
-    LOGS,
-    claim,
-    claim_next,
-    holds_run,
-    release_unused,
-    run_name,
-)
+from faeval.runs import DEFAULT_RUN_NAME, claim, claim_next, holds_run, release_unused, run_name
 from faeval.trainer import FaevalTrainer
 
 
@@ -138,6 +125,10 @@ def known_classes(key: str) -> dict[str, type]:
     return {n: c for n in dir(module) if isinstance(c := getattr(module, n), type)}
 
 
+#: Options only ``faeval fit`` acts on (the others accept them: a run's config.yaml has them).
+FIT_ONLY = ("floor_stop", "run_name", "checkpoint_every_n_steps", "seeds", "stack")
+
+
 class FaevalParser(LightningArgumentParser):
     """Reports a mistake on the command line in one or two lines, with exit code 2.
 
@@ -172,11 +163,9 @@ class FaevalParser(LightningArgumentParser):
 class FaevalCLI(LightningCLI):
     """LightningCLI with the diagnostics always on and a one-switch floor stop."""
 
-    #: The run folder this process claimed last (``main`` releases it if the run fails
-    #: before writing anything).
-    claimed: ClassVar[Path | None] = None
-    #: The folders a stack of seeds claimed (its own and each seed's), released likewise.
-    stack_claimed: ClassVar[list[Path]] = []
+    #: The run folders this process claimed (a lone run's; a stack's and each of its seeds'):
+    #: ``main`` releases them if the run fails before writing anything.
+    claimed: ClassVar[list[Path]] = []
 
     @override
     def setup_parser(self, add_subcommands, main_kwargs, subparser_kwargs) -> None:
@@ -184,6 +173,16 @@ class FaevalCLI(LightningCLI):
         summarize_commands(self.parser)
 
     _raw_args: list[str] | None = None  # the arguments as given (parse_arguments)
+    _building: str | None = None  # the command whose parser is being built
+
+    @override
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        # add_arguments_to_parser is shared by every command: it reads which one from here.
+        self._building = subcommand
+        try:
+            return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        finally:
+            self._building = None
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -193,6 +192,7 @@ class FaevalCLI(LightningCLI):
         parser.add_class_arguments(
             Diagnostics, "diagnostics", fail_untyped=False, sub_configs=True, skip={"probe"}
         )
+        # faeval fit's own options (FIT_ONLY).
         parser.add_argument(
             "--floor_stop",
             type=bool,
@@ -218,6 +218,10 @@ class FaevalCLI(LightningCLI):
             help="Also save checkpoints/last.ckpt every N training steps (0: every epoch only).",
         )
         add_stack_arguments(parser)  # --seeds, --stack.*: seeds stacked in one process (issue 13)
+        if self._building != "fit":
+            # A run's config.yaml (which test, validate and audit read) holds fit's options:
+            # they are accepted there, and left out of the command's --help.
+            hide_options(parser, FIT_ONLY)
         # The model is built for the data: any LightningDataModule (--data mypkg.MyData) gives
         # its input shape and class count, or faeval reads them off its validation data.
         parser.link_arguments(
@@ -281,31 +285,32 @@ class FaevalCLI(LightningCLI):
 
     @override
     def instantiate_classes(self) -> None:
-        # `faeval fit --seeds 0-9` (issue 13): faeval.stacked builds one method and data module
-        # per seed, the stack, its trainer and the seeds' run folders in place of the usual ones.
-        if self.subcommand == "fit" and self._get(self.config, "seeds") is not None:
-            StackedFit(self).instantiate()
+        # `faeval fit --seeds 0-9` (issue 13): faeval.cli.stacked builds one method and data
+        # module per seed, the stack, its trainer and the seeds' run folders in place of the
+        # usual ones.
+        if self.subcommand == "fit" and self.option("seeds") is not None:
+            stack = StackedFit(self).build()
+            self.config_init, self.model = stack.config_init, stack.model
+            self.datamodule, self.trainer = stack.datamodule, stack.trainer
             return
-        check_lone_run(
-            self.subcommand, self._get(self.config, "seeds"), self._get(self.config, "stack")
-        )
+        check_lone_run(self.subcommand, self.option("seeds"), self.option("stack"))
         super().instantiate_classes()
 
     @override
     def instantiate_trainer(self, **kwargs):
-        default_logger = self._trainer_config().get("logger") in (None, True)
+        trainer_config = self.trainer_config()
+        default_logger = trainer_config.get("logger") in (None, True)
         if self.subcommand == "fit":  # last.ckpt, written atomically (faeval/resume.py)
-            every = self._get(self.config_init, "checkpoint_every_n_steps", default=0)
-            kwargs.update(checkpointing(self._trainer_config(), every))
-        claim_explicit = False
+            kwargs.update(self.checkpointing(trainer_config))
+        claim_explicit, config_filename = False, None
         if self.subcommand == "fit":
             run_dir = self._resumed_run_dir()
             if run_dir is not None:  # --ckpt_path continues the run in its own folder
                 if default_logger:
                     kwargs["logger"] = folder_logger(run_dir)
-                self.save_config_kwargs["config_filename"] = "config.resumed.yaml"
+                config_filename = "config.resumed.yaml"
             elif default_logger:
-                kwargs["logger"] = folder_logger(self._claim_named_run())
+                kwargs["logger"] = folder_logger(self.claim_run(self.run_fields()))
             else:  # a logger the user configured: its folder must be a new one
                 claim_explicit = True
         elif self.subcommand in ("test", "validate"):
@@ -319,54 +324,116 @@ class FaevalCLI(LightningCLI):
             )
         elif self.subcommand == "audit":
             kwargs["logger"] = False  # the audit writes its own files beside the checkpoint
-        trainer_config = self._trainer_config()
-        if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False:
-            # A log file gets a few lines per epoch, not a bar redrawn on every batch.
-            callbacks = kwargs.get("callbacks", trainer_config.get("callbacks")) or []
-            callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-            kwargs["callbacks"] = [*callbacks, LineProgress()]
-        try:
-            trainer = super().instantiate_trainer(**kwargs)
-        except (ValueError, MisconfigurationException) as err:  # a bad --trainer.* value
-            raise ConfigError(f"--trainer: {err}") from err
+        kwargs["callbacks"] = self.progress_callbacks(
+            kwargs.get("callbacks", trainer_config.get("callbacks")), trainer_config
+        )
+        extra = [self._get(self.config_init, c) for c in self.subcommand_parser().callback_keys]
+        trainer = self.build_trainer({**trainer_config, **kwargs}, extra, config_filename)
         if claim_explicit and trainer.logger is not None and trainer.logger.log_dir:
             if trainer.is_global_zero:
-                FaevalCLI.claimed = claim(Path(trainer.logger.log_dir), self._run_fields())
-        if self._get(self.config_init, "floor_stop", default=False):
+                self.claim(Path(trainer.logger.log_dir), self.run_fields())
+        if self.option("floor_stop", False):
             grad_floor = self._get(self.config_init, "diagnostics").grad_floor
             trainer.callbacks.append(FloorStopping(grad_floor))
         return trainer
 
-    def _trainer_config(self) -> dict:
-        return self._get(self.config_init, "trainer", default={}) or {}
+    # The interface of a command's run, used by the lone run here and by the stack of seeds
+    # (faeval.cli.stacked): how runs are claimed and trainers built is said once, here.
 
-    def _run_fields(self) -> dict[str, object]:
-        """What the run is: the fields a run name may use."""
+    def option(self, key: str, default=None):
+        """The parsed value of one of this command's options (``seeds``, ``run_name`` …)."""
+        return self._get(self.config, key, default=default)
+
+    def subcommand_parser(self) -> LightningArgumentParser:
+        """The parser of the command being run (``fit``, ``test`` …)."""
+        return self._parser(self.subcommand)
+
+    def trainer_config(self) -> dict:
+        """The trainer's arguments as instantiated (callbacks and loggers built)."""
+        return {**(self._get(self.config_init, "trainer", default={}) or {})}
+
+    def checkpointing(self, trainer_config: dict) -> dict[str, list]:
+        """The trainer arguments that keep ``last.ckpt`` (``faeval.resume.checkpointing``,
+        every ``--checkpoint_every_n_steps`` too)."""
+        return checkpointing(trainer_config, self.option("checkpoint_every_n_steps", 0) or 0)
+
+    @staticmethod
+    def progress_callbacks(callbacks, trainer_config: dict) -> list:
+        """``callbacks`` and, when stdout is not a terminal and the progress bar is on,
+        ``LineProgress``: a log file gets a few lines per epoch, not a bar redrawn per batch."""
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        callbacks = [c for c in callbacks if c is not None]
+        if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False:
+            callbacks.append(LineProgress())
+        return callbacks
+
+    def build_trainer(
+        self, config: dict, extra_callbacks=(), config_filename: str | None = None
+    ) -> FaevalTrainer:
+        """The trainer from its arguments; a bad ``--trainer.*`` value is a ``ConfigError``.
+
+        Args:
+            config: the trainer's arguments.
+            extra_callbacks: callbacks besides ``config``'s (the diagnostics).
+            config_filename: the name the run's config is saved under (``config.yaml``).
+
+        Raises:
+            ConfigError: Lightning refused a trainer argument.
+        """
+        if config_filename is not None:
+            self.save_config_kwargs["config_filename"] = config_filename
+        try:
+            return self._instantiate_trainer(config, list(extra_callbacks))
+        except (ValueError, MisconfigurationException) as err:
+            raise ConfigError(f"--trainer: {err}") from err
+
+    def run_fields(self, model=None, datamodule=None, seed=None) -> dict[str, object]:
+        """What a run is: the fields a run name may use (this CLI's model, data and seed unless
+        given)."""
+        model = self.model if model is None else model
+        datamodule = self.datamodule if datamodule is None else datamodule
         return {
-            "data": type(self.datamodule).__name__,
-            "method": type(self.model).__name__,
-            "backbone": type(self.model.backbone).__name__,
-            "seed": self._get(self.config, "seed_everything"),
+            "data": type(datamodule).__name__,
+            "method": type(model).__name__,
+            "backbone": type(model.backbone).__name__,
+            "seed": self.option("seed_everything") if seed is None else seed,
         }
 
-    def _claim_named_run(self) -> Path:
+    def claim(self, folder: Path, info: dict | None = None, *, next_free: bool = False) -> Path:
+        """Claims a run folder (``faeval.runs``) and remembers it: ``main`` gives it back if
+        the run fails before writing anything.
+
+        Args:
+            folder: the folder to claim.
+            info: what the claim file records besides who claimed it.
+            next_free: when ``folder`` is taken, claim the next free ``-runN`` beside it.
+
+        Raises:
+            RunFolderTaken: ``folder`` holds a run (and ``next_free`` is off).
+        """
+        folder = (claim_next if next_free else claim)(folder, info)
+        FaevalCLI.claimed.append(folder)
+        return folder
+
+    def claim_run(self, fields: dict[str, object]) -> Path:
         """Claims the run's folder ``<root>/lightning_logs/<run_name>`` (rank 0 only).
 
         The default name moves on to the next free ``-runN`` when taken; a name the user
         gave is refused when it holds a run. Other ranks of a multi-process run use the name
         unclaimed: their logs and files go through rank 0's folder (``trainer.log_dir``).
 
+        Args:
+            fields: what the run is (``run_fields``).
+
         Raises:
             RunFolderTaken: the user's run name holds a run.
         """
-        root = Path(self._trainer_config().get("default_root_dir") or Path.cwd()) / LOGS
-        template = self._get(self.config_init, "run_name", default=DEFAULT_RUN_NAME)
-        folder = root / run_name(template, **self._run_fields())
+        root = log_root(self._get(self.config, "trainer", default={}).get("default_root_dir"))
+        template = self.option("run_name", DEFAULT_RUN_NAME)
+        folder = root / run_name(template, **fields)
         if rank_zero_only.rank != 0:
             return folder
-        claimer = claim_next if template == DEFAULT_RUN_NAME else claim
-        FaevalCLI.claimed = claimer(folder, self._run_fields())
-        return FaevalCLI.claimed
+        return self.claim(folder, fields, next_free=template == DEFAULT_RUN_NAME)
 
     def _claim_eval_dir(self) -> Path:
         """Claims ``RUN/eval/<command>-<checkpoint>`` for ``faeval test|validate`` (rank 0).
@@ -385,8 +452,7 @@ class FaevalCLI(LightningCLI):
         base = (run_dir or ckpt.parent) / "eval" / f"{self.subcommand}-{ckpt.stem}"
         if rank_zero_only.rank != 0:
             return base
-        FaevalCLI.claimed = claim_next(base, {**self._run_fields(), "checkpoint": str(ckpt)})
-        return FaevalCLI.claimed
+        return self.claim(base, {**self.run_fields(), "checkpoint": str(ckpt)}, next_free=True)
 
     def after_test(self) -> None:
         self._write_results()
@@ -420,13 +486,6 @@ class FaevalCLI(LightningCLI):
         if ckpt.parent.name == "checkpoints" and holds_run(run_dir):
             return run_dir
         return None
-
-
-def folder_logger(run_dir: Path) -> TensorBoardLogger:
-    """A TensorBoard logger writing straight into ``run_dir``."""
-    return TensorBoardLogger(
-        save_dir=run_dir.parent, name="", version=run_dir.name, default_hp_metric=False
-    )
 
 
 class _Parsed(Exception):
@@ -513,13 +572,13 @@ def main(args: list[str] | None = None) -> None:
     taken run folder) and Lightning's own configuration errors are printed without a
     traceback; any other exception is a bug in faeval and keeps its traceback.
     """
-    FaevalCLI.claimed, FaevalCLI.stack_claimed = None, []
+    FaevalCLI.claimed = []
     try:
         run(args)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:
-        for folder in {FaevalCLI.claimed, *FaevalCLI.stack_claimed}:
+        for folder in dict.fromkeys(FaevalCLI.claimed):
             release_unused(folder)  # a run that failed before writing anything
         mistake = user_error(err) or _lightning_misconfiguration(err)
         if mistake is None:

@@ -20,28 +20,24 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import seed_everything
+from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from faeval.callbacks import Diagnostics, LastCheckpoint, LineProgress, Protocol
+from faeval.cli.folders import folder_logger, log_root
 from faeval.errors import ConfigError
 from faeval.protocol.checkpoint import load_lightning_checkpoint
-from faeval.resume import check_resume_options, checkpointing
-from faeval.runs import LOGS, claim, claim_next, holds_run
+from faeval.resume import check_resume_options
+from faeval.runs import holds_run
 from faeval.stacked.convert import RUN_ALONE, NotStackable
 from faeval.stacked.data import StackedData
 from faeval.stacked.module import HPARAMS_KEY, SeedStack
 from faeval.stacked.runs import SeedRun, SeedRuns
-
-if TYPE_CHECKING:
-    from faeval.cli.lightning import FaevalCLI
 
 #: The stack's record in its folder: its seeds and their run folders.
 STACK_FILE = "stack.json"
@@ -64,11 +60,34 @@ class StackSettings:
     dir: str | None = None
 
 
-def folder_logger(run_dir: Path) -> TensorBoardLogger:
-    """The TensorBoard logger of a lone run in ``run_dir`` (``lightning.folder_logger``)."""
-    from faeval.cli.lightning import folder_logger  # faeval.cli.lightning imports this module
+class FitCommand(typing.Protocol):
+    """What a stack needs of the command line (``FaevalCLI``'s public interface): the parsed
+    options, and the lone run's own ways of claiming a run folder and building a trainer."""
 
-    return folder_logger(run_dir)
+    subcommand: str | None
+    config: Any
+    parser: Any
+
+    def option(self, key: str, default=None): ...
+    def subcommand_parser(self): ...
+    def checkpointing(self, trainer_config: dict) -> dict[str, list]: ...
+    def progress_callbacks(self, callbacks, trainer_config: dict) -> list: ...
+    def build_trainer(
+        self, config: dict, extra_callbacks=(), config_filename: str | None = None
+    ) -> Trainer: ...
+    def run_fields(self, model=None, datamodule=None, seed=None) -> dict[str, object]: ...
+    def claim(self, folder: Path, info: dict | None = None, *, next_free: bool = False) -> Path: ...
+    def claim_run(self, fields: dict[str, object]) -> Path: ...
+
+
+@dataclass(frozen=True)
+class BuiltStack:
+    """What ``StackedFit.build`` hands the command line in place of its own instantiation."""
+
+    config_init: Any
+    model: SeedStack
+    datamodule: StackedData
+    trainer: Trainer
 
 
 def add_stack_arguments(parser) -> None:
@@ -166,18 +185,21 @@ def check_stack_resume(given, ckpt_path: str | Path) -> None:
 class StackedFit:
     """Builds a stacked ``faeval fit`` in place of the CLI's own instantiation.
 
+    Args:
+        cli: the command line, through its public interface (``FitCommand``).
+
     Raises:
         NotStackable: the configuration cannot be stacked (method, modules, optimizer,
             logger, callbacks or devices), with the reason.
         ConfigError: bad ``--seeds``, or a checkpoint that is not a stack's.
     """
 
-    def __init__(self, cli: FaevalCLI) -> None:
+    def __init__(self, cli: FitCommand) -> None:
         self.cli = cli
-        self.seeds = parse_seeds(cli._get(cli.config, "seeds"))
-        self.settings: StackSettings = cli._get(cli.config, "stack") or StackSettings()
+        self.seeds = parse_seeds(cli.option("seeds"))
+        self.settings: StackSettings = cli.option("stack") or StackSettings()
 
-    def instantiate(self) -> None:
+    def build(self) -> BuiltStack:
         cli, sub = self.cli, self.cli.subcommand
         fit = cli.config[sub]
         inits = []
@@ -186,7 +208,6 @@ class StackedFit:
             config[sub].seed_everything = seed
             seed_everything(seed, workers=True, verbose=False)
             inits.append(cli.parser.instantiate_classes(config))
-        cli.config_init = inits[0]  # what the CLI reads after: ckpt_path, trainer, run_name
         seeds = [init[sub] for init in inits]
         methods = [init.model for init in seeds]
         datamodules = [init.data for init in seeds]
@@ -195,10 +216,9 @@ class StackedFit:
         # The stack is resumable as a lone run is (faeval.resume): last.ckpt every epoch and
         # every --checkpoint_every_n_steps, written atomically; its batches and epoch sums are
         # in it, so a mid-epoch resume continues exactly.
-        every = cli._get(cli.config_init, "checkpoint_every_n_steps", default=0) or 0
-        trainer_config.update(checkpointing(trainer_config, every))
+        trainer_config.update(cli.checkpointing(trainer_config))
         resumed = self.resumed_stack(fit.get("ckpt_path"))
-        stack_dir, run_dirs = resumed or self.claim(methods, datamodules)
+        stack_dir, run_dirs = resumed or self.claim(methods, datamodules, trainer_config)
         runs = [
             SeedRun(
                 seed,
@@ -216,22 +236,18 @@ class StackedFit:
             runs, floor_stop=bool(fit.get("floor_stop")), grad_floor=runs[0].diagnostics.grad_floor
         )
         others = [c for c in trainer_config.get("callbacks") or [] if not isinstance(c, Protocol)]
-        if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False:
-            others.append(LineProgress())  # a log file gets a few lines per epoch (as lone)
+        others = cli.progress_callbacks(others, trainer_config)  # as a lone run's
         trainer_config.update(
             callbacks=[*others, seed_runs], logger=False, default_root_dir=str(stack_dir)
         )
         if trainer_config.get("devices") in (None, "auto"):
             trainer_config["devices"] = 1  # one stack, one device
         config_name = "config.resumed.yaml" if resumed else "config.yaml"
-        cli.save_config_kwargs["config_filename"] = config_name
         self.save_seed_configs(run_dirs, config_name)
-        cli.model = SeedStack(methods, compile=self.settings.compile)
-        cli.datamodule = StackedData(datamodules)
-        try:
-            cli.trainer = cli._instantiate_trainer(trainer_config, [])
-        except (ValueError, MisconfigurationException) as err:  # a bad --trainer.* value
-            raise ConfigError(f"--trainer: {err}") from err
+        model = SeedStack(methods, compile=self.settings.compile)
+        datamodule = StackedData(datamodules)
+        trainer = cli.build_trainer(trainer_config, config_filename=config_name)
+        return BuiltStack(inits[0], model, datamodule, trainer)
 
     def check_trainer(self, config: dict) -> None:
         """Refuses trainer settings a stack cannot honour per seed."""
@@ -255,31 +271,29 @@ class StackedFit:
                     f"it or {RUN_ALONE}"
                 )
 
-    def claim(self, methods, datamodules) -> tuple[Path, list[Path]]:
-        """Claims the stack's folder and one run folder per seed (fresh runs only)."""
-        cli, fit = self.cli, self.cli.config[self.cli.subcommand]
+    def claim(
+        self,
+        methods: list,
+        datamodules: list[LightningDataModule],
+        trainer_config: dict,
+    ) -> tuple[Path, list[Path]]:
+        """Claims the stack's folder and one run folder per seed (fresh runs only), each seed's
+        as its lone run would claim it."""
+        cli = self.cli
         run_dirs = []
-        claimed = type(cli).stack_claimed  # faeval's main releases them if the fit fails early
         for seed, method, dm in zip(self.seeds, methods, datamodules, strict=True):
             if self.settings.run_dirs:
-                run_dirs.append(claim(Path(self.settings.run_dirs.format(seed=seed)), {}))
+                run_dirs.append(cli.claim(Path(self.settings.run_dirs.format(seed=seed)), {}))
             else:
-                saved = fit.seed_everything
-                cli.model, cli.datamodule, fit.seed_everything = method, dm, seed
-                try:  # the lone run's own naming and claiming
-                    run_dirs.append(cli._claim_named_run())
-                finally:
-                    fit.seed_everything = saved
-            claimed.append(run_dirs[-1])
+                run_dirs.append(cli.claim_run(cli.run_fields(method, dm, seed)))
         spec = format_seeds(self.seeds)
         info = {"stack": self.seeds, "runs": [str(d) for d in run_dirs]}
         if self.settings.dir:
-            stack_dir = claim(Path(self.settings.dir), info)
+            stack_dir = cli.claim(Path(self.settings.dir), info)
         else:
-            root = Path(cli._trainer_config().get("default_root_dir") or Path.cwd()) / LOGS
+            root = log_root(trainer_config.get("default_root_dir"))
             data, method = type(datamodules[0]).__name__, type(methods[0]).__name__
-            stack_dir = claim_next(root / data / method / f"stack-{spec}", info)
-        claimed.append(stack_dir)
+            stack_dir = cli.claim(root / data / method / f"stack-{spec}", info, next_free=True)
         # Relative to the stack's folder: a sweep folder copied or moved whole resumes as well.
         rel = [os.path.relpath(d.resolve(), stack_dir.resolve()) for d in run_dirs]
         record = {"seeds": self.seeds, "run_dirs": rel}
@@ -312,7 +326,7 @@ class StackedFit:
     def save_seed_configs(self, run_dirs: list[Path], name: str) -> None:
         """Each seed's folder gets the config of its lone run: its seed, no --seeds."""
         cli = self.cli
-        parser = cli._parser(cli.subcommand)
+        parser = cli.subcommand_parser()
         for seed, run_dir in zip(self.seeds, run_dirs, strict=True):
             config = copy.deepcopy(cli.config[cli.subcommand])
             config.seed_everything, config.seeds, config.ckpt_path = seed, None, None

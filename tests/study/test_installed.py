@@ -15,23 +15,15 @@ pytestmark = [pytest.mark.slow]
 
 def test_sweep_and_report_run_from_a_wheel_in_any_folder(tmp_path):
     wheels = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(wheels), str(ROOT)],  # fmt: skip
-        check=True,
-        capture_output=True,
-    )
+    build = ["wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)]
+    subprocess.run([sys.executable, "-m", "pip", *build], check=True, capture_output=True)
     (wheel,) = wheels.glob("faeval-*.whl")
     env_dir = tmp_path / "env"
     # The environment's torch and friends come from the machine; faeval only from the wheel.
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-         str(wheel)],  # fmt: skip
-        check=True,
-        capture_output=True,
-    )
+    install = ["--python", str(python), "install", "-q", "--no-deps", str(wheel)]
+    subprocess.run([sys.executable, "-m", "pip", *install], check=True, capture_output=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run(
