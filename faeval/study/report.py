@@ -30,8 +30,8 @@ Writes, in --out (default: the sweep directory):
     <setting>_margin.{png,pdf}    (d) as decided: each seed's margin over the FrozenBlocks
                                   run of the same seed, and the mean with its 95% interval
 Every figure's title states the budget; the PDFs are vector files for a paper.
-Prints the tables, and which planned runs are missing, failed or unfinished: an empty,
-partial or mixed sweep directory is reported as far as it goes.
+Prints the tables, the diverged runs apart, and which planned runs are missing, failed or
+interrupted: an empty, partial or mixed sweep directory is reported as far as it goes.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from faeval.protocol.verdicts import (
     judge_run,
     judge_seeds,
 )
+from faeval.runend import read_end
 from faeval.runlog import (
     DEPTH_BASELINE,
     RunLog,
@@ -71,6 +72,7 @@ from faeval.runlog import (
     run_budget,
 )
 from faeval.study.provenance import compute, provenance, wall_span
+from faeval.study.state import read_status, run_state
 from faeval.study.tensorboard import STUDY_TB, study_message, write_method_runs
 
 DPI = 200
@@ -96,9 +98,13 @@ SHORT = " ⚠"
 def discover(sweep: Path) -> tuple[list[dict], list[dict]]:
     """Planned runs (from sweep.json, else what is on disk) and their states.
 
+    A run's state is what it recorded (``faeval.study.state.run_state``: its ``end.json``),
+    never its exit code.
+
     Returns:
-        (runs, problems): every run dir found or planned with ``state`` in ok / failed /
-        unfinished / missing; problems are those not ok.
+        (runs, problems): every run dir found or planned, with ``state`` in ok / diverged /
+        interrupted / failed / missing, ``ended`` (the run's own words) and ``epochs``;
+        problems are those neither ok nor diverged (diverged runs are listed apart).
     """
     planned = (
         json.loads((sweep / "sweep.json").read_text())["runs"]
@@ -111,24 +117,40 @@ def discover(sweep: Path) -> tuple[list[dict], list[dict]]:
     runs = []
     for setting, method, seed in sorted(seen):
         d = sweep / "runs" / setting / method / f"seed{seed}"  # relocatable: not the plan's path
-        status = (
-            json.loads((d / "status.json").read_text()) if (d / "status.json").is_file() else None
-        )
-        if status is None:
-            state = "unfinished" if RunLog(d).rows_path.is_file() else "missing"
-        else:
-            state = "ok" if status["status"] == "ok" else "failed"
+        end = read_end(d) or {}
+        status = read_status(d) or {}
         runs.append(
             {
                 "setting": setting,
                 "method": method,
                 "seed": seed,
                 "run_dir": d,
-                "state": state,
-                "error": (status or {}).get("error", ""),
+                "state": run_state(d),
+                "ended": end.get("reason", ""),
+                "epochs": end.get("epochs"),
+                "error": status.get("error", ""),
             }
         )
-    return runs, [r for r in runs if r["state"] != "ok"]
+    return runs, [r for r in runs if r["state"] not in ("ok", "diverged")]
+
+
+#: What the report's list of diverged runs means.
+DIVERGED_NOTE = (
+    "A figure of these runs went NaN or inf and training stopped there: a result of the "
+    "method, not a missing run. They are left out of the tables and plots below (their "
+    "figures are not numbers); the sweep does not train them again."
+)
+
+
+def diverged_lines(runs: list[dict]) -> list[str]:
+    """One line per diverged run: where, after how many epochs, and why."""
+    return [
+        f"{r['setting']}/{r['method']}/seed{r['seed']}: diverged"
+        + (f" after {r['epochs']} epochs" if r["epochs"] is not None else "")
+        + (f" ({r['ended']})" if r["ended"] else "")
+        for r in runs
+        if r["state"] == "diverged"
+    ]
 
 
 def judge_setting(runs: list[dict], thresholds: Thresholds) -> list[tuple[dict, RunVerdict]]:
@@ -626,11 +648,17 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {},
         "problems": [{k: str(v) for k, v in p.items()} for p in problems],
     }
+    diverged = diverged_lines(runs)
+    report["diverged"] = diverged
+    if diverged:
+        md += ["## Diverged runs", "", DIVERGED_NOTE, ""]
+        md += [f"- {line}" for line in diverged]
+        md.append("")
     if problems:
         md += ["## Runs not reported", ""]
         md += [
             f"- {p['setting']}/{p['method']}/seed{p['seed']}: **{p['state']}**"
-            + (f" ({p['error']})" if p["error"] else "")
+            + (f" ({p['error'] or p['ended']})" if p["error"] or p["ended"] else "")
             for p in problems
         ]
         md.append("")
@@ -713,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.tex").write_text("\n".join(tex) + "\n")
     if finished:  # the study's TensorBoard view: one run per method (faeval.study.tensorboard)
         print(study_message(write_method_runs(args.sweep, out / STUDY_TB)), flush=True)
+    for line in diverged:
+        print(f"[report] {line}", flush=True)
     for p in problems:
         print(
             f"[report] not reported: {p['setting']}/{p['method']}/seed{p['seed']} ({p['state']})",

@@ -20,6 +20,7 @@ import yaml
 
 from faeval.cli import run
 from faeval.errors import ConfigError
+from faeval.runend import read_end
 from faeval.runlog import read_rows
 from faeval.study import slurm
 from faeval.study.plan import Run
@@ -281,3 +282,38 @@ def test_a_stacked_task_signalled_before_its_time_limit_resumes_its_stack_exactl
         assert final["state_dict"].keys() == want.keys()
         for key, value in want.items():
             assert torch.equal(final["state_dict"][key], value), (seed, key)
+
+
+def test_a_cancelled_task_is_interrupted_and_the_sweep_started_again_continues_it(
+    cluster, tmp_path
+):
+    """``scancel`` (SIGTERM to the task) mid-run: the run says ``interrupted``, never ``ok``
+    at epoch 1; the same command continues it from last.ckpt to an uninterrupted run's end."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**SLOW, "args": [*SLOW["args"], *THROTTLE]}))
+    out = tmp_path / "cancelled"
+    run_dir = out / "runs" / "default" / "DFA" / "seed0"
+    args = [str(spec), "--out", str(out), "--executor", "slurm"]
+    with ThreadPoolExecutor(1) as pool:
+        swept = pool.submit(sweep.main, args)
+        deadline = time.monotonic() + 240
+        while len(read_rows(run_dir / "diagnostics.jsonl")) < 2:  # epoch 1 is done
+            assert time.monotonic() < deadline and not swept.done(), "the task never trained"
+            time.sleep(0.2)
+        task = next((out / "slurm").glob("*_0")).name  # DFA's run is task 0
+        subprocess.run(["scancel", task], check=True)
+        assert swept.result(timeout=300) == 1  # a run is interrupted: the sweep is not done
+    assert read_end(run_dir)["state"] == "interrupted"
+    row = {r["method"]: r for r in results(out)}["DFA"]
+    assert row["status"] == "interrupted" and row["epochs"] != "4"
+
+    assert sweep.main(args) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "ok" and status["continued"] == 1
+    assert {r["method"]: r for r in results(out)}["DFA"]["continued"] == "1"
+    assert [r["epoch"] for r in read_rows(run_dir / "diagnostics.jsonl")] == [0, 1, 2, 3, 4]
+    straight = run(["fit", "--model", "DFA", "--seed_everything", "0", *SLOW["args"],
+                    "--trainer.default_root_dir", str(tmp_path / "straight")])  # fmt: skip
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(final[key], value), key

@@ -135,3 +135,15 @@ def test_a_run_whose_loss_goes_nan_is_diverged_and_its_rows_are_strict_json(tmp_
     # Started again, a diverged run is not trained again.
     assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out), "--stack", "1"]) == 0
     assert "2 runs: 1 finished, 1 diverged, 0 to run" in capsys.readouterr().out
+
+    # The report lists it apart, with when and why, and judges the rest.
+    from faeval.study import report
+
+    assert report.main([str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[report] default/BP/seed0: diverged after" in printed
+    md = (out / "report.md").read_text()
+    diverged = md.split("## Diverged runs", 1)[1].split("\n## ", 1)[0]
+    assert "- default/BP/seed0: diverged after" in diverged
+    assert "Runs not reported" not in md
+    assert json.loads((out / "report.json").read_text())["diverged"]
