@@ -116,3 +116,26 @@ def test_every_method_and_config_is_documented():
             listed |= _expand(pattern)
     shipped = {p.name for p in (root / "configs").glob("*.yaml")}
     assert shipped <= listed, sorted(shipped - listed)
+
+
+def test_the_public_api_is_importable_from_faeval_without_paying_for_it_up_front():
+    """``from faeval import DFA, ResMLP, …``: every subpackage's public name, the same object;
+    ``import faeval`` alone does not import torch."""
+    code = "import sys, faeval; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    import faeval.backbones
+    import faeval.callbacks
+    import faeval.data
+    import faeval.methods
+    import faeval.protocol
+
+    for package in (faeval.methods, faeval.backbones, faeval.data, faeval.callbacks,
+                    faeval.protocol):  # fmt: skip
+        for name in package.__all__:
+            assert name in faeval.__all__, name
+            assert getattr(faeval, name) is getattr(package, name), name
+    from faeval import DFA, Diagnostics, FaevalTrainer, ResMLP, audit_model, load_sweep, run
+
+    assert DFA is faeval.methods.DFA and run.__module__ == "faeval.cli.lightning"
+    assert all(x is not None for x in (Diagnostics, FaevalTrainer, ResMLP, audit_model, load_sweep))

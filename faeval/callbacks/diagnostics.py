@@ -195,10 +195,11 @@ class Diagnostics(Callback):
             self._write_end(trainer, *self._how_it_ended(trainer))
         if self.verbose and trainer.is_global_zero:
             run_dir = self._run_dir
+            kept = [f"{ROWS_FILE} (one row per epoch)"]
+            kept += [name for name in ("config.yaml", "checkpoints/") if (run_dir / name).exists()]
             tqdm.write(
-                f"[faeval] run folder {run_dir}: {ROWS_FILE} (one row per epoch), "
-                f"config.yaml, checkpoints/; TensorBoard: tensorboard --logdir "
-                f"{logs_root(run_dir)}"
+                f"[faeval] run folder {run_dir}: {', '.join(kept)}; TensorBoard: "
+                f"tensorboard --logdir {logs_root(run_dir)}"
             )
 
     @override

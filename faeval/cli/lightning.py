@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import sys
 import warnings
 from pathlib import Path
@@ -39,6 +38,7 @@ from faeval.hparams import CLASS_PATH, class_config
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
+from faeval.quiet import BANNERS, quiet_lightning
 from faeval.resume import check_resume_options, checkpointing
 from faeval.runlog import RunLog
 from faeval.runs import DEFAULT_RUN_NAME, claim, claim_next, holds_run, release_unused, run_name
@@ -524,12 +524,7 @@ def run(args: list[str] | None = None, cli_class: type[FaevalCLI] = FaevalCLI) -
         args: replaces ``sys.argv[1:]`` (for tests and scripts).
         cli_class: the CLI class (``ParseOnly`` to check a command line only).
     """
-    # lightning 2.6 calls a torch 2.14 API that warns on every run; nothing a user can act on.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    # On a Slurm login node (or any machine with Slurm installed) Lightning asks every run
-    # outside srun whether it meant to use srun; faeval's sweeps submit through Slurm itself.
-    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
-    quiet_lightning_banners()
+    quiet_lightning(BANNERS)
     return cli_class(
         CreditMethod,
         LightningDataModule,  # faeval's data sets by name, anyone's by class path
@@ -545,24 +540,6 @@ def run(args: list[str] | None = None, cli_class: type[FaevalCLI] = FaevalCLI) -
         auto_configure_optimizers=False,
         args=args,
     )
-
-
-#: Lightning's start-up lines that say nothing about the run (faeval prints its own).
-BANNERS = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:", "Seed set to")
-
-
-class _DropBanners(logging.Filter):
-    @override
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(BANNERS)
-
-
-def quiet_lightning_banners() -> None:
-    """Drops Lightning's tips and hardware banners from its log handlers (once)."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(f, _DropBanners) for f in handler.filters):
-                handler.addFilter(_DropBanners())
 
 
 def main(args: list[str] | None = None) -> None:

@@ -35,7 +35,10 @@ from typing_extensions import override
 from faeval.backbones import LayeredBackbone, ResMLP, Trace
 from faeval.errors import ConfigError
 from faeval.hparams import CLASS_PATH, plain_hparams
+from faeval.quiet import quiet_lightning
 from faeval.runlog import METHOD
+
+quiet_lightning()  # Lightning's tips and the warnings nobody can act on (faeval.quiet)
 
 BackboneFactory = Callable[[tuple[int, ...], int], LayeredBackbone]
 
@@ -160,6 +163,10 @@ class CreditMethod(LightningModule, abc.ABC):
         if penalty < 0:
             raise ConfigError(f"penalty must be >= 0, got {penalty}")
         built = isinstance(backbone, LayeredBackbone)
+        if built:  # recorded as what the network was built for: Lightning merges these with
+            # the data module's hyperparameters and refuses a None against a value
+            input_shape = backbone.input_shape if input_shape is None else input_shape
+            num_classes = backbone.num_classes if num_classes is None else num_classes
         # A built network is in the checkpoint as weights; as a hyperparameter it is not data.
         self.save_hyperparameters(ignore=["backbone"] if built else None)
         if CLASS_PATH not in self.hparams:  # built from Python: record what the CLI records
