@@ -30,6 +30,6 @@ def test_a_script_trains_quietly_and_its_end_message_names_only_what_was_written
         assert noise not in printed, noise
     (end,) = [line for line in printed.splitlines() if line.startswith("[faeval] run folder")]
     run_dir = tmp_path / "lightning_logs" / "version_0"
-    assert str(run_dir) in end and "diagnostics.jsonl" in end
+    assert str(run_dir) in end and "diagnostics.jsonl" in end and "#custom_scalars" in end
     assert ("config.yaml" in end) == (run_dir / "config.yaml").exists()
     assert ("checkpoints/" in end) == (run_dir / "checkpoints").exists()

@@ -199,7 +199,8 @@ class Diagnostics(Callback):
             kept += [name for name in ("config.yaml", "checkpoints/") if (run_dir / name).exists()]
             tqdm.write(
                 f"[faeval] run folder {run_dir}: {', '.join(kept)}; TensorBoard: "
-                f"tensorboard --logdir {logs_root(run_dir)}"
+                f"tensorboard --logdir {logs_root(run_dir)}, then open "
+                "http://localhost:6006/#custom_scalars (faeval's charts)"
             )
 
     @override

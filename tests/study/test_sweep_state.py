@@ -86,12 +86,15 @@ def test_a_run_stopped_mid_epoch_is_interrupted_and_continues_to_an_uninterrupte
         assert read_end(run_dir)["state"] == "interrupted" and "SIGTERM" in status["ended"]
     rows = read_rows(run_dir / "diagnostics.jsonl")
     assert 1 <= rows[-1]["epoch"] < 3
+    results_before = {m: r["status"] == "interrupted" for m, r in results(out).items()}
 
     # Started again: it continues from last.ckpt to the planned epochs, each row once.
     again = start_sweep(spec, out)
     printed = again.communicate(timeout=300)[0]
     assert again.returncode == 0, printed
-    assert "(1 continuing from their last checkpoint)" in printed
+    # (SIGTERM to the sweep stopped FrozenBlocks' run too: it continues as well)
+    continuing = 2 if how == "sweep SIGTERM" and results_before["FrozenBlocks"] else 1
+    assert f"({continuing} continuing from their last checkpoint)" in printed
     row = results(out)["DFA"]
     assert row["status"] == "ok" and row["continued"] == "1" and row["epochs"] == "3"
     assert read_end(run_dir)["state"] == "finished"
@@ -116,7 +119,9 @@ def test_a_run_whose_loss_goes_nan_is_diverged_and_its_rows_are_strict_json(tmp_
     run_dir = out / "runs" / "default" / "BP" / "seed0"
     assert read_end(run_dir)["state"] == "diverged", printed
     assert results(out)["BP"]["status"] == "diverged"
-    assert results(out)["FrozenBlocks"]["status"] == "ok"
+    # (FrozenBlocks trains its readout at the same rate: it may diverge too, as it recorded)
+    frozen = read_end(out / "runs" / "default" / "FrozenBlocks" / "seed0")["state"]
+    assert results(out)["FrozenBlocks"]["status"] == ("ok" if frozen == "finished" else frozen)
     assert code == 0  # diverged is an outcome, not a failure of the sweep
 
     def refuse(constant: str):
@@ -134,7 +139,10 @@ def test_a_run_whose_loss_goes_nan_is_diverged_and_its_rows_are_strict_json(tmp_
 
     # Started again, a diverged run is not trained again.
     assert sweep.main([str(tmp_path / "spec.yaml"), "--out", str(out), "--stack", "1"]) == 0
-    assert "2 runs: 1 finished, 1 diverged, 0 to run" in capsys.readouterr().out
+    diverged = 1 + (frozen == "diverged")
+    assert f"2 runs: {2 - diverged} finished, {diverged} diverged, 0 to run" in (
+        capsys.readouterr().out
+    )
 
     # The report lists it apart, with when and why, and judges the rest.
     from faeval.study import report
