@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from typing_extensions import override
 
 from faeval.backbones import Trace
 from faeval.errors import ConfigError
-from faeval.methods.common import FeedbackMatrices, output_error
+from faeval.methods.base import block_penalty, local_objective
+from faeval.methods.common import FeedbackMatrices
 from faeval.methods.ep import running_statistics_frozen
 from faeval.methods.feedback import FeedbackMethod
 
@@ -38,11 +41,20 @@ class PEPITA(FeedbackMethod):
 
     As the PEPITA code (GiorgiaD/PEPITA, main_pytorch.py) does it: F's entries are
     U(−1, 1)·0.05·sqrt(6/|x|) (``feedback_scale`` is the 0.05, the code's ``Bstd``), e uses
-    the softmax output, and x_mod = x + e·F. Where faeval differs: the code's update of a
-    hidden layer is −(h_l − h_l^mod)·(h_{l-1}^mod)ᵀ, the outer product with the modulated
-    pass's input, and the top layer learns from the modulated pass's error; here every
-    method's shared update applies, ⟨F_l(h_{l-1}), a_l⟩ through the block at the first pass's
-    input, and the readout gets its exact cross-entropy gradient at the first pass's h_L.
+    the softmax output, and x_mod = x + e·F.
+
+    The update (``update="modulated"``, the paper's): the presynaptic activity is the
+    modulated pass's. Layer l's weight moves by −(h_l − h_l^mod)·(h_{l-1}^mod)ᵀ and the top
+    layer by −e^mod·(h_{L-1}^mod)ᵀ, e^mod the modulated pass's output error. faeval takes it
+    through the shared local update at the second pass: the embedding gets
+    ⟨embed(x_mod), a_0⟩, block l gets ⟨F_l(h_{l-1}^mod), a_l⟩, and the readout its exact
+    cross-entropy gradient at h_L^mod. Where a layer's output is linear in its weight (the
+    embedding's linear map, the last linear map of a ResMLP or StudentNet block, the head),
+    this is the paper's rule exactly; layers inside a block get a_l through the block's own
+    Jacobian at the modulated pass, and a block that ends in a nonlinearity φ multiplies a_l
+    by φ′ where the paper's one-layer rule does not. ``update="forward"`` is every other
+    method's update instead: the blocks at the first pass's inputs and the readout at h_L.
+    The penalty acts on the first pass's block outputs.
 
     F is the method's feedback (a ``FeedbackMatrices`` of one matrix): a buffer in every
     checkpoint, drawn from ``feedback_seed``, redrawn by the protocol's null band. The second
@@ -50,6 +62,7 @@ class PEPITA(FeedbackMethod):
 
     Args:
         feedback_scale: the factor on F's entries (the paper's 0.05).
+        update: where the presynaptic term is taken (above).
         *args, **kwargs: ``feedback_seed`` (``FeedbackMethod``) and the arguments of
             ``CreditMethod``.
 
@@ -59,12 +72,21 @@ class PEPITA(FeedbackMethod):
         ValueError: credits asked for a trace without its inputs (``Trace.inputs``).
     """
 
-    def __init__(self, *args, feedback_scale: float = 0.05, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        feedback_scale: float = 0.05,
+        update: Literal["modulated", "forward"] = "modulated",
+        **kwargs,
+    ) -> None:
         if feedback_scale <= 0:
             raise ConfigError(
                 f"PEPITA needs feedback_scale > 0, got {feedback_scale}; the paper's is 0.05"
             )
+        if update not in ("modulated", "forward"):
+            raise ConfigError(f"PEPITA's update is 'modulated' or 'forward', got {update!r}")
         self.feedback_scale = feedback_scale  # read by draw_feedback during the base's init
+        self.update = update
         super().__init__(*args, **kwargs)
         if getattr(self.backbone.embed, "cls", None) is not None:
             raise ConfigError(
@@ -93,7 +115,8 @@ class PEPITA(FeedbackMethod):
                 "trace began at a hidden state; trace from the input (backbone.trace(x))"
             )
         x = trace.inputs
-        e = output_error(trace.logits, y).to(x.dtype)  # (B, C)
+        logits = trace.logits.detach().to(torch.promote_types(x.dtype, torch.float32))
+        e = torch.softmax(logits, 1) - F.one_hot(y, logits.shape[1]).to(logits)  # (B, C)
         return x + self.feedback.project(0, e).view_as(x)  # (B, C) @ (C, |x|) -> x's shape
 
     @override
@@ -103,3 +126,22 @@ class PEPITA(FeedbackMethod):
             modulated = self.backbone.trace(x_mod).states
         # h_l − h_l^mod plays ∂ℓ_i/∂h_l
         return [h - m for h, m in zip(trace.states, modulated, strict=True)]
+
+    @override
+    def step_objective(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The paper's update: the local update and the readout's loss at the modulated pass."""
+        if self.update == "forward":
+            return super().step_objective(x, y)
+        trace = self.backbone.trace(x, detach=True)
+        losses = F.cross_entropy(trace.logits, y, reduction="none")  # ℓ_i of the first pass
+        first = trace.detached()
+        with running_statistics_frozen(self.backbone):
+            modulated = self.backbone.trace(self.modulated_inputs(first, y), detach=True)
+        # h_l − h_l^mod plays ∂ℓ_i/∂h_l; the modulated pass carries the presynaptic terms
+        credits = [h - m.detach() for h, m in zip(first.states, modulated.states, strict=True)]
+        # e^mod·(h_L^mod)ᵀ for the head: the cross-entropy at the modulated pass (h_L^mod detached)
+        objective = self.batch_mean(F.cross_entropy(modulated.logits, y, reduction="none"))
+        objective = objective + local_objective(modulated, credits, self.stack_size)
+        if self.penalty:
+            objective = objective + self.penalty * block_penalty(trace.outputs, self.stack_size)
+        return objective, losses
