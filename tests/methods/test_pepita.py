@@ -111,7 +111,7 @@ def test_on_a_resmlp_the_last_map_of_each_block_and_the_head_follow_the_paper():
 
 def test_credits_are_the_difference_of_the_two_passes_and_the_forward_option_keeps_h_L():
     torch.manual_seed(2)
-    method = PEPITA((6,), 3, backbone=plain_linear).double()
+    method = PEPITA((6,), 3, backbone=plain_linear, update="forward").double()
     bb = method.backbone
     x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
     trace = bb.trace(x).detached()
