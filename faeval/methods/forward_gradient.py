@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from typing_extensions import override
@@ -15,6 +18,7 @@ from faeval.backbones import Trace
 from faeval.errors import ConfigError
 from faeval.methods.ep import running_statistics_frozen
 from faeval.methods.step_draws import StepDrawMethod
+from faeval.seeding import mixed_seed
 
 
 class ForwardGradient(StepDrawMethod):
@@ -37,35 +41,68 @@ class ForwardGradient(StepDrawMethod):
     unbiased for the sample's own-state derivative only. The forward-mode passes leave the
     running statistics alone. The diagnostics run in eval mode, where samples do not couple.
 
-    Local losses (Ren et al. 2023, the directional derivative of a per-block local loss
-    through an auxiliary head rather than of the global loss) are not implemented: the
-    derivative is always of the network's own cross-entropy.
+    Local losses (``local_losses=True``, Ren et al. 2023's activity-perturbed forward gradient
+    with local greedy losses): each layer l < L has its own linear classifier H_l on the
+    flattened h_l, and the derivative taken at h_l is that of the local loss
+    ℓ_l = CE(H_l(h_l), y) rather than of the network's: a_l = (∂ℓ_l/∂h_l·v) v, a forward pass
+    through H_l alone. The top layer's local loss is the network's own (the readout on h_L).
+    The heads are helper nets trained by the exact gradient of their own loss (their
+    parameters' gradient is a single linear layer's, as in Ren et al.), at ``head_lr``; they
+    are in every checkpoint. With local losses a_l estimates ∂ℓ_l/∂h_l, not g_l: the
+    diagnostics measure how far the local objective's direction is from the global one.
 
     Args:
         directions: K, the directions averaged per layer and sample.
+        local_losses: take each layer's derivative of a local loss (above).
+        head_lr: the learning rate of the local heads.
         *args, **kwargs: ``draw_seed`` (``StepDrawMethod``) and the arguments of
             ``CreditMethod``.
 
     Raises:
-        ConfigError: ``directions`` < 1.
+        ConfigError: ``directions`` < 1, or ``head_lr`` <= 0.
     """
 
     stream = 3  # the (seed, 3, t) stream of directions
 
-    def __init__(self, *args, directions: int = 1, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        directions: int = 1,
+        local_losses: bool = False,
+        head_lr: float = 1e-3,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if directions < 1:
             raise ConfigError(
                 f"ForwardGradient needs directions >= 1, got {directions}; pass "
                 "--model.directions 1 or more"
             )
+        if head_lr <= 0:
+            raise ConfigError(f"ForwardGradient needs head_lr > 0, got {head_lr}")
         self.directions = directions
+        self.local_losses = local_losses
+        self.head_lr = head_lr
+        self.heads: nn.ModuleList | None = None
+        if local_losses:
+            sizes = [math.prod(s) for s in self.backbone.state_shapes()[:-1]]
+            classes = self.backbone.num_classes
+            with torch.random.fork_rng(devices=[]):  # the heads' own stream (seed, 3)
+                torch.manual_seed(mixed_seed(self.draw_seed, self.stream))
+                self.heads = nn.ModuleList(nn.Linear(d, classes) for d in sizes)
 
     def draw_directions(self, trace: Trace) -> list[Tensor]:
         """v_l for l = 0..L, each (K, B, *h_l.shape), standard normal, from the step's draw."""
         gen = self.step_generator()
         k = self.directions
         return [torch.randn((k, *h.shape), generator=gen).to(h) for h in trace.states]
+
+    def layer_logits(self, layer: int) -> Callable[[Tensor], Tensor]:
+        """The map from h_layer to the logits whose loss layer ``layer`` differentiates: the
+        network run to its readout, or the layer's local head."""
+        if self.heads is None or layer == self.backbone.num_blocks:
+            return partial(self.backbone.forward_from, layer)
+        return lambda h: self.heads[layer](h.flatten(1))  # (B, |h_l|) @ (|h_l|, C) -> (B, C)
 
     @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
@@ -77,22 +114,41 @@ class ForwardGradient(StepDrawMethod):
                 ones = [1] * (h.dim() - 1)
                 # The K draws side by side in one pass: (K, B, ...) -> (K·B, ...)
                 t = directional_derivatives(
-                    self.backbone, layer, h.repeat(k, *ones), y.repeat(k), v.flatten(0, 1)
+                    self.layer_logits(layer), h.repeat(k, *ones), y.repeat(k), v.flatten(0, 1)
                 )
                 t = t.view(k, len(y), *ones)  # (K·B,) -> (K, B, 1, ...): g_i·v_ik
                 credits.append((t * v).mean(0))  # mean_k (g·v_k) v_k plays ∂ℓ_i/∂h_l
         return credits
 
+    @override
+    def auxiliary_loss(self, trace: Trace, y: Tensor) -> Tensor | float:
+        """The local heads' cross-entropy on the detached states (0 without local losses)."""
+        if self.heads is None:
+            return 0.0
+        losses = [
+            F.cross_entropy(head(h.detach().flatten(1)), y, reduction="none")
+            for head, h in zip(self.heads, trace.states, strict=False)  # h_0..h_{L-1}
+        ]
+        loss = self.batch_mean(torch.stack(losses, 1).sum(1))  # Σ_l ℓ_l, mean over the batch
+        self.accumulate("train/local_loss", loss)
+        return loss
 
-def directional_derivatives(backbone, layer: int, h: Tensor, y: Tensor, v: Tensor) -> Tensor:
-    """∂ℓ_i/∂h_l · v_i for every row i: the tangent of the per-sample losses, (N,).
+    @override
+    def trained_helpers(self) -> tuple[nn.Module, float] | None:
+        return None if self.heads is None else (self.heads, self.head_lr)
 
-    One forward-mode pass of the network from h_layer through the readout to the per-sample
-    cross-entropy, at the point ``h`` along the tangent ``v`` (same shape).
+
+def directional_derivatives(
+    logits_of: Callable[[Tensor], Tensor], h: Tensor, y: Tensor, v: Tensor
+) -> Tensor:
+    """∂ℓ_i/∂h · v_i for every row i: the tangent of the per-sample losses, (N,).
+
+    One forward-mode pass from the state ``h`` through ``logits_of`` to the per-sample
+    cross-entropy, along the tangent ``v`` (same shape as ``h``).
     """
 
     def losses(state: Tensor) -> Tensor:
-        return F.cross_entropy(backbone.forward_from(layer, state), y, reduction="none")
+        return F.cross_entropy(logits_of(state), y, reduction="none")
 
     with warnings.catch_warnings():
         # torch's forward AD scripts its jvp decompositions on first use, and torch 2.14
