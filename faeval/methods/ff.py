@@ -21,22 +21,30 @@ from faeval.seeding import mixed_seed
 class FF(StepDrawMethod):
     """Forward-Forward (Hinton 2022): per-layer goodness of positive and negative data.
 
-    Every layer l = 0..L has its own loss on the goodness G_l = mean_j h_lj² (Hinton's
-    reference code; ``goodness="sum"`` for Σ_j h_lj², the paper's formula) of a positive
-    pass (the input with its true label) and a negative one (the same input with a wrong
-    label):
+    Every layer l = 0..L has its own loss on the goodness G_l = mean_j h_lj² (as
+    mpezeshki/pytorch_forward_forward computes it, with θ = 2; ``goodness="sum"`` for
+    Σ_j h_lj², the paper's formula) of a positive pass (the input with its true label) and a
+    negative one (the same input with a wrong label):
 
         L_l = softplus(−(G_l⁺ − θ)) + softplus(G_l⁻ − θ),
 
-    so that G_l > θ on positive data and < θ on negative data. Each pass's credit is
+    the paper's logistic p(positive) = σ(G − θ) as a loss, so that G_l > θ on positive data
+    and < θ on negative data (that code averages the two terms over the concatenated batch:
+    half of L_l's mean). Each pass's credit is
     a_l^± = ∂L_l/∂h_l^± at its own states, and each pass trains the blocks by the shared
     local update on its own trace: block l gets ⟨F_l(h_{l-1}^+), a_l^+⟩ + ⟨F_l(h_{l-1}^-), a_l^-⟩
     (block inputs detached: layer l's loss trains layer l alone, as in FF). The readout
     (terminal LN and head) is trained as every method's, by its exact cross-entropy gradient on
     a third pass with no label, which is also what the tests and diagnostics run (Hinton's
     softmax readout on a neutral label). The credit the diagnostics compare with g_l is
-    a_l^+ + a_l^-, the two passes' credits at their states: the update's first-order
-    equivalent at the unlabelled state.
+    a_l^+ + a_l^-, the two passes' credits at their states: the pull of layer l's goodness
+    loss on h_l, which nothing ties to the cross-entropy.
+
+    Hinton normalises each layer's input to unit length, so that a layer cannot pass its
+    goodness on to the next. faeval's pre-LN blocks normalise the block's input as well, but
+    with the residual add h_l = h_{l-1} + f_l carries the goodness of h_{l-1} into h_l's: block
+    l learns what it must add to it (pass ``--model.backbone.residual_add false`` for
+    Hinton's plain stack).
 
     The label. Hinton replaces the first C pixels of an MLP's input by onehot(y); the first
     layer's weights on those pixels then add a learned vector per label to its input. faeval's
@@ -44,7 +52,9 @@ class FF(StepDrawMethod):
     same form: h_0^± = h_0 + (onehot(y^±) − 1/C)·E, with E (C × h_0's shape) a parameter of
     the method trained with the embedding by layer 0's loss. It is centred so that the neutral
     label (1/C for every class, Hinton's neutral input) adds nothing: the unlabelled pass is
-    the backbone's own forward pass, the same as a linear embedding fed Hinton's input.
+    the backbone's own forward pass. For a linear embedding this is x with onehot(y) appended
+    (the label's constant part in the bias), and Hinton's overwritten pixels are MNIST's
+    blank border, so the same.
 
     Negative labels are drawn per step (``StepDrawMethod``): ``negatives="random"`` uniformly
     among the C − 1 wrong classes, ``"hard"`` in proportion to the readout's predicted
@@ -60,7 +70,7 @@ class FF(StepDrawMethod):
             ``CreditMethod``.
 
     Raises:
-        ConfigError: ``label_scale`` < 0, fewer than 2 classes, or an unknown choice.
+        ConfigError: ``label_scale`` < 0, or an unknown choice.
     """
 
     stream = 4  # the (seed, 4, t) stream of negative labels; (seed, 4) draws E
@@ -82,9 +92,7 @@ class FF(StepDrawMethod):
             )
         if label_scale < 0:
             raise ConfigError(f"FF needs label_scale >= 0, got {label_scale}")
-        classes = self.backbone.num_classes
-        if classes < 2:
-            raise ConfigError(f"FF needs a wrong label to draw: 2 classes or more, got {classes}")
+        classes = self.backbone.num_classes  # >= 2: the base's accuracy metric refuses fewer
         self.threshold = threshold
         self.goodness = goodness
         self.negatives = negatives
