@@ -46,9 +46,9 @@ class ForwardGradient(StepDrawMethod):
     flattened h_l, and the derivative taken at h_l is that of the local loss
     ℓ_l = CE(H_l(h_l), y) rather than of the network's: a_l = (∂ℓ_l/∂h_l·v) v, a forward pass
     through H_l alone. The top layer's local loss is the network's own (the readout on h_L).
-    The heads are helper nets trained by the exact gradient of their own loss (their
-    parameters' gradient is a single linear layer's, as in Ren et al.), at ``head_lr``; they
-    are in every checkpoint. With local losses a_l estimates ∂ℓ_l/∂h_l, not g_l: the
+    The heads are helper nets trained by the exact gradient of their own loss on the detached
+    h_l (one linear layer's: no backward pass through the network), at ``head_lr``; they are
+    in every checkpoint. With local losses a_l estimates ∂ℓ_l/∂h_l, not g_l: the
     diagnostics measure how far the local objective's direction is from the global one.
 
     Args:
