@@ -48,11 +48,13 @@ class PEPITA(FeedbackMethod):
     layer by −e^mod·(h_{L-1}^mod)ᵀ, e^mod the modulated pass's output error. faeval takes it
     through the shared local update at the second pass: the embedding gets
     ⟨embed(x_mod), a_0⟩, block l gets ⟨F_l(h_{l-1}^mod), a_l⟩, and the readout its exact
-    cross-entropy gradient at h_L^mod. Where a layer's output is linear in its weight (the
-    embedding's linear map, the last linear map of a ResMLP or StudentNet block, the head),
-    this is the paper's rule exactly; layers inside a block get a_l through the block's own
-    Jacobian at the modulated pass, and a block that ends in a nonlinearity φ multiplies a_l
-    by φ′ where the paper's one-layer rule does not. ``update="forward"`` is every other
+    cross-entropy gradient at h_L^mod. A linear map whose output is the state (the
+    embedding's, a plain linear block's) and the head get the paper's rule exactly. The last
+    linear map of a block (ResMLP's W2, StudentNet's W) gets the paper's presynaptic term with
+    the state's difference as its error: the skip's share included on a residual backbone,
+    pre-activations on StudentNet (whose states are), where the paper's hidden layers take the
+    difference after the nonlinearity. Layers inside a block get a_l through the block's own
+    Jacobian at the modulated pass, where the paper's network has one layer per block. ``update="forward"`` is every other
     method's update instead: the blocks at the first pass's inputs and the readout at h_L.
     The penalty acts on the first pass's block outputs.
 
