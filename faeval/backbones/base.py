@@ -25,11 +25,15 @@ class Trace:
         states: h_0..h_L.
         outputs: f_1..f_L, the block outputs (the penalty and the local loss act on them).
         logits: readout(h_L).
+        inputs: the batch's inputs x when the pass began at the input (``trace``), for
+            credits that run the network again on a changed input (PEPITA); None when it
+            began at a hidden state.
     """
 
     states: list[Tensor]
     outputs: list[Tensor]
     logits: Tensor
+    inputs: Tensor | None = None
 
     def detached(self) -> Trace:
         """The same values with every graph cut: what a credit rule may look at."""
@@ -37,6 +41,7 @@ class Trace:
             [h.detach() for h in self.states],
             [f.detach() for f in self.outputs],
             self.logits.detach(),
+            None if self.inputs is None else self.inputs.detach(),
         )
 
 
@@ -112,7 +117,9 @@ class LayeredBackbone(nn.Module, abc.ABC):
             x: a batch of inputs.
             detach: see ``trace_from``.
         """
-        return self.trace_from(self.embed(x), 0, detach)
+        trace = self.trace_from(self.embed(x), 0, detach)
+        trace.inputs = x
+        return trace
 
     @torch.no_grad()
     def state_shapes(self) -> list[tuple[int, ...]]:

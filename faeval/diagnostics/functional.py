@@ -75,7 +75,9 @@ def norm_ratio(w: Tensor, b: Tensor) -> float:
     return (torch.linalg.vector_norm(b64) / torch.linalg.vector_norm(w64)).item()
 
 
-def true_gradients(backbone: LayeredBackbone, h0: Tensor, y: Tensor) -> tuple[Trace, list[Tensor]]:
+def true_gradients(
+    backbone: LayeredBackbone, h0: Tensor, y: Tensor, inputs: Tensor | None = None
+) -> tuple[Trace, list[Tensor]]:
     """g_l = ∂ℓ̄/∂h_l for l = 0..L, with ℓ̄ the batch's mean cross-entropy.
 
     Each sample's row carries the 1/N factor of the mean (docs/notation.md's convention, on which
@@ -86,6 +88,8 @@ def true_gradients(backbone: LayeredBackbone, h0: Tensor, y: Tensor) -> tuple[Tr
         backbone: the network.
         h0: the embedding output h_0 of the batch.
         y: labels.
+        inputs: the inputs x that gave h0, kept in the trace for credits that need them
+            (``Trace.inputs``).
 
     Returns:
         The detached forward trace from h0 and the gradients g_0..g_L.
@@ -93,4 +97,5 @@ def true_gradients(backbone: LayeredBackbone, h0: Tensor, y: Tensor) -> tuple[Tr
     with torch.enable_grad():
         trace = backbone.trace_from(h0.detach().requires_grad_(True))
         grads = torch.autograd.grad(F.cross_entropy(trace.logits, y), trace.states)
+    trace.inputs = inputs
     return trace.detached(), list(grads)

@@ -92,7 +92,7 @@ def measure_layers(method, x: Tensor, y: Tensor) -> LayerFigures:
         x = x.float()
         with torch.no_grad():
             h0 = backbone.embed(x)
-        trace, grads = true_gradients(backbone, h0, y)
+        trace, grads = true_gradients(backbone, h0, y, inputs=x)
         credits = method.credits(trace, y)
         loss = F.cross_entropy(trace.logits, y).item()
         acc = (trace.logits.argmax(1) == y).float().mean().item()

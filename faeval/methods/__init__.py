@@ -10,12 +10,15 @@ from faeval.methods.drtp import DRTP
 from faeval.methods.ep import EP
 from faeval.methods.fa import FA
 from faeval.methods.feedback import FeedbackMethod
+from faeval.methods.ff import FF
+from faeval.methods.forward_gradient import ForwardGradient
 from faeval.methods.frozen import FrozenBlocks
 from faeval.methods.frsf import FRSF
 from faeval.methods.kp import KP
 from faeval.methods.layer_fa import LayerFA
 from faeval.methods.layerwise import LayerFeedbackMethod
 from faeval.methods.pc import PC
+from faeval.methods.pepita import PEPITA
 from faeval.methods.state_bridge import StateBridge
 from faeval.methods.usf import USF
 
@@ -26,14 +29,17 @@ __all__ = [
     "DRTP",
     "EP",
     "FA",
+    "FF",
     "FRSF",
     "KP",
     "PC",
+    "PEPITA",
     "USF",
     "CreditBridge",
     "CreditMethod",
     "FeedbackMatrices",
     "FeedbackMethod",
+    "ForwardGradient",
     "FrozenBlocks",
     "LayerFA",
     "LayerFeedbackMethod",

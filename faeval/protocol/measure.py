@@ -38,9 +38,10 @@ def measure_protocol(
     row: ProtocolRow = {"method": type(method).__name__, "seconds": {}}
     backbone = method.backbone
     with full_precision(method, x.device.type):
+        x = x.float()
         with torch.no_grad():
-            h0 = backbone.embed(x.float())
-        trace, grads = true_gradients(backbone, h0, y)
+            h0 = backbone.embed(x)
+        trace, grads = true_gradients(backbone, h0, y, inputs=x)
         credits = method.credits(trace, y)
 
         start = time.perf_counter()
@@ -70,7 +71,7 @@ def measure_protocol(
         start = time.perf_counter()
         try:
             stab = direction_stability(
-                method, h0, y, settings.stability_batch_size, settings.stability_batches
+                method, h0, y, settings.stability_batch_size, settings.stability_batches, x
             )
             row["stability"] = stab.as_dict()
         except ValueError as err:

@@ -54,7 +54,12 @@ def pairwise_stability(directions: Tensor) -> float:
 
 
 def direction_stability(
-    method, h0: Tensor, y: Tensor, batch_size: int = 128, num_batches: int = 8
+    method,
+    h0: Tensor,
+    y: Tensor,
+    batch_size: int = 128,
+    num_batches: int = 8,
+    inputs: Tensor | None = None,
 ) -> StabilityFigures:
     """Diagnostic (c) on the first ``num_batches × batch_size`` probe samples.
 
@@ -64,6 +69,7 @@ def direction_stability(
         y: probe labels.
         batch_size: samples per batch (128 in the protocol).
         num_batches: batches (≥ 8 in the protocol; at least 2).
+        inputs: the probe's inputs x, for credits that need them (``Trace.inputs``).
 
     Raises:
         ValueError: fewer than 2 batches, or the probe holds fewer than
@@ -84,7 +90,8 @@ def direction_stability(
     credit_dirs, grad_dirs = [], []
     for b in range(num_batches):
         part = slice(b * batch_size, (b + 1) * batch_size)
-        trace, grads = true_gradients(method.backbone, h0[part], y[part])
+        x = None if inputs is None else inputs[part]
+        trace, grads = true_gradients(method.backbone, h0[part], y[part], inputs=x)
         credit_dirs.append(method.credits(trace, y[part])[layer].mean(0))  # (B, ...) -> (...)
         grad_dirs.append(grads[layer].mean(0))
     return StabilityFigures(
