@@ -54,9 +54,9 @@ class PEPITA(FeedbackMethod):
     the state's difference as its error: the skip's share included on a residual backbone,
     pre-activations on StudentNet (whose states are), where the paper's hidden layers take the
     difference after the nonlinearity. Layers inside a block get a_l through the block's own
-    Jacobian at the modulated pass, where the paper's network has one layer per block. ``update="forward"`` is every other
-    method's update instead: the blocks at the first pass's inputs and the readout at h_L.
-    The penalty acts on the first pass's block outputs.
+    Jacobian at the modulated pass, where the paper's network has one layer per block.
+    ``update="forward"`` is every other method's update instead: the blocks at the first
+    pass's inputs and the readout at h_L. The penalty acts on the first pass's block outputs.
 
     F is the method's feedback (a ``FeedbackMatrices`` of one matrix): a buffer in every
     checkpoint, drawn from ``feedback_seed``, redrawn by the protocol's null band. The second
