@@ -19,7 +19,7 @@ from faeval.protocol import ProtocolSettings, audit_model
 from faeval.runlog import RunLog
 from tests.helpers import QUIET, TINY_RUN
 from tests.protocol.cli_args import AUDIT, CHEAP, protocol_args
-from tests.tools.test_sweep_report import report, sweep
+from tests.study.sweeps import report, sweep
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MEASURED = {"PASS", "FIRES"}
