@@ -15,7 +15,8 @@ The public API, importable from ``faeval`` itself::
 - the audit and verdicts (``faeval.protocol``): ``audit_model``, ``audit_checkpoint``,
   ``judge_run``, ``judge_seeds``, ``Thresholds``, …;
 - runs: ``run`` (the command line from Python: ``run(["fit", "--model", "DFA", ...])``),
-  ``FaevalTrainer``, ``RunLog``, ``load_sweep``, ``FaevalError``, ``ConfigError``.
+  ``run_logger`` (a script's run named and recorded as ``faeval fit``'s), ``FaevalTrainer``,
+  ``RunLog``, ``load_sweep``, ``FaevalError``, ``ConfigError``.
 
 Names load on first use (PEP 562), so ``import faeval`` stays cheap and the torch-free parts
 (``faeval.runlog``, ``faeval.protocol.verdicts``, the report) never pay for torch.
@@ -38,6 +39,7 @@ _PACKAGES = (
 #: Single names and the module that defines them.
 _NAMES = {
     "run": "faeval.cli",
+    "run_logger": "faeval.cli.folders",
     "FaevalTrainer": "faeval.trainer",
     "RunLog": "faeval.runlog",
     "load_sweep": "faeval.runlog",

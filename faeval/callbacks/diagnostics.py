@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -18,6 +19,7 @@ from faeval.callbacks.tensorboard import flat_hparams, write_hparams, write_layo
 from faeval.data.contract import Batch, trainer_probe
 from faeval.diagnostics.layers import LayerFigures, measure_layers
 from faeval.errors import ConfigError
+from faeval.hparams import CLASS_PATH, class_config
 from faeval.protocol.settings import DEFAULT_THRESHOLDS
 from faeval.runend import clear_end, write_end
 from faeval.runlog import (
@@ -138,6 +140,10 @@ class Diagnostics(Callback):
         self.stop_reason = self.diverged = None
         if trainer.is_global_zero:
             clear_end(self._run_dir)  # training (again): an earlier attempt's end no longer holds
+            config = self._run_dir / "config.yaml"
+            recorded = None if config.exists() else script_config(trainer, pl_module, self.seed)
+            if recorded is not None:  # a run from Python: recorded as faeval fit records it
+                config.write_text(yaml.safe_dump(recorded, sort_keys=False))
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             write_layout(trainer.logger)
             write_hparams(trainer.logger, self._hparams(trainer, pl_module))
@@ -352,3 +358,24 @@ def logs_root(run_dir: Path) -> Path:
         if parent.name == LOGS:
             return parent
     return run_dir.parent
+
+
+def script_config(trainer: Trainer, pl_module: LightningModule, seed: int | None) -> dict | None:
+    """The ``config.yaml`` that ``faeval fit`` would have written for a run built in Python
+    (a method and data module of faeval's, or anyone's that record their class path), so
+    that ``faeval audit RUN_DIR`` rebuilds it; None where it cannot be said: a network given
+    built (its weights are in the checkpoint, its recipe nowhere), no data module, seeds
+    stacked."""
+    data = trainer.datamodule
+    hparams = pl_module.hparams
+    if data is None or CLASS_PATH not in hparams or CLASS_PATH not in data.hparams:
+        return None
+    if "backbone" not in hparams or getattr(pl_module, "stack_size", 1) != 1:
+        return None
+    return {
+        "seed_everything": seed,
+        "trainer": {"max_epochs": trainer.max_epochs},
+        # input_shape and num_classes: the command line links them from the data
+        "model": class_config(hparams, skip={"input_shape", "num_classes"}),
+        "data": class_config(data.hparams),
+    }
