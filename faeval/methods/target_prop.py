@@ -20,7 +20,8 @@ The credit is the displacement the target asks for, per unit of step:
 so a_L = ∂ℓ_i/∂h_L exactly, and the shared update ⟨f_l, a_l⟩ is the gradient of the layer-local
 loss ½‖h_l − ĥ_l‖² of the target-propagation papers, divided by η (the forward learning rate
 does not depend on η). The targets are computed as displacements δ_l = ĥ_l − h_l (δ_{l-1} =
-G_l(h_l + δ_l) − G_l(h_l) with the difference correction), so a small η costs no cancellation.
+G_l(h_l + δ_l) − G_l(h_l) with the difference correction), so no ĥ_l − h_l is formed at the
+end; the difference of G_l's two outputs still loses digits as η shrinks, as it must.
 
 The feedback nets train online beside the forward ones, as the bridges' helper nets do: their
 loss is the method's ``auxiliary_loss``, added to the objective of the same optimizer step, in
