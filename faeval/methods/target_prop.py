@@ -50,7 +50,7 @@ from faeval.methods.ep import running_statistics_frozen
 from faeval.methods.state_bridge import Bridge
 from faeval.seeding import mixed_seed, resolve_seed
 
-#: The stream of the feedback nets' noise, one generator per training step: (seed, NOISE, t).
+#: The stream of the feedback nets' noise, one generator per step and rank: (seed, NOISE, t, rank).
 NOISE_DRAWS = 2
 
 
@@ -107,7 +107,7 @@ class TargetPropagation(CreditMethod, abc.ABC):
     and implements ``feedback_loss``, the per-sample loss G_l learns from. The feedback nets
     are registered modules (in every checkpoint) trained in the step's optimizer at their own
     learning rate, as the bridges are. The noise of step t comes from a generator seeded from
-    (``feedback_seed``, t), and t is the method's extra state, so a resumed run draws what an
+    (``feedback_seed``, t, rank), and t is the method's extra state, so a resumed run draws what an
     uninterrupted one would have. Logged: ``train/feedback_loss``, the feedback losses summed
     over layers (batch means), mean over the epoch's steps.
 
@@ -215,9 +215,11 @@ class TargetPropagation(CreditMethod, abc.ABC):
         return (layer - 1,)
 
     def noise_generator(self, device: torch.device) -> torch.Generator:
-        """The generator of the current step's noise, seeded from (``feedback_seed``, t)."""
+        """The generator of the current step's noise, seeded from (``feedback_seed``, t, rank):
+        under DDP each rank draws its own noise for its own shard of the batch."""
         gen = torch.Generator(device=device)
-        return gen.manual_seed(mixed_seed(self.feedback_seed, NOISE_DRAWS, self.updates))
+        words = (NOISE_DRAWS, self.updates, self.global_rank)
+        return gen.manual_seed(mixed_seed(self.feedback_seed, *words))
 
     def draw_noise(self, layer: int, states: list[Tensor], gen: torch.Generator) -> list[Tensor]:
         """Standard normal draws shaped like the states ``noise_states`` names."""

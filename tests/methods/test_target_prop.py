@@ -205,7 +205,7 @@ def test_feedback_losses_follow_their_papers_by_hand():
 @pytest.mark.parametrize("cls", RULES, ids=lambda c: c.__name__)
 def test_the_step_gives_the_feedback_nets_the_gradient_of_their_losses_by_hand(cls):
     """The training step's objective gives each G_l the gradient of Σ_l mean_i mean_s of its
-    loss by hand, on the noise of step t drawn from (feedback_seed, t): layer by layer from
+    loss by hand, on the noise of step t drawn from (feedback_seed, t, rank): layer by layer from
     l = 1, ``noise_samples`` draws each (L-DRL: ξ at h_{l-1}, then ξ' at h_l). The feedback
     nets are a parameter group of their own at ``feedback_lr``."""
     method = tiny(cls, noise=0.2, noise_samples=2, feedback_lr=0.05, feedback_seed=11)
@@ -215,7 +215,7 @@ def test_the_step_gives_the_feedback_nets_the_gradient_of_their_losses_by_hand(c
     objective.backward()
     got = [p.grad.clone() for p in method.feedback.parameters()]
 
-    gen = torch.Generator().manual_seed(mixed_seed(11, NOISE_DRAWS, 5))
+    gen = torch.Generator().manual_seed(mixed_seed(11, NOISE_DRAWS, 5, 0))  # t = 5, rank 0
     h = method.backbone.trace(x).detached().states
     total = 0
     for layer in range(1, len(h)):
