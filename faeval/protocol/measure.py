@@ -37,9 +37,9 @@ def measure_protocol(
     """
     row: ProtocolRow = {"method": type(method).__name__, "seconds": {}}
     backbone = method.backbone
-    with full_precision(method, x.device.type):
+    with full_precision(method, x.device.type) as dtype:
         with torch.no_grad():
-            h0 = backbone.embed(x.float())
+            h0 = backbone.embed(x.to(dtype))
         trace, grads = true_gradients(backbone, h0, y)
         credits = method.credits(trace, y)
 

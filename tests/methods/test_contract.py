@@ -20,8 +20,8 @@ import faeval.methods
 from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.data import TensorBatches
 from faeval.diagnostics import measure_layers
-from faeval.methods import BP, CreditMethod
-from tests.helpers import wrap_plain_resnet
+from faeval.methods import BP, DFA, FA, CreditMethod
+from tests.helpers import GradRecorder, wrap_plain_resnet
 
 #: Tiny configurations of each backbone (and of each of its topologies), with input shapes.
 BACKBONES = {
@@ -151,3 +151,49 @@ def test_bp_credits_equal_autograd_gradients(name, train_mode):
         torch.testing.assert_close(
             a, s.grad, rtol=1e-9, atol=1e-12 * s.grad.abs().max().item(), msg=f"layer {layer}"
         )
+
+
+@pytest.mark.parametrize("cls", credit_methods(), ids=lambda c: c.__name__)
+def test_a_float64_model_trains_a_step_in_float64(quiet_trainer, cls):
+    """A model moved with ``.to(torch.float64)`` trains as it is: every tensor of the step
+    (gradients, feedback matrices, helpers) follows it, and the diagnostics measure it."""
+    method = build(cls, "ResMLP").to(torch.float64)
+    x, y = batch(BACKBONES["ResMLP"][0])
+    x = x.double()
+    before = {n: p.detach().clone() for n, p in method.backbone.named_parameters()}
+    recorder = GradRecorder()
+    trainer = quiet_trainer(max_steps=1, callbacks=[recorder])
+    loader = TensorBatches(x, y, batch_size=len(x))
+    trainer.fit(method, train_dataloaders=loader, val_dataloaders=loader)
+
+    assert trainer.global_step == 1
+    assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+    floats = [t for t in [*method.parameters(), *method.buffers()] if t.is_floating_point()]
+    assert {t.dtype for t in [*floats, *recorder.grads[0].values()]} == {torch.float64}
+    assert any(not torch.equal(p, before[n]) for n, p in method.backbone.named_parameters())
+    figures = measure_layers(method, x.float(), y)  # a float32 probe, as a data module gives
+    assert all(math.isfinite(c) for c in figures.cos + figures.g_norm)
+
+
+@pytest.mark.parametrize("cls", [FA, DFA], ids=lambda c: c.__name__)
+def test_bf16_mixed_trains_a_step_near_the_float64_step(quiet_trainer, cls):
+    """Under bf16 autocast the feedback product runs in bf16; the step's gradients stay
+    within bf16's precision of the same step taken in float64 (cosine > 0.99 per tensor)."""
+    x, y = batch(BACKBONES["ResMLP"][0], n=64)
+    grads = {}
+    for precision in ("bf16-mixed", "64-true"):
+        torch.manual_seed(0)
+        method = build(cls, "ResMLP")
+        recorder = GradRecorder()
+        trainer = quiet_trainer(max_steps=1, callbacks=[recorder], precision=precision)
+        loader = TensorBatches(x, y, batch_size=len(x))
+        trainer.fit(method, train_dataloaders=loader, val_dataloaders=loader)
+        assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+        grads[precision] = recorder.grads[0]
+    assert grads["bf16-mixed"].keys() == grads["64-true"].keys()
+    for name, g in grads["bf16-mixed"].items():
+        assert g.dtype == torch.float32, name  # the parameters stay float32 under autocast
+        want = grads["64-true"][name]
+        cos = F.cosine_similarity(g.double().flatten(), want.flatten(), dim=0).item()
+        assert 0.99 < cos <= 1 + 1e-9, (name, cos)
+        assert not torch.equal(g.double(), want), name  # it did run in bf16
