@@ -90,6 +90,16 @@ MISTAKES = [
         id="relaxation step of zero",
     ),
     pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--model.optimizer.lr", "-0.1"],
+        r"optimizer refused its settings: Invalid learning rate: -0.1; set --model.optimizer.lr",
+        id="negative learning rate",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--seeds", "0-1", "--model.optimizer.lr", "-0.1"],
+        r"optimizer refused its settings: Invalid learning rate: -0.1; set --model.optimizer.lr",
+        id="stack, negative learning rate",
+    ),
+    pytest.param(
         ["fit", "--model", "DFA", *LADDER, "--data.batch_size", "0"],
         r"batch_size must be a positive integer, got 0",
         id="batch size zero",

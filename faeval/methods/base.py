@@ -399,4 +399,20 @@ class CreditMethod(LightningModule, abc.ABC):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return _fuse(self.optimizer_factory(self.parameter_groups()))
+        return self.build_optimizer()
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over ``parameter_groups`` (also the stacked seeds' optimizer).
+
+        Raises:
+            ConfigError: the optimizer refuses its settings (a negative learning rate, betas
+                outside [0, 1), …).
+        """
+        try:
+            optimizer = self.optimizer_factory(self.parameter_groups())
+        except ValueError as err:  # torch's optimizers check lr >= 0, betas, eps, decay
+            raise ConfigError(
+                f"the optimizer refused its settings: {err}; set --model.optimizer.lr (and the "
+                "other --model.optimizer.* options) to values it accepts, e.g. lr 1e-3"
+            ) from None
+        return _fuse(optimizer)

@@ -9,7 +9,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.methods import CreditMethod
-from faeval.methods.base import _fuse
 from faeval.stacked.convert import check_optimizer, stack_methods
 
 #: Where a stack's checkpoint records its seeds' method hyperparameters (the stack module has
@@ -124,6 +123,6 @@ class SeedStack(LightningModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        optimizer = _fuse(self.method.optimizer_factory(self.method.parameter_groups()))
+        optimizer = self.method.build_optimizer()
         check_optimizer(optimizer)
         return optimizer
