@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from faeval.cli import main
+from tests.conftest import write_fake_cifar
 from tests.helpers import TINY_RUN
 
 LADDER = ["--data", "SyntheticLadder", "--data.n_train", "64", "--data.n_test", "32"]
@@ -251,3 +252,16 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     with pytest.raises(ZeroDivisionError, match="a bug"):
         main(["fit", "--model", "DFA", *TINY_RUN, "--trainer.max_epochs", "1",
               "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+
+
+def test_a_truncated_data_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    folder = write_fake_cifar(tmp_path / "data")
+    damaged = folder / "data_batch_2"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--model", "DFA", "--data", "CIFAR10", "--data.data_dir", "data"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"faeval: error: {Path('data/cifar-10-batches-py/data_batch_2')} is ")
+    assert "truncated or damaged" in err and "Traceback" not in err
