@@ -101,6 +101,30 @@ MISTAKES = [
         id="stack, negative learning rate",
     ),
     pytest.param(
+        ["fit", "--model", "DFA", "--data", "tests.helpers.Blobs", "--data.labels", "float"],
+        r"the labels of Blobs's validation batches are torch.float32 of shape \(40,\); .*"
+        r"give y as a torch.long tensor of values in 0..2",
+        id="data module with float labels",
+    ),
+    pytest.param(
+        [
+            "fit",
+            "--model",
+            "DFA",
+            "--data",
+            "tests.helpers.Blobs",
+            "--data.labels",
+            "shifted",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.log_every_n_steps",
+            "1",
+        ],
+        r"the labels of the probe batch include 4, outside 0..2 \(num_classes=3\); set the "
+        r"data module's num_classes",
+        id="data module with labels >= num_classes",
+    ),
+    pytest.param(
         ["fit", "--model", "DFA", *LADDER, "--data.batch_size", "0"],
         r"batch_size must be a positive integer, got 0",
         id="batch size zero",

@@ -155,6 +155,34 @@ def trainer_probe(trainer: Any, device: torch.device | str, given: Batch | None 
     )
 
 
+def check_labels(y: Tensor, num_classes: int, source: str) -> None:
+    """Refuses labels that are not one class index in 0..C−1 per sample (one device sync).
+
+    Args:
+        y: a batch's labels.
+        num_classes: C, the class count the network was built for.
+        source: whose labels, for the message ("Blobs's training batches").
+
+    Raises:
+        DataContractError: labels that are not int64 (or uint8) class indices (float or
+            one-hot labels, int32…), or a label outside 0..C−1.
+    """
+    if y.dtype not in (torch.long, torch.uint8) or y.ndim != 1:  # what cross_entropy takes
+        raise DataContractError(
+            f"the labels of {source} are {y.dtype} of shape {tuple(y.shape)}; faeval "
+            f"trains on one class index per sample: give y as a torch.long tensor of values "
+            f"in 0..{num_classes - 1} (e.g. y.long(), or y.argmax(1) for one-hot rows)"
+        )
+    low, high = torch.aminmax(y)
+    if low < 0 or high >= num_classes:
+        bad = int(low) if low < 0 else int(high)
+        raise DataContractError(
+            f"the labels of {source} include {bad}, outside 0..{num_classes - 1} (num_classes="
+            f"{num_classes}); set the data module's num_classes to the class count (at least "
+            f"{int(high) + 1}) or map the labels into 0..{num_classes - 1}"
+        )
+
+
 def input_shape_of(datamodule: LightningDataModule) -> tuple[int, ...]:
     """The per-sample input shape: ``datamodule.input_shape``, else read off one batch.
 

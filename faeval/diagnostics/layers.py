@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from faeval.data.contract import check_labels
 from faeval.diagnostics.functional import (
     matrix_angle,
     mean_cosine,
@@ -88,8 +89,12 @@ def measure_layers(method, x: Tensor, y: Tensor) -> LayerFigures:
         method: a ``CreditMethod`` (its backbone and its ``credits``).
         x: probe inputs, already normalised.
         y: true probe labels.
+
+    Raises:
+        DataContractError: the labels are not class indices in 0..C−1.
     """
     backbone = method.backbone
+    check_labels(y, backbone.num_classes, "the probe batch")
     with full_precision(method, x.device.type) as dtype:
         x = x.to(dtype)
         with torch.no_grad():

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from faeval.data.contract import check_labels
 from faeval.diagnostics.functional import true_gradients
 from faeval.diagnostics.layers import full_precision
 from faeval.protocol.null import has_feedback, null_band
@@ -30,6 +31,9 @@ def measure_protocol(
         y: true probe labels.
         settings: the pieces' settings.
 
+    Raises:
+        DataContractError: the labels are not class indices in 0..C−1.
+
     Returns:
         The measured part of a ``ProtocolRow``: ``null`` (``NullBandFigures`` fields or
         None), ``rho`` (``PerturbationFigures`` fields), ``stability`` (``StabilityFigures``
@@ -37,6 +41,7 @@ def measure_protocol(
     """
     row: ProtocolRow = {"method": type(method).__name__, "seconds": {}}
     backbone = method.backbone
+    check_labels(y, backbone.num_classes, "the probe batch")
     with full_precision(method, x.device.type) as dtype:
         with torch.no_grad():
             h0 = backbone.embed(x.to(dtype))

@@ -94,6 +94,7 @@ class SeedStack(LightningModule):
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
+        self.method.check_labels_once(y, "validation")
         k, n = self.seeds, len(x)
         xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])  # every seed's copy
         logits = self.method.backbone(xs).view(k, n, -1)  # (K, B, C)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from lightning.pytorch import LightningDataModule
 
+from faeval.backbones import ResMLP
 from faeval.data import SyntheticLadder
 from faeval.data.contract import (
     DataContractError,
+    check_labels,
     given_probe,
     input_shape_of,
     num_classes_of,
     probe_batch,
 )
+from faeval.diagnostics import measure_layers
+from faeval.methods import DFA
+from faeval.protocol.measure import measure_protocol
 from tests.helpers import Blobs
 
 
@@ -69,3 +76,56 @@ def test_batches_must_be_input_label_pairs():
         given_probe({"x": torch.zeros(2)}, "cpu")
     x, y = given_probe((torch.ones(3, 2), torch.zeros(3, dtype=torch.long)), "cpu")
     assert x.shape == (3, 2) and y.dtype == torch.long
+
+
+@pytest.mark.parametrize(
+    ("y", "expected"),
+    [
+        (torch.tensor([0.0, 2.0]), r"are torch.float32 of shape \(2,\); .*give y as a torch.long"),
+        (torch.eye(3)[[0, 2]], r"are torch.float32 of shape \(2, 3\);.*y.argmax\(1\)"),
+        (torch.tensor([0, 2], dtype=torch.int32), r"are torch.int32 of shape \(2,\)"),
+        (torch.tensor([0, 3]), r"include 3, outside 0..2 \(num_classes=3\);.*at least 4"),
+        (torch.tensor([-1, 2]), r"include -1, outside 0..2"),
+    ],
+    ids=["float", "one-hot", "int32", "too large", "negative"],
+)
+def test_labels_that_are_not_class_indices_are_refused_saying_how_to_give_them(y, expected):
+    with pytest.raises(DataContractError, match=r"^the labels of Blobs's training batches "):
+        check_labels(y, 3, "Blobs's training batches")
+    with pytest.raises(DataContractError, match=expected):
+        check_labels(y, 3, "Blobs's training batches")
+
+
+def test_class_indices_pass():
+    check_labels(torch.tensor([0, 1, 2]), 3, "x")
+    check_labels(torch.tensor([2, 0], dtype=torch.uint8), 3, "x")  # cross_entropy takes bytes
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [("float", r"are torch.float32 of shape"), ("shifted", r"include 4, outside 0..2")],
+)
+@pytest.mark.parametrize(
+    "validation", [True, False], ids=["first the validation batches", "first the training"]
+)
+def test_a_data_modules_bad_labels_are_refused_at_the_first_batch(
+    quiet_trainer, labels, expected, validation
+):
+    """Whichever batch comes first (the sanity check's, or a training batch) is checked."""
+    method = DFA((6,), 3, backbone=partial(ResMLP, d_hidden=8, num_blocks=2))
+    stage = "validation" if validation else "training"
+    sanity = dict(num_sanity_val_steps=1, limit_val_batches=1) if validation else {}
+    trainer = quiet_trainer(max_steps=1, **sanity)
+    with pytest.raises(
+        DataContractError, match=rf"^the labels of Blobs's {stage} batches {expected}"
+    ):
+        trainer.fit(method, datamodule=Blobs(labels=labels))
+
+
+def test_the_probe_batchs_labels_are_checked_before_a_measurement():
+    method = DFA((6,), 3, backbone=partial(ResMLP, d_hidden=8, num_blocks=2))
+    x, y = torch.randn(8, 6), torch.tensor([0, 1, 2, 3] * 2)
+    with pytest.raises(DataContractError, match=r"^the labels of the probe batch include 3"):
+        measure_layers(method, x, y)
+    with pytest.raises(DataContractError, match=r"^the labels of the probe batch are torch.flo"):
+        measure_protocol(method, x, y.float())
