@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from faeval.backbones import ResMLP
+from faeval.cli import run
 from faeval.data import SyntheticLadder
 from faeval.data.contract import (
     DataContractError,
@@ -21,7 +23,8 @@ from faeval.data.contract import (
 from faeval.diagnostics import measure_layers
 from faeval.methods import DFA
 from faeval.protocol.measure import measure_protocol
-from tests.helpers import Blobs
+from tests.helpers import QUIET, Blobs
+from tests.protocol.cli_args import protocol_args
 
 
 def validation_samples(dm: Blobs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,3 +132,58 @@ def test_the_probe_batchs_labels_are_checked_before_a_measurement():
         measure_layers(method, x, y)
     with pytest.raises(DataContractError, match=r"^the labels of the probe batch are torch.flo"):
         measure_protocol(method, x, y.float())
+
+
+@pytest.fixture
+def notes(monkeypatch, caplog) -> pytest.LogCaptureFixture:
+    """faeval's log from here on (``.messages``), the once-per-process memory emptied first."""
+    monkeypatch.setattr("faeval.data.contract._said", set())
+    caplog.set_level(logging.WARNING, logger="faeval")
+    caplog.clear()
+    return caplog
+
+
+def test_a_probe_smaller_than_asked_is_said_once_with_the_way_out(notes):
+    dm = Blobs()  # 96 validation samples, the default probe 1024
+    x, _ = probe_batch(dm)
+    probe_batch(dm)  # taken again (the protocol's callback does): said once
+    assert len(x) == 96
+    assert notes.messages == [
+        "the probe batch holds 96 samples, not 1024: Blobs's validation data has no more; the "
+        "diagnostics are noisier on fewer (give it more validation samples, or set its "
+        "probe_size to 96)"
+    ]
+    dm.probe_size = 96  # asked for what there is: nothing to say
+    notes.clear()
+    probe_batch(Blobs(n=160))
+    probe_batch(dm)
+    assert [n.split(":")[0] for n in notes.messages] == [
+        "the probe batch holds 80 samples, not 1024"
+    ]
+
+
+def test_a_synthetic_ladder_with_a_small_test_split_says_its_probe_is_smaller(notes):
+    ladder = SyntheticLadder(input_dim=4, num_classes=3, n_train=64, n_test=100)
+    SyntheticLadder(input_dim=4, num_classes=3, n_train=64, n_test=100)  # rebuilt: said once
+    assert ladder.probe_size == 100
+    assert notes.messages == [
+        "the probe batch holds 100 samples, not 1024: SyntheticLadder's test split "
+        "(n_test=100) has no more; the diagnostics are noisier on fewer (pass --data.n_test "
+        "1024, or --data.probe_size 100)"
+    ]
+    notes.clear()
+    SyntheticLadder(input_dim=4, num_classes=3, n_train=64, n_test=100, probe_size=100)
+    assert notes.messages == []
+
+
+def test_a_run_on_a_small_validation_set_says_so_once_in_its_log(notes, tmp_path):
+    """Every taker of the probe (diagnostics each epoch, the protocol, the audit) shares it."""
+    run(["fit", "--model", "DFA", "--data", "tests.helpers.Blobs", *QUIET, *protocol_args(),
+         "--model.backbone.d_hidden", "8", "--model.backbone.num_blocks", "2",
+         "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    said = [m for m in notes.messages if m.startswith("the probe batch holds")]
+    assert said == [
+        "the probe batch holds 96 samples, not 1024: Blobs's validation data has no more; the "
+        "diagnostics are noisier on fewer (give it more validation samples, or set its "
+        "probe_size to 96)"
+    ]
