@@ -19,6 +19,7 @@ every gradient by 1/K.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -37,6 +38,8 @@ from faeval.data.contract import check_labels
 from faeval.errors import ConfigError
 from faeval.hparams import CLASS_PATH, plain_hparams
 from faeval.runlog import METHOD
+
+log = logging.getLogger("faeval")
 
 BackboneFactory = Callable[[tuple[int, ...], int], LayeredBackbone]
 
@@ -435,4 +438,9 @@ class CreditMethod(LightningModule, abc.ABC):
                 f"the optimizer refused its settings: {err}; set --model.optimizer.lr (and the "
                 "other --model.optimizer.* options) to values it accepts, e.g. lr 1e-3"
             ) from None
+        if optimizer.param_groups[0].get("lr") == 0:
+            log.warning(
+                "the optimizer's learning rate is 0: the network will not train; set "
+                "--model.optimizer.lr, e.g. 1e-3"
+            )
         return _fuse(optimizer)
