@@ -257,6 +257,27 @@ def test_a_step_at_64_true_then_the_top_credit_against_float64_autograd(quiet_tr
     assert error < allowed, (cls.__name__, error)
 
 
+@pytest.mark.parametrize("cls", credit_methods(), ids=lambda c: c.__name__)
+def test_bf16_true_trains_a_bf16_model_and_the_diagnostics_measure_it(quiet_trainer, cls):
+    """Lightning's bf16-true moves the model to bf16: the step runs in bf16 throughout (FA's
+    and DFA's output error meets bf16 feedback), and the diagnostics cast it up to float32."""
+    method = build(cls, "ResMLP")
+    x, y = batch(BACKBONES["ResMLP"][0])
+    before = {n: p.detach().float() for n, p in method.backbone.named_parameters()}
+    recorder = GradRecorder()
+    trainer = quiet_trainer(max_steps=1, callbacks=[recorder], precision="bf16-true")
+    loader = TensorBatches(x, y, batch_size=len(x))
+    trainer.fit(method, train_dataloaders=loader, val_dataloaders=loader)
+
+    assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+    floats = [t for t in [*method.parameters(), *method.buffers()] if t.is_floating_point()]
+    assert {t.dtype for t in [*floats, *recorder.grads[0].values()]} == {torch.bfloat16}
+    assert any(not torch.equal(p.float(), before[n]) for n, p in method.backbone.named_parameters())
+    figures = measure_layers(method, x, y)
+    assert all(math.isfinite(c) for c in figures.cos + figures.g_norm)
+    assert next(method.parameters()).dtype == torch.bfloat16  # cast back after measuring
+
+
 @pytest.mark.parametrize("cls", [FA, DFA], ids=lambda c: c.__name__)
 def test_bf16_mixed_trains_a_step_near_the_float64_step(quiet_trainer, cls):
     """Under bf16 autocast the feedback product runs in bf16; the step's gradients stay
