@@ -203,6 +203,8 @@ def check_labels(y: Tensor, num_classes: int, source: str) -> None:
             f"trains on one class index per sample: give y as a torch.long tensor of values "
             f"in 0..{num_classes - 1} (e.g. y.long(), or y.argmax(1) for one-hot rows)"
         )
+    if not y.numel():
+        return
     low, high = torch.aminmax(y)
     if low < 0 or high >= num_classes:
         bad = int(low) if low < 0 else int(high)

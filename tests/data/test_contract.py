@@ -102,6 +102,7 @@ def test_labels_that_are_not_class_indices_are_refused_saying_how_to_give_them(y
 def test_class_indices_pass():
     check_labels(torch.tensor([0, 1, 2]), 3, "x")
     check_labels(torch.tensor([2, 0], dtype=torch.uint8), 3, "x")  # cross_entropy takes bytes
+    check_labels(torch.tensor([], dtype=torch.long), 3, "x")  # an empty batch has no bad label
 
 
 @pytest.mark.parametrize(
