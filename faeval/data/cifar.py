@@ -30,10 +30,8 @@ def read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, list[int]]:
         with open(path, "rb") as fh:
             entry = pickle.load(fh, encoding="latin1")
     except Exception as err:  # a damaged pickle fails in many ways: EOFError, UnpicklingError…
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}" if str(err) else ""
-        raise DataError(
-            f"{path} is truncated or damaged ({reason or type(err).__name__}); {way_out}"
-        ) from None
+        reason = ": ".join([type(err).__name__, *str(err).splitlines()[:1]])[:120]
+        raise DataError(f"{path} is truncated or damaged ({reason}); {way_out}") from None
     data = entry.get("data") if isinstance(entry, dict) else None
     labels = entry.get("labels", entry.get("fine_labels")) if isinstance(entry, dict) else None
     if (

@@ -21,6 +21,13 @@ FILES = {
 }
 
 
+#: The way out of a damaged file, in each message that names one.
+REINSTALL = (
+    "reinstall Debian's dataset-fashion-mnist (apt-get install --reinstall "
+    "dataset-fashion-mnist) or copy intact files there"
+)
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Reads an IDX file (gzipped or not) of unsigned bytes.
 
@@ -32,18 +39,20 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (EOFError, OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
-        raise DataError(
-            f"{path} is truncated or damaged ({err}); reinstall Debian's dataset-fashion-mnist "
-            "(apt-get install --reinstall dataset-fashion-mnist) or copy intact files there"
-        ) from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # cut short, or not gzip
+        raise DataError(f"{path} is truncated or damaged ({err}); {REINSTALL}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not a uint8 IDX file (header {raw[:4]!r})")
+        raise DataError(f"{path} is not a uint8 IDX file (header {raw[:4]!r}); {REINSTALL}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated inside its header; {REINSTALL}")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DataError(f"{path} holds {data.size} values, its header says {dims}")
+        raise DataError(
+            f"{path} is truncated or damaged: it holds {data.size} values, its header says "
+            f"{dims}; {REINSTALL}"
+        )
     return data.reshape(dims)
 
 

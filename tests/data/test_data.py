@@ -86,6 +86,10 @@ def test_read_idx_checks_the_header(tmp_path):
     bad.write_bytes(b"\x00\x00\x0d\x03" + b"\x00" * 12)
     with pytest.raises(ValueError, match="not a uint8 IDX"):
         read_idx(bad)
+    for raw in (b"\x00\x00\x08\x03\x00\x00", b"\x00\x00\x08\x01\x00\x00\x00\x05\x07"):
+        bad.write_bytes(raw)  # cut inside the header; 1 value of the 5 the header says
+        with pytest.raises(DataError, match=rf"^{bad} is truncated .*dataset-fashion-mnist"):
+            read_idx(bad)
     good = tmp_path / "y-idx1-ubyte"
     good.write_bytes(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([7, 8, 9]))
     assert read_idx(good).tolist() == [7, 8, 9]
