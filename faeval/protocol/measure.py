@@ -21,9 +21,9 @@ def measure_protocol(
 ) -> ProtocolRow:
     """The null band, ρ with its controls and diagnostic (c), with the seconds each took.
 
-    Runs in float32 with autocast off and BatchNorm in eval mode (ρ in float64), whatever the
-    training precision. A piece that does not apply or cannot be measured is None, with the
-    reason under ``"<piece>_note"``.
+    Runs in float32 (a float64 model in float64) with autocast off and BatchNorm in eval mode
+    (ρ in float64), whatever the training precision. A piece that does not apply or cannot be
+    measured is None, with the reason under ``"<piece>_note"``.
 
     Args:
         method: a ``CreditMethod``.
