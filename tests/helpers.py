@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer
@@ -124,6 +125,8 @@ class Blobs(LightningDataModule):
     Args:
         declare: set ``num_classes`` (else only the validation set's ``classes`` tell it).
         classes_attr: give the validation set (inside a ``Subset``) a ``classes`` list.
+        labels: how the labels come: class indices (int64), as floats, or shifted up by 2
+            (past the declared class count), the mistakes a researcher's data can make.
     """
 
     def __init__(
@@ -135,10 +138,11 @@ class Blobs(LightningDataModule):
         scale: float = 2.0,
         declare: bool = True,
         classes_attr: bool = False,
+        labels: Literal["indices", "float", "shifted"] = "indices",
     ) -> None:
         super().__init__()
         self.n, self.dim, self.classes, self.batch_size = n, dim, classes, batch_size
-        self.scale, self.classes_attr = scale, classes_attr
+        self.scale, self.classes_attr, self.labels = scale, classes_attr, labels
         if declare:
             self.num_classes = classes
 
@@ -147,6 +151,7 @@ class Blobs(LightningDataModule):
         centres = 3 * torch.randn(self.classes, self.dim, generator=gen)
         y = torch.randint(self.classes, (self.n,), generator=gen)
         x = centres[y] + torch.randn(self.n, self.dim, generator=gen)
+        y = {"indices": y, "float": y.float(), "shifted": y + 2}[self.labels]
         half = self.n // 2
         self.train_set = TensorDataset(x[:half], y[:half])
         val = TensorDataset(x[half:], y[half:])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from faeval.cli import main
+from tests.conftest import write_fake_cifar
 from tests.helpers import TINY_RUN
 
 LADDER = ["--data", "SyntheticLadder", "--data.n_train", "64", "--data.n_test", "32"]
@@ -88,6 +89,40 @@ MISTAKES = [
         ["fit", "--model", "PC", *LADDER, "--model.step_size", "0"],
         r"PC needs steps >= 0 and step_size > 0, got steps=20, step_size=0.0",
         id="relaxation step of zero",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--model.optimizer.lr", "-0.1"],
+        r"optimizer refused its settings: Invalid learning rate: -0.1; set --model.optimizer.lr",
+        id="negative learning rate",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--seeds", "0-1", "--model.optimizer.lr", "-0.1"],
+        r"optimizer refused its settings: Invalid learning rate: -0.1; set --model.optimizer.lr",
+        id="stack, negative learning rate",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", "--data", "tests.helpers.Blobs", "--data.labels", "float"],
+        r"the labels of Blobs's validation batches are torch.float32 of shape \(40,\); .*"
+        r"give y as a torch.long tensor of values in 0..2",
+        id="data module with float labels",
+    ),
+    pytest.param(
+        [
+            "fit",
+            "--model",
+            "DFA",
+            "--data",
+            "tests.helpers.Blobs",
+            "--data.labels",
+            "shifted",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.log_every_n_steps",
+            "1",
+        ],
+        r"the labels of the probe batch include 4, outside 0..2 \(num_classes=3\); set the "
+        r"data module's num_classes",
+        id="data module with labels >= num_classes",
     ),
     pytest.param(
         ["fit", "--model", "DFA", *LADDER, "--data.batch_size", "0"],
@@ -241,3 +276,16 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     with pytest.raises(ZeroDivisionError, match="a bug"):
         main(["fit", "--model", "DFA", *TINY_RUN, "--trainer.max_epochs", "1",
               "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+
+
+def test_a_truncated_data_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    folder = write_fake_cifar(tmp_path / "data")
+    damaged = folder / "data_batch_2"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--model", "DFA", "--data", "CIFAR10", "--data.data_dir", "data"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"faeval: error: {Path('data/cifar-10-batches-py/data_batch_2')} is ")
+    assert "truncated or damaged" in err and "Traceback" not in err

@@ -139,3 +139,71 @@ def test_the_public_api_is_importable_from_faeval_without_paying_for_it_up_front
 
     assert DFA is faeval.methods.DFA and run.__module__ == "faeval.cli.lightning"
     assert all(x is not None for x in (Diagnostics, FaevalTrainer, ResMLP, audit_model, load_sweep))
+
+
+def _built_requirements(tmp_path) -> list:
+    """The wheel's ``Requires-Dist`` as pip sees them: the package built from a copy of the
+    tree (so the checkout gets no build/ or egg-info), with ``build`` where it is installed."""
+    import email.parser
+    import importlib.util
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    root = Path(faeval.__file__).parent.parent
+    src, out = tmp_path / "src", tmp_path / "dist"
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    shutil.copytree(root / "faeval", src / "faeval", ignore=shutil.ignore_patterns("__pycache__"))
+    if importlib.util.find_spec("build") is not None:
+        cmd = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", out, src]
+    else:
+        cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        cmd += ["--no-index", str(src), "-w", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = out.glob("faeval-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        (meta,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        message = email.parser.Parser().parsestr(zf.read(meta).decode())
+    return [Requirement(r) for r in message.get_all("Requires-Dist")]
+
+
+def _constraints() -> dict[str, str]:
+    """constraints.txt as {name: pinned version}; every line must be an exact pin."""
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    pins = {}
+    root = Path(faeval.__file__).parent.parent
+    for line in (root / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", line
+            pins[req.name] = spec.version
+    return pins
+
+
+def test_the_wheel_declares_a_torch_range_and_constraints_pin_the_tested_set(tmp_path):
+    """Installing faeval must not replace the user's torch: the wheel asks for a range with a
+    floor and a ceiling; the tested release is pinned in constraints.txt, inside the range,
+    and tools/install.sh installs with it."""
+    from pathlib import Path
+
+    requirements = {r.name: r for r in _built_requirements(tmp_path) if r.marker is None}
+    pins = _constraints()
+    for name in ("torch", "torchvision"):
+        spec = requirements[name].specifier
+        assert {s.operator for s in spec} == {">=", "<"}, (name, str(spec))
+        assert pins[name] in spec, (name, pins[name], str(spec))
+    assert "2.4" in requirements["torch"].specifier  # fused Adam on the CPU: the floor
+    assert "2.3.1" not in requirements["torch"].specifier
+    for name in ("lightning", "jsonargparse", "torchmetrics", "tensorboard"):
+        assert pins[name] in requirements[name].specifier, (name, pins[name])
+    root = Path(faeval.__file__).parent.parent
+    assert "-c constraints.txt -e '.[test,slurm]'" in (root / "tools" / "install.sh").read_text()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision import datasets
@@ -11,27 +13,40 @@ from torchvision.datasets.utils import download_and_extract_archive
 from typing_extensions import override
 
 from faeval.data.base import InMemoryDataModule
-from faeval.errors import DataNotFoundError
+from faeval.errors import DataError, DataNotFoundError
 
 
-def _present_files_only(dataset_cls: type[datasets.CIFAR10]) -> type[datasets.CIFAR10]:
-    """torchvision's reader, checking that the batch files exist instead of their md5.
+def read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, list[int]]:
+    """One of torchvision's pickled CIFAR batch files: its (N, 3072) uint8 rows (CHW order)
+    and its N labels (``labels``, or CIFAR-100's ``fine_labels``).
 
-    The md5 sums are checked when torchvision downloads; an existing folder is read as is
-    (a damaged file still fails, when it is unpickled).
+    The md5 sums are checked when faeval downloads; an existing file is read as it is.
+
+    Raises:
+        DataError: the file is truncated or damaged, or is not a CIFAR batch.
     """
-
-    class Reader(dataset_cls):
-        @override
-        def _check_integrity(self) -> bool:
-            root = Path(self.root) / self.base_folder
-            return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
-
-        @override
-        def _load_meta(self) -> None:  # class names are not used; md5-checked on download
-            pass
-
-    return Reader
+    way_out = "delete it and run again to download it afresh, or copy an intact one there"
+    try:
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+    except Exception as err:  # a damaged pickle fails in many ways: EOFError, UnpicklingError…
+        reason = ": ".join([type(err).__name__, *str(err).splitlines()[:1]])[:120]
+        raise DataError(f"{path} is truncated or damaged ({reason}); {way_out}") from None
+    data = entry.get("data") if isinstance(entry, dict) else None
+    labels = entry.get("labels", entry.get("fine_labels")) if isinstance(entry, dict) else None
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.shape[1:] != (3 * 32 * 32,)
+        or labels is None
+        or len(labels) != len(data)
+        or not all(0 <= label < num_classes for label in labels)
+    ):
+        raise DataError(
+            f"{path} is not a CIFAR batch of {num_classes} classes (a dict of N×3072 uint8 "
+            f"'data' and N labels in 0..{num_classes - 1}); {way_out}"
+        )
+    return data, labels
 
 
 class _CIFAR(InMemoryDataModule):
@@ -89,6 +104,7 @@ class _CIFAR(InMemoryDataModule):
 
         Raises:
             DataNotFoundError: the folder holds no valid batches and download is off or failed.
+            DataError: a batch file is truncated or damaged (the message names it).
         """
         if not self.present():
             if not self.download:
@@ -98,13 +114,14 @@ class _CIFAR(InMemoryDataModule):
                     "(--data.download true, the default)"
                 )
             self.prepare_data()
-        reader = _present_files_only(self.dataset_cls)
+        cls = self.dataset_cls
         splits = {}
-        for split, train in (("train", True), ("test", False)):
-            ds = reader(self.data_dir, train=train, download=False)
-            # (N, 32, 32, 3) -> (N, 3, 32, 32)
-            x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-            splits[split] = (x, torch.as_tensor(ds.targets, dtype=torch.long))
+        for split, files in (("train", cls.train_list), ("test", cls.test_list)):
+            batches = [read_batch(self.folder / name, self.num_classes) for name, _ in files]
+            # (N, 3072) rows in CHW order -> (N, 3, 32, 32)
+            x = torch.from_numpy(np.concatenate([data for data, _ in batches])).view(-1, 3, 32, 32)
+            y = torch.as_tensor([label for _, labels in batches for label in labels])
+            splits[split] = (x, y.long())
         return splits
 
 

@@ -17,6 +17,7 @@ to the device through the data module's ``transfer_batch_to_device`` and its
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -29,6 +30,9 @@ from faeval.data.base import PROBE_SIZE
 from faeval.errors import ConfigError
 
 Batch = tuple[Tensor, Tensor]
+
+log = logging.getLogger("faeval")
+_said: set[str] = set()  # the small-probe notes already logged by this process
 
 
 class DataContractError(ConfigError):
@@ -110,6 +114,26 @@ def first_samples(batches: Iterable[Batch], size: int) -> Batch:
     return torch.cat(xs)[:size], torch.cat(ys)[:size]
 
 
+def note_small_probe(count: int, wanted: int, source: str, way_out: str) -> None:
+    """Says once, in the log, that the probe batch holds fewer samples than asked.
+
+    Args:
+        count: samples the probe batch holds.
+        wanted: samples it was meant to hold (``probe_size``, default 1024).
+        source: the validation data it came from ("Blobs's validation data").
+        way_out: how to give it more, or to ask for ``count`` and silence the note.
+    """
+    if count >= wanted:
+        return
+    message = (
+        f"the probe batch holds {count} samples, not {wanted}: {source} has no more; the "
+        f"diagnostics are noisier on fewer ({way_out})"
+    )
+    if message not in _said:
+        _said.add(message)
+        log.warning(message)
+
+
 def probe_batch(datamodule: LightningDataModule, device: torch.device | str = "cpu") -> Batch:
     """The probe batch of a data module: its own ``probe`` or its first validation samples.
 
@@ -120,7 +144,10 @@ def probe_batch(datamodule: LightningDataModule, device: torch.device | str = "c
     if callable(own):
         return own(device)
     size = getattr(datamodule, "probe_size", None) or PROBE_SIZE
-    return first_samples(network_batches(datamodule, device), size)
+    x, y = first_samples(network_batches(datamodule, device), size)
+    way_out = f"give it more validation samples, or set its probe_size to {len(x)}"
+    note_small_probe(len(x), size, f"{_name(datamodule)}'s validation data", way_out)
+    return x, y
 
 
 def given_probe(batch: Batch, device: torch.device | str) -> Batch:
@@ -148,11 +175,44 @@ def trainer_probe(trainer: Any, device: torch.device | str, given: Batch | None 
     if loaders:
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         batches = (to_network(b, device) for b in loader)
-        return first_samples(batches, PROBE_SIZE)
+        x, y = first_samples(batches, PROBE_SIZE)
+        way_out = "give the validation loader more samples, or pass probe=(x, y)"
+        note_small_probe(len(x), PROBE_SIZE, "the validation loader", way_out)
+        return x, y
     raise DataContractError(
         "faeval's diagnostics need a probe batch: fit with a data module (or val_dataloaders) "
         "that has validation data, or pass probe=(x, y)"
     )
+
+
+def check_labels(y: Tensor, num_classes: int, source: str) -> None:
+    """Refuses labels that are not one class index in 0..C−1 per sample (one device sync).
+
+    Args:
+        y: a batch's labels.
+        num_classes: C, the class count the network was built for.
+        source: whose labels, for the message ("Blobs's training batches").
+
+    Raises:
+        DataContractError: labels that are not int64 (or uint8) class indices (float or
+            one-hot labels, int32…), or a label outside 0..C−1.
+    """
+    if y.dtype not in (torch.long, torch.uint8) or y.ndim != 1:  # what cross_entropy takes
+        raise DataContractError(
+            f"the labels of {source} are {y.dtype} of shape {tuple(y.shape)}; faeval "
+            f"trains on one class index per sample: give y as a torch.long tensor of values "
+            f"in 0..{num_classes - 1} (e.g. y.long(), or y.argmax(1) for one-hot rows)"
+        )
+    if not y.numel():
+        return
+    low, high = torch.aminmax(y)
+    if low < 0 or high >= num_classes:
+        bad = int(low) if low < 0 else int(high)
+        raise DataContractError(
+            f"the labels of {source} include {bad}, outside 0..{num_classes - 1} (num_classes="
+            f"{num_classes}); set the data module's num_classes to the class count (at least "
+            f"{int(high) + 1}) or map the labels into 0..{num_classes - 1}"
+        )
 
 
 def input_shape_of(datamodule: LightningDataModule) -> tuple[int, ...]:

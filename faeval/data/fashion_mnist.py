@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +21,38 @@ FILES = {
 }
 
 
+#: The way out of a damaged file, in each message that names one.
+REINSTALL = (
+    "reinstall Debian's dataset-fashion-mnist (apt-get install --reinstall "
+    "dataset-fashion-mnist) or copy intact files there"
+)
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Reads an IDX file (gzipped or not) of unsigned bytes.
 
     Raises:
-        ValueError: the header is not that of a uint8 IDX file or the size does not match.
+        DataError: the file is truncated or damaged (a broken gzip stream, a header that is
+            not a uint8 IDX file's, fewer or more values than the header says).
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # cut short, or not gzip
+        raise DataError(f"{path} is truncated or damaged ({err}); {REINSTALL}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not a uint8 IDX file (header {raw[:4]!r})")
+        raise DataError(f"{path} is not a uint8 IDX file (header {raw[:4]!r}); {REINSTALL}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated inside its header; {REINSTALL}")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DataError(f"{path} holds {data.size} values, its header says {dims}")
+        raise DataError(
+            f"{path} is truncated or damaged: it holds {data.size} values, its header says "
+            f"{dims}; {REINSTALL}"
+        )
     return data.reshape(dims)
 
 
@@ -75,11 +92,19 @@ class FashionMNIST(InMemoryDataModule):
 
         Raises:
             FileNotFoundError: a file is missing; the message names the package and option.
+            DataError: a file is damaged, or the files do not hold a Fashion-MNIST split.
         """
         splits = {}
         for split, (images, labels) in FILES.items():
             # (N, 28, 28) -> (N, 1, 28, 28)
             x = torch.from_numpy(read_idx(self._find(images)).copy()).unsqueeze(1)
             y = torch.from_numpy(read_idx(self._find(labels)).astype(np.int64))
+            top = int(y.max()) if y.numel() else None
+            if x.shape[1:] != (1, 28, 28) or y.shape != x.shape[:1] or (top or 0) >= 10:
+                raise DataError(
+                    f"{self._find(images)} and {self._find(labels)} are not a Fashion-MNIST "
+                    f"split (images {tuple(x.shape[:1] + x.shape[2:])}, {len(y)} labels up "
+                    f"to {top}); point --data.data_dir at the four Fashion-MNIST IDX files"
+                )
             splits[split] = (x, y)
         return splits

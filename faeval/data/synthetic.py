@@ -10,6 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.data.base import PROBE_SIZE, InMemoryDataModule
+from faeval.data.contract import note_small_probe
 from faeval.errors import ConfigError
 from faeval.ladder import ladder_activation
 
@@ -101,7 +102,10 @@ class SyntheticLadder(InMemoryDataModule):
                 f"num_classes >= 2, got depth={depth}, input_dim={input_dim}, width={width}, "
                 f"n_train={n_train}, n_test={n_test}, num_classes={num_classes}"
             )
-        kwargs["probe_size"] = min(kwargs.get("probe_size", PROBE_SIZE), n_test)
+        wanted = kwargs.get("probe_size", PROBE_SIZE)
+        kwargs["probe_size"] = min(wanted, n_test)
+        way_out = f"pass --data.n_test {wanted}, or --data.probe_size {n_test}"
+        note_small_probe(n_test, wanted, f"SyntheticLadder's test split (n_test={n_test})", way_out)
         super().__init__(**kwargs)
         self.input_shape = (input_dim,)
         self.num_classes = num_classes

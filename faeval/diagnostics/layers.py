@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from faeval.data.contract import check_labels
 from faeval.diagnostics.functional import (
     matrix_angle,
     mean_cosine,
@@ -56,8 +58,9 @@ class LayerFigures:
 
 
 @contextlib.contextmanager
-def full_precision(module: torch.nn.Module, device_type: str):
-    """Runs ``module`` in float32 with autocast off, whatever the training precision.
+def full_precision(module: torch.nn.Module, device_type: str) -> Iterator[torch.dtype]:
+    """Runs ``module`` in float32 (float64 if it is float64) with autocast off, whatever the
+    training precision; yields that dtype, the one to give the module's inputs.
 
     fp16 turns 1e-10 gradients into zeros; a 16-bit module is cast up for the pass and cast
     back afterwards (exact: every 16-bit value is a float32 value). BatchNorm and dropout are
@@ -71,7 +74,7 @@ def full_precision(module: torch.nn.Module, device_type: str):
     module.eval()
     try:
         with torch.autocast(device_type, enabled=False):
-            yield
+            yield torch.float32 if low else dtype
     finally:
         if low:
             module.to(dtype)
@@ -86,10 +89,14 @@ def measure_layers(method, x: Tensor, y: Tensor) -> LayerFigures:
         method: a ``CreditMethod`` (its backbone and its ``credits``).
         x: probe inputs, already normalised.
         y: true probe labels.
+
+    Raises:
+        DataContractError: the labels are not class indices in 0..C−1.
     """
     backbone = method.backbone
-    with full_precision(method, x.device.type):
-        x = x.float()
+    check_labels(y, backbone.num_classes, "the probe batch")
+    with full_precision(method, x.device.type) as dtype:
+        x = x.to(dtype)
         with torch.no_grad():
             h0 = backbone.embed(x)
         trace, grads = true_gradients(backbone, h0, y, inputs=x)

@@ -19,6 +19,7 @@ every gradient by 1/K.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -33,12 +34,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, ResMLP, Trace
+from faeval.data.contract import check_labels
 from faeval.errors import ConfigError
 from faeval.hparams import CLASS_PATH, plain_hparams
 from faeval.quiet import quiet_lightning
 from faeval.runlog import METHOD
 
 quiet_lightning()  # Lightning's tips and the warnings nobody can act on (faeval.quiet)
+log = logging.getLogger("faeval")
 
 BackboneFactory = Callable[[tuple[int, ...], int], LayeredBackbone]
 
@@ -180,6 +183,7 @@ class CreditMethod(LightningModule, abc.ABC):
         self._epoch_sums: dict[str, tuple[Tensor | float, int]] = {}
         self._restored_epochs = 0  # epochs trained by the checkpoint an evaluation loaded
         self._in_step = False
+        self._labels_checked: set[str] = set()  # the stages whose first batch was checked
 
     @abc.abstractmethod
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
@@ -232,9 +236,26 @@ class CreditMethod(LightningModule, abc.ABC):
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
+    def check_labels_once(self, y: Tensor, stage: str) -> None:
+        """Refuses labels that are not class indices in 0..C−1, on a stage's first batch.
+
+        A user's data module may give float labels or more classes than it declares; the
+        cross-entropy would fail deep in torch (or, on a GPU, with a device-side assert).
+
+        Raises:
+            DataContractError: float or one-hot labels, or a label outside 0..C−1.
+        """
+        if stage in self._labels_checked:
+            return
+        datamodule = getattr(self._trainer, "datamodule", None)
+        source = f"{type(datamodule).__name__}'s " if datamodule is not None else "the "
+        check_labels(y, self.backbone.num_classes, f"{source}{stage} batches")
+        self._labels_checked.add(stage)
+
     @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        self.check_labels_once(y, "training")
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         self._in_step = True
@@ -398,6 +419,7 @@ class CreditMethod(LightningModule, abc.ABC):
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
+        self.check_labels_once(y, "validation")
         logits = self.backbone(x)
         self.test_acc.update(logits, y)
         self.test_loss.update(F.cross_entropy(logits, y), weight=len(y))
@@ -422,4 +444,25 @@ class CreditMethod(LightningModule, abc.ABC):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return _fuse(self.optimizer_factory(self.parameter_groups()))
+        return self.build_optimizer()
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over ``parameter_groups`` (also the stacked seeds' optimizer).
+
+        Raises:
+            ConfigError: the optimizer refuses its settings (a negative learning rate, betas
+                outside [0, 1), …).
+        """
+        try:
+            optimizer = self.optimizer_factory(self.parameter_groups())
+        except ValueError as err:  # torch's optimizers check lr >= 0, betas, eps, decay
+            raise ConfigError(
+                f"the optimizer refused its settings: {err}; set --model.optimizer.lr (and the "
+                "other --model.optimizer.* options) to values it accepts, e.g. lr 1e-3"
+            ) from None
+        if optimizer.param_groups[0].get("lr") == 0:
+            log.warning(
+                "the optimizer's learning rate is 0: the network will not train; set "
+                "--model.optimizer.lr, e.g. 1e-3"
+            )
+        return _fuse(optimizer)

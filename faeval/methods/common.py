@@ -14,10 +14,15 @@ from faeval.backbones import LayeredBackbone, Trace
 
 
 def output_error(logits: Tensor, y: Tensor) -> Tensor:
-    """e = softmax(logits) − onehot(y) = ∂ℓ_i/∂logits_i for cross-entropy. (B, C)."""
-    e = torch.softmax(logits.detach().float(), dim=1)
+    """e = softmax(logits) − onehot(y) = ∂ℓ_i/∂logits_i for cross-entropy. (B, C).
+
+    In the logits' dtype, so that it meets feedback matrices of the model's dtype (float64
+    for a model moved with ``.double()``); a 16-bit softmax is taken in float32 first.
+    """
+    wide = torch.promote_types(logits.dtype, torch.float32)
+    e = torch.softmax(logits.detach(), dim=1, dtype=wide)
     e[torch.arange(len(y), device=y.device), y] -= 1
-    return e
+    return e.to(logits.dtype)
 
 
 def state_sizes(backbone: LayeredBackbone) -> list[int]:

@@ -85,11 +85,11 @@ class AuditRecord:
 @torch.no_grad()
 def test_accuracy(method, datamodule, device: torch.device) -> float:
     """Accuracy over the data module's validation data (faeval's test split), in float32
-    with BatchNorm in eval mode."""
+    (float64 for a float64 model) with BatchNorm in eval mode."""
     correct = total = 0
-    with full_precision(method, device.type):
+    with full_precision(method, device.type) as dtype:
         for x, y in network_batches(datamodule, device):
-            correct += (method(x.float()).argmax(1) == y).sum().item()
+            correct += (method(x.to(dtype)).argmax(1) == y).sum().item()
             total += len(y)
     return correct / total
 

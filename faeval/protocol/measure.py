@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from faeval.data.contract import check_labels
 from faeval.diagnostics.functional import true_gradients
 from faeval.diagnostics.layers import full_precision
 from faeval.protocol.null import has_feedback, null_band
@@ -20,15 +21,18 @@ def measure_protocol(
 ) -> ProtocolRow:
     """The null band, ρ with its controls and diagnostic (c), with the seconds each took.
 
-    Runs in float32 with autocast off and BatchNorm in eval mode (ρ in float64), whatever the
-    training precision. A piece that does not apply or cannot be measured is None, with the
-    reason under ``"<piece>_note"``.
+    Runs in float32 (a float64 model in float64) with autocast off and BatchNorm in eval mode
+    (ρ in float64), whatever the training precision. A piece that does not apply or cannot be
+    measured is None, with the reason under ``"<piece>_note"``.
 
     Args:
         method: a ``CreditMethod``.
         x: probe inputs, normalised.
         y: true probe labels.
         settings: the pieces' settings.
+
+    Raises:
+        DataContractError: the labels are not class indices in 0..C−1.
 
     Returns:
         The measured part of a ``ProtocolRow``: ``null`` (``NullBandFigures`` fields or
@@ -37,9 +41,10 @@ def measure_protocol(
     """
     row: ProtocolRow = {"method": type(method).__name__, "seconds": {}}
     backbone = method.backbone
-    with full_precision(method, x.device.type):
-        x = x.float()
+    check_labels(y, backbone.num_classes, "the probe batch")
+    with full_precision(method, x.device.type) as dtype:
         with torch.no_grad():
+            x = x.to(dtype)
             h0 = backbone.embed(x)
         trace, grads = true_gradients(backbone, h0, y, inputs=x)
         credits = method.credits(trace, y)

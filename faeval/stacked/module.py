@@ -9,7 +9,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.methods import CreditMethod
-from faeval.methods.base import _fuse
 from faeval.stacked.convert import check_optimizer, stack_methods
 
 #: Where a stack's checkpoint records its seeds' method hyperparameters (the stack module has
@@ -95,6 +94,7 @@ class SeedStack(LightningModule):
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
+        self.method.check_labels_once(y, "validation")
         k, n = self.seeds, len(x)
         xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * n, *x.shape[1:])  # every seed's copy
         logits = self.method.backbone(xs).view(k, n, -1)  # (K, B, C)
@@ -124,6 +124,6 @@ class SeedStack(LightningModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        optimizer = _fuse(self.method.optimizer_factory(self.method.parameter_groups()))
+        optimizer = self.method.build_optimizer()
         check_optimizer(optimizer)
         return optimizer

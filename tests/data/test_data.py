@@ -1,19 +1,21 @@
 """DataModules: offline files read faithfully, batches reproducible, errors that say the fix."""
 
+import gzip
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision import datasets
 
 from faeval.data import CIFAR10, CIFAR100, FashionMNIST, SyntheticLadder, TensorBatches
 from faeval.data.fashion_mnist import read_idx
+from faeval.errors import DataError
 from tests.conftest import FMNIST_DIR, write_fake_cifar
 
 
 def test_cifar10_reads_the_fake_folder_as_uint8_chw(fake_cifar):
-    import pickle
-
     dm = CIFAR10(data_dir=str(fake_cifar), probe_size=10)
     dm.setup()
     x, y = dm.splits["train"]
@@ -84,9 +86,80 @@ def test_read_idx_checks_the_header(tmp_path):
     bad.write_bytes(b"\x00\x00\x0d\x03" + b"\x00" * 12)
     with pytest.raises(ValueError, match="not a uint8 IDX"):
         read_idx(bad)
+    for raw in (b"\x00\x00\x08\x03\x00\x00", b"\x00\x00\x08\x01\x00\x00\x00\x05\x07"):
+        bad.write_bytes(raw)  # cut inside the header; 1 value of the 5 the header says
+        with pytest.raises(DataError, match=rf"^{bad} is truncated .*dataset-fashion-mnist"):
+            read_idx(bad)
     good = tmp_path / "y-idx1-ubyte"
     good.write_bytes(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([7, 8, 9]))
     assert read_idx(good).tolist() == [7, 8, 9]
+
+
+def write_fake_fmnist(folder: Path, n: int = 20) -> Path:
+    """The four Fashion-MNIST IDX files, gzipped as Debian ships them, with n random samples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for stem, shape in [("images-idx3-ubyte", (n, 28, 28)), ("labels-idx1-ubyte", (n,))]:
+        high = 256 if len(shape) == 3 else 10
+        values = torch.randint(high, shape, generator=gen, dtype=torch.uint8).numpy().tobytes()
+        header = bytes([0, 0, 8, len(shape)]) + b"".join(d.to_bytes(4, "big") for d in shape)
+        for prefix in ("train", "t10k"):
+            (folder / f"{prefix}-{stem}.gz").write_bytes(gzip.compress(header + values))
+    return folder
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def scribble(path: Path) -> None:
+    """Overwrites the middle of the file with bytes that belong to no format."""
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle - 20 : middle + 20] = b"\xff" * 40
+    raw[:8] = b"\x80\x02\xff\xff\xff\xff\xff\xff"  # a pickle (or gzip) header no reader takes
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", [truncate, scribble])
+@pytest.mark.parametrize("name", ["data_batch_3", "test_batch"])
+def test_a_damaged_cifar_file_is_named_with_the_way_out(fake_cifar, name, damage):
+    path = fake_cifar / "cifar-10-batches-py" / name
+    damage(path)
+    with pytest.raises(DataError) as err:
+        CIFAR10(data_dir=str(fake_cifar), download=False, probe_size=10).setup()
+    message = str(err.value)
+    assert message.startswith(f"{path} is truncated or damaged (") and "\n" not in message
+    assert "delete it and run again to download it afresh" in message
+
+
+def test_a_cifar_file_of_another_shape_is_named(fake_cifar):
+    path = fake_cifar / "cifar-10-batches-py" / "data_batch_2"
+    with open(path, "wb") as fh:  # a readable pickle, but 10 labels beside 20 rows of 3071
+        pickle.dump({"data": np.zeros((20, 3071), np.uint8), "labels": [0] * 10}, fh)
+    with pytest.raises(DataError, match=f"{path} is not a CIFAR batch of 10 classes"):
+        CIFAR10(data_dir=str(fake_cifar), download=False, probe_size=10).setup()
+
+
+@pytest.mark.parametrize("damage", [truncate, scribble])
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
+def test_a_damaged_fashion_mnist_file_is_named_with_the_way_out(tmp_path, name, damage):
+    folder = write_fake_fmnist(tmp_path / "fmnist")
+    FashionMNIST(data_dir=str(folder), probe_size=10).setup()  # intact, it reads
+    damage(folder / name)
+    with pytest.raises(DataError) as err:
+        FashionMNIST(data_dir=str(folder), probe_size=10).setup()
+    message = str(err.value)
+    assert message.startswith(f"{folder / name} is truncated or damaged"), message
+    assert "dataset-fashion-mnist" in message and "\n" not in message
+
+
+def test_fashion_mnist_labels_that_do_not_match_the_images_are_named(tmp_path):
+    folder = write_fake_fmnist(tmp_path / "fmnist")
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 3, 1, 2, 3])))  # 3 labels
+    with pytest.raises(DataError, match=rf"t10k-images.* and {labels} are not a Fashion-MNIST"):
+        FashionMNIST(data_dir=str(folder), probe_size=10).setup()
 
 
 def test_uint8_batches_are_normalised_per_channel_after_transfer(fake_cifar):

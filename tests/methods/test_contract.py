@@ -8,6 +8,7 @@ is covered without editing this file.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from functools import partial
@@ -20,8 +21,19 @@ import faeval.methods
 from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.data import TensorBatches
 from faeval.diagnostics import measure_layers
-from faeval.methods import BP, CreditMethod
-from tests.helpers import wrap_plain_resnet
+from faeval.methods import (
+    BP,
+    DFA,
+    DRTP,
+    EP,
+    FA,
+    PC,
+    CreditBridge,
+    CreditMethod,
+    LayerFeedbackMethod,
+    StateBridge,
+)
+from tests.helpers import GradRecorder, reference_states, wrap_plain_resnet
 
 #: Tiny configurations of each backbone (and of each of its topologies), with input shapes.
 BACKBONES = {
@@ -151,3 +163,140 @@ def test_bp_credits_equal_autograd_gradients(name, train_mode):
         torch.testing.assert_close(
             a, s.grad, rtol=1e-9, atol=1e-12 * s.grad.abs().max().item(), msg=f"layer {layer}"
         )
+
+
+@pytest.mark.parametrize("cls", credit_methods(), ids=lambda c: c.__name__)
+def test_a_float64_model_trains_a_step_in_float64(quiet_trainer, cls):
+    """A model moved with ``.to(torch.float64)`` trains as it is: every tensor of the step
+    (gradients, feedback matrices, helpers) follows it, and the diagnostics measure it."""
+    method = build(cls, "ResMLP").to(torch.float64)
+    x, y = batch(BACKBONES["ResMLP"][0])
+    x = x.double()
+    before = {n: p.detach().clone() for n, p in method.backbone.named_parameters()}
+    recorder = GradRecorder()
+    trainer = quiet_trainer(max_steps=1, callbacks=[recorder])
+    loader = TensorBatches(x, y, batch_size=len(x))
+    trainer.fit(method, train_dataloaders=loader, val_dataloaders=loader)
+
+    assert trainer.global_step == 1
+    assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+    floats = [t for t in [*method.parameters(), *method.buffers()] if t.is_floating_point()]
+    assert {t.dtype for t in [*floats, *recorder.grads[0].values()]} == {torch.float64}
+    assert any(not torch.equal(p, before[n]) for n, p in method.backbone.named_parameters())
+    figures = measure_layers(method, x.float(), y)  # a float32 probe, as a data module gives
+    assert all(math.isfinite(c) for c in figures.cos + figures.g_norm)
+
+
+#: The network of the float64 test: ResMLP with near-identity blocks (w2_std 0.01), on which
+#: EP's relaxation settles within 100 steps of 0.5.
+FLOAT64_BACKBONE = partial(ResMLP, d_hidden=16, num_blocks=2)
+#: Settings under which a method's top credit a_L has a closed form (the rest use defaults):
+#: PC with fixed predictions at γ = 1 and T = L + 1 gives backprop's gradient exactly; EP's
+#: symmetric error credit gives it up to O(β²) and the relaxation's residue (float64 resolves
+#: β = 1e-3: ε_L ~ β·g_L; float32 would keep ~3 digits of it).
+FLOAT64_SETTINGS = {
+    PC: dict(fixed_predictions=True, step_size=1.0, steps=3),
+    EP: dict(beta=1e-3, symmetric=True, steps=100, step_size=0.5, tol=0.0),
+}
+
+
+def top_credit_reference(method, x, y) -> tuple[torch.Tensor, float]:
+    """a_L computed here in float64, without the method's code, and the relative error allowed.
+
+    e = ∂ℓ_i/∂logits and g_L = ∂ℓ_i/∂h_L come from autograd over a forward written out in
+    the tests; the feedback matrices are read from the method's state.
+    """
+    backbone = method.backbone
+    states, logits = reference_states(backbone, x)
+    logits.retain_grad()
+    F.cross_entropy(logits, y, reduction="sum").backward()
+    e, g = logits.grad, states[-1].grad  # (B, C), (B, d)
+    top = len(states) - 1
+    if isinstance(method, (BP, StateBridge, PC)):  # FrozenBlocks is a BP; PC as set above
+        return g, 1e-10
+    if isinstance(method, EP):
+        return g, 1e-4
+    if isinstance(method, FA):
+        return e @ method.feedback[0], 1e-10  # (B, C) @ (C, d)
+    if isinstance(method, (DFA, CreditBridge)):  # CreditBridge is DFA while warming up
+        return e @ method.feedback[top], 1e-10
+    if isinstance(method, DRTP):
+        return -F.one_hot(y, NUM_CLASSES).double() @ method.feedback[top], 1e-10
+    if isinstance(method, LayerFeedbackMethod):
+        # The readout head(LN(h_L)) with the head's weight W replaced by its feedback B: a
+        # linear layer's input gradient is grad·W, so this network's VJP of e is a_L.
+        name, _, feedback = method.feedback_pairs()[-1]
+        assert name == "head", name
+        swapped = copy.deepcopy(backbone)
+        swapped.head.weight.data.copy_(feedback)
+        h = states[-1].detach().requires_grad_(True)
+        (a,) = torch.autograd.grad(swapped.readout(h), h, e)
+        return a, 1e-10
+    raise AssertionError(f"{type(method).__name__} has no float64 reference here: add one")
+
+
+@pytest.mark.parametrize("cls", credit_methods(), ids=lambda c: c.__name__)
+def test_a_step_at_64_true_then_the_top_credit_against_float64_autograd(quiet_trainer, cls):
+    """Lightning's 64-true moves the model to float64: one step trains, and the credit the
+    method then gives is float64 and matches its closed form to float64's precision (float32
+    would leave ~1e-7 of it)."""
+    settings = FLOAT64_SETTINGS.get(cls, {})
+    method = cls((12,), NUM_CLASSES, backbone=FLOAT64_BACKBONE, **settings)
+    x, y = batch((12,))
+    trainer = quiet_trainer(max_steps=1, precision="64-true")
+    loader = TensorBatches(x, y, batch_size=len(x))
+    trainer.fit(method, train_dataloaders=loader, val_dataloaders=loader)
+    assert trainer.global_step == 1
+    assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+
+    x = x.double()
+    a = method.credits(method.backbone.trace(x).detached(), y)[-1]
+    want, allowed = top_credit_reference(method, x, y)
+    assert a.dtype == torch.float64
+    error = ((a - want).norm() / want.norm()).item()
+    assert error < allowed, (cls.__name__, error)
+
+
+@pytest.mark.parametrize("cls", credit_methods(), ids=lambda c: c.__name__)
+def test_bf16_true_trains_a_bf16_model_and_the_diagnostics_measure_it(quiet_trainer, cls):
+    """Lightning's bf16-true moves the model to bf16: the step runs in bf16 throughout (FA's
+    and DFA's output error meets bf16 feedback), and the diagnostics cast it up to float32."""
+    method = build(cls, "ResMLP")
+    x, y = batch(BACKBONES["ResMLP"][0])
+    before = {n: p.detach().float() for n, p in method.backbone.named_parameters()}
+    recorder = GradRecorder()
+    trainer = quiet_trainer(max_steps=1, callbacks=[recorder], precision="bf16-true")
+    loader = TensorBatches(x, y, batch_size=len(x))
+    trainer.fit(method, train_dataloaders=loader, val_dataloaders=loader)
+
+    assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+    floats = [t for t in [*method.parameters(), *method.buffers()] if t.is_floating_point()]
+    assert {t.dtype for t in [*floats, *recorder.grads[0].values()]} == {torch.bfloat16}
+    assert any(not torch.equal(p.float(), before[n]) for n, p in method.backbone.named_parameters())
+    figures = measure_layers(method, x, y)
+    assert all(math.isfinite(c) for c in figures.cos + figures.g_norm)
+    assert next(method.parameters()).dtype == torch.bfloat16  # cast back after measuring
+
+
+@pytest.mark.parametrize("cls", [FA, DFA], ids=lambda c: c.__name__)
+def test_bf16_mixed_trains_a_step_near_the_float64_step(quiet_trainer, cls):
+    """Under bf16 autocast the feedback product runs in bf16; the step's gradients stay
+    within bf16's precision of the same step taken in float64 (cosine > 0.99 per tensor)."""
+    x, y = batch(BACKBONES["ResMLP"][0], n=64)
+    grads = {}
+    for precision in ("bf16-mixed", "64-true"):
+        torch.manual_seed(0)
+        method = build(cls, "ResMLP")
+        recorder = GradRecorder()
+        trainer = quiet_trainer(max_steps=1, callbacks=[recorder], precision=precision)
+        loader = TensorBatches(x, y, batch_size=len(x))
+        trainer.fit(method, train_dataloaders=loader, val_dataloaders=loader)
+        assert math.isfinite(trainer.callback_metrics["train/loss"].item())
+        grads[precision] = recorder.grads[0]
+    assert grads["bf16-mixed"].keys() == grads["64-true"].keys()
+    for name, g in grads["bf16-mixed"].items():
+        assert g.dtype == torch.float32, name  # the parameters stay float32 under autocast
+        want = grads["64-true"][name]
+        cos = F.cosine_similarity(g.double().flatten(), want.flatten(), dim=0).item()
+        assert 0.99 < cos <= 1 + 1e-9, (name, cos)
+        assert not torch.equal(g.double(), want), name  # it did run in bf16

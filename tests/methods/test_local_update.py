@@ -30,12 +30,20 @@ def _fa_credits(method, states, e):
     return credits
 
 
+#: Training precision -> (rtol, atol) of the match: float64 leaves room for no float32 step.
+PRECISIONS = {"32-true": (1e-4, 1e-7), "64-true": (1e-10, 1e-14)}
+
+
 @pytest.mark.parametrize(("cls", "credit_rule"), [(DFA, _dfa_credits), (FA, _fa_credits)])
 @pytest.mark.parametrize("penalty", [0.0, 0.3])
 @pytest.mark.parametrize("residual_add", [True, False])
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_each_parameter_gets_the_vjp_of_its_module_with_its_credit(
-    tmp_path, cls, credit_rule, penalty, residual_add
+    tmp_path, cls, credit_rule, penalty, residual_add, precision
 ):
+    """In float32 and in float64 (Lightning's 64-true moves the model with ``.double()``: the
+    feedback matrices follow it and the whole step runs in float64)."""
+    rtol, atol = PRECISIONS[precision]
     dm = SyntheticLadder(
         input_dim=10, num_classes=4, n_train=64, n_test=32, batch_size=16, probe_size=16, seed=3
     )
@@ -48,14 +56,18 @@ def test_each_parameter_gets_the_vjp_of_its_module_with_its_credit(
         backbone=partial(ResMLP, d_hidden=8, num_blocks=3, w2_std=0.5, residual_add=residual_add),
     )
     recorder = GradRecorder()
-    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[recorder]).fit(
-        method, datamodule=dm
+    trainer = quiet_trainer(
+        tmp_path, max_steps=1, limit_val_batches=0, callbacks=[recorder], precision=precision
     )
+    trainer.fit(method, datamodule=dm)
     got = recorder.grads[0]
+    dtype = torch.float64 if precision == "64-true" else torch.float32
+    assert {t.dtype for t in [*got.values(), *method.feedback.buffers()]} == {dtype}
 
     loader = dm.train_dataloader()
     loader.epoch = lambda: 0
     x, y = next(iter(loader))  # the batch the step saw
+    x = x.to(dtype)
     bb = method.backbone
     states, logits = reference_states(bb, x)
     states, logits = [h.detach() for h in states], logits.detach()
@@ -68,7 +80,7 @@ def test_each_parameter_gets_the_vjp_of_its_module_with_its_credit(
         want = torch.autograd.grad(output, params, grad_output)
         names = {id(p): name for name, p in method.named_parameters()}
         for p, w in zip(params, want, strict=True):
-            torch.testing.assert_close(got[names[id(p)]], w, rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(got[names[id(p)]], w, rtol=rtol, atol=atol)
 
     check(bb.embed, bb.embed(x), credits[0] / n)
     for l, block in enumerate(bb.blocks, start=1):
@@ -78,7 +90,7 @@ def test_each_parameter_gets_the_vjp_of_its_module_with_its_credit(
     want = torch.autograd.grad(F.cross_entropy(bb.readout(states[-1]), y), readout_params)
     for p, w in zip(readout_params, want, strict=True):
         name = next(k for k, v in method.named_parameters() if v is p)
-        torch.testing.assert_close(got[name], w, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(got[name], w, rtol=rtol, atol=atol)
     assert len(got) == len(list(method.parameters()))  # nothing else received a gradient
 
 
