@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -14,8 +15,12 @@ pytestmark = [pytest.mark.slow]
 
 
 def test_sweep_and_report_run_from_a_wheel_in_any_folder(tmp_path):
-    wheels = tmp_path / "wheels"
-    build = ["wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)]
+    wheels, src = tmp_path / "wheels", tmp_path / "src"  # built from a copy: the checkout
+    src.mkdir()  # gets no build/ or egg-info
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "faeval", src / "faeval", ignore=shutil.ignore_patterns("__pycache__"))
+    build = ["wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)]
     subprocess.run([sys.executable, "-m", "pip", *build], check=True, capture_output=True)
     (wheel,) = wheels.glob("faeval-*.whl")
     env_dir = tmp_path / "env"
