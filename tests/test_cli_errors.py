@@ -189,6 +189,26 @@ MISTAKES = [
         r"--run_name '\{nope\}' cannot be filled",
         id="run name with an unknown field",
     ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--ckpt_path", "nope.ckpt"],
+        r"--ckpt_path nope.ckpt names no file; give a run's RUN/checkpoints/last.ckpt",
+        id="checkpoint to resume, missing",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--seeds", "0-1", "--ckpt_path", "nope.ckpt"],
+        r"--ckpt_path nope.ckpt names no file",
+        id="stack, checkpoint to resume, missing",
+    ),
+    pytest.param(
+        ["validate", "--model", "DFA", *LADDER, "--ckpt_path", "nope.ckpt"],
+        r"--ckpt_path nope.ckpt names no file; .*or the run's folder: faeval validate RUN_FOLDER",
+        id="checkpoint to evaluate, missing",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--ckpt_path", "."],
+        r"--ckpt_path \. is a folder, not a checkpoint; give a run's RUN/checkpoints/last.ckpt",
+        id="checkpoint to resume, a folder",
+    ),
 ]
 
 

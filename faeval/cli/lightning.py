@@ -92,6 +92,31 @@ def run_arguments(path: str, given: list[str] | None = None) -> list[str]:
     return [*args, "--ckpt_path", str(ckpt_file)]
 
 
+#: What Lightning takes as ``--ckpt_path`` besides a file: checkpoints it finds itself.
+CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def check_ckpt_path(ckpt_path, subcommand: str) -> None:
+    """Refuses a ``--ckpt_path`` that is not a file (Lightning's error is a traceback).
+
+    Raises:
+        DataNotFoundError: nothing there, or a folder, with the checkpoint to give instead.
+    """
+    if not ckpt_path or Path(ckpt_path).is_file():
+        return
+    text = str(ckpt_path)
+    if text in CKPT_NAMES or text.startswith("registry:") or "://" in text:
+        return
+    last = Path(ckpt_path) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        raise DataNotFoundError(f"--ckpt_path {text} is a run folder; give its checkpoint: {last}")
+    what = "is a folder, not a checkpoint" if Path(ckpt_path).is_dir() else "names no file"
+    way_out = "RUN/checkpoints/last.ckpt"
+    if subcommand != "fit":
+        way_out += f", or the run's folder: faeval {subcommand} RUN_FOLDER"
+    raise DataNotFoundError(f"--ckpt_path {text} {what}; give a run's {way_out}")
+
+
 def _subclasses(module, base: type) -> list[str]:
     return sorted(
         name
@@ -261,11 +286,26 @@ class FaevalCLI(LightningCLI):
 
     @override
     def _parse_ckpt_path(self) -> None:
+        # Lightning's first step after parsing: the options are checked before anything uses
+        # them (Lightning's own checks are tracebacks, or come after folders are claimed).
+        self._check_options()
         # audit loads its checkpoint itself (weights-only, with clear errors); the model comes
         # from the run's config.yaml, and the checkpoint's class is checked against it.
         if self.config.get("subcommand") != "audit":
             self._check_resume_options()  # before Lightning merges the checkpoint's options
             super()._parse_ckpt_path()
+
+    def _check_options(self) -> None:
+        """Refuses option values that would end in a traceback, or a silent surprise, later.
+
+        Raises:
+            DataNotFoundError: ``--ckpt_path`` names no file.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        options = self.config[subcommand]
+        check_ckpt_path(options.get("ckpt_path"), subcommand)
 
     def _check_resume_options(self) -> None:
         """Refuses model options given with ``--ckpt_path`` that contradict the checkpoint's
