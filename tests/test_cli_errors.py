@@ -209,6 +209,21 @@ MISTAKES = [
         r"--ckpt_path \. is a folder, not a checkpoint; give a run's RUN/checkpoints/last.ckpt",
         id="checkpoint to resume, a folder",
     ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--seed_everything", "-1"],
+        r"--seed_everything -1: a seed is an integer from 0 to 4294967295",
+        id="seed, negative",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--seed_everything", str(2**33)],
+        r"--seed_everything 8589934592: a seed is an integer from 0 to 4294967295",
+        id="seed, over 2**32",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--seeds", f"0,{2**33}"],
+        r"--seeds '0,8589934592': a seed is an integer from 0 to 4294967295",
+        id="stack, seed over 2**32",
+    ),
 ]
 
 

@@ -19,6 +19,8 @@ from typing import ClassVar
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
+from lightning.fabric.utilities.seed import min_seed_value as MIN_SEED
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
@@ -90,6 +92,20 @@ def run_arguments(path: str, given: list[str] | None = None) -> list[str]:
     if seed is not None:
         args += ["--seed_everything", str(seed)]
     return [*args, "--ckpt_path", str(ckpt_file)]
+
+
+def check_seed(seed) -> None:
+    """Refuses a ``--seed_everything`` that numpy cannot take (Lightning would raise late).
+
+    Raises:
+        ConfigError: an integer seed outside 0…2³²-1.
+    """
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        if not MIN_SEED <= seed <= MAX_SEED:
+            raise ConfigError(
+                f"--seed_everything {seed}: a seed is an integer from {MIN_SEED} to {MAX_SEED} "
+                "(or true for a random one)"
+            )
 
 
 #: What Lightning takes as ``--ckpt_path`` besides a file: checkpoints it finds itself.
@@ -299,12 +315,14 @@ class FaevalCLI(LightningCLI):
         """Refuses option values that would end in a traceback, or a silent surprise, later.
 
         Raises:
+            ConfigError: a seed out of numpy's range.
             DataNotFoundError: ``--ckpt_path`` names no file.
         """
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         options = self.config[subcommand]
+        check_seed(options.get("seed_everything"))
         check_ckpt_path(options.get("ckpt_path"), subcommand)
 
     def _check_resume_options(self) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 
@@ -128,7 +129,8 @@ def parse_seeds(spec: str | int) -> list[int]:
     """``"0-3,7"`` -> [0, 1, 2, 3, 7].
 
     Raises:
-        ConfigError: not a list of integers and ranges, or a seed given twice.
+        ConfigError: not a list of integers and ranges, a seed given twice, or one that
+            numpy cannot take.
     """
     seeds: list[int] = []
     try:
@@ -141,6 +143,8 @@ def parse_seeds(spec: str | int) -> list[int]:
         ) from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {spec!r} names no seed, or one seed twice")
+    if max(seeds) > MAX_SEED:
+        raise ConfigError(f"--seeds {spec!r}: a seed is an integer from 0 to {MAX_SEED}")
     return seeds
 
 
