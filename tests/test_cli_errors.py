@@ -224,6 +224,11 @@ MISTAKES = [
         r"--seeds '0,8589934592': a seed is an integer from 0 to 4294967295",
         id="stack, seed over 2**32",
     ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--checkpoint_every_n_steps", "-1"],
+        r"--checkpoint_every_n_steps -1: give a number of training steps, or 0",
+        id="checkpoint interval, negative",
+    ),
 ]
 
 

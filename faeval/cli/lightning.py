@@ -315,7 +315,7 @@ class FaevalCLI(LightningCLI):
         """Refuses option values that would end in a traceback, or a silent surprise, later.
 
         Raises:
-            ConfigError: a seed out of numpy's range.
+            ConfigError: a seed out of numpy's range, a negative checkpoint interval.
             DataNotFoundError: ``--ckpt_path`` names no file.
         """
         subcommand = self.config.get("subcommand")
@@ -323,6 +323,12 @@ class FaevalCLI(LightningCLI):
             return
         options = self.config[subcommand]
         check_seed(options.get("seed_everything"))
+        every = options.get("checkpoint_every_n_steps")
+        if isinstance(every, int) and every < 0:
+            raise ConfigError(
+                f"--checkpoint_every_n_steps {every}: give a number of training steps, or 0 to "
+                "save checkpoints/last.ckpt at every epoch end only"
+            )
         check_ckpt_path(options.get("ckpt_path"), subcommand)
 
     def _check_resume_options(self) -> None:
