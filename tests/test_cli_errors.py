@@ -229,6 +229,11 @@ MISTAKES = [
         r"--checkpoint_every_n_steps -1: give a number of training steps, or 0",
         id="checkpoint interval, negative",
     ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--seeds", "5-3,1"],
+        r"--seeds '5-3,1': 5-3 names no seed; write 3-5",
+        id="stack, range backwards",
+    ),
 ]
 
 
