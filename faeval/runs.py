@@ -115,19 +115,21 @@ def run_name(template: str, **fields: object) -> str:
     """The run's name from a template such as ``{data}/{method}/seed{seed}``.
 
     Raises:
-        ValueError: the template names a field that is not known, or is not a relative path.
+        ValueError: the template names a field that is not known, or does not name a folder
+            below lightning_logs.
     """
+    plain = ", ".join("{" + k + "}" for k in fields)
     try:
         name = template.format(**fields)
     except (KeyError, IndexError, ValueError) as err:
         raise ConfigError(
-            f"--run_name {template!r} cannot be filled ({err}); it may use "
-            + ", ".join("{" + k + "}" for k in fields)
+            f"--run_name {template!r} cannot be filled ({err}); it may use {plain}"
         ) from None
-    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+    parts = Path(name).parts  # "." and "./" have none: lightning_logs itself
+    if not parts or Path(name).is_absolute() or ".." in parts:
         raise ConfigError(
-            f"--run_name {template!r} gives {name!r}; it must be a relative folder name such as "
-            f"{DEFAULT_RUN_NAME}"
+            f"--run_name {template!r} gives {name!r}; it must name a folder below lightning_logs, "
+            f"such as {DEFAULT_RUN_NAME}"
         )
     return name
 

@@ -190,6 +190,11 @@ MISTAKES = [
         id="run name with an unknown field",
     ),
     pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--run_name", "."],
+        r"--run_name '\.' gives '\.'; it must name a folder below lightning_logs",
+        id="run name of the log root",
+    ),
+    pytest.param(
         ["fit", "--model", "DFA", *LADDER, "--ckpt_path", "nope.ckpt"],
         r"--ckpt_path nope.ckpt names no file; give a run's RUN/checkpoints/last.ckpt",
         id="checkpoint to resume, missing",
