@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import socket
+import string
 import sys
 import time
 from pathlib import Path
@@ -115,10 +116,13 @@ def run_name(template: str, **fields: object) -> str:
     """The run's name from a template such as ``{data}/{method}/seed{seed}``.
 
     Raises:
-        ValueError: the template names a field that is not known, or does not name a folder
-            below lightning_logs.
+        ValueError: the template names a field that is not known or reaches into one
+            (``{seed.__class__}``), or does not name a folder below lightning_logs.
     """
     plain = ", ".join("{" + k + "}" for k in fields)
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field and not field.isidentifier():  # {seed.__class__}, {data[0]}: plain fields only
+            raise ConfigError(f"--run_name {template!r}: {{{field}}} is not a field; use {plain}")
     try:
         name = template.format(**fields)
     except (KeyError, IndexError, ValueError) as err:

@@ -195,6 +195,11 @@ MISTAKES = [
         id="run name of the log root",
     ),
     pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--run_name", "{seed.__class__}"],
+        r"--run_name '\{seed.__class__\}': \{seed.__class__\} is not a field; use \{data\}, ",
+        id="run name reaching into a field",
+    ),
+    pytest.param(
         ["fit", "--model", "DFA", *LADDER, "--ckpt_path", "nope.ckpt"],
         r"--ckpt_path nope.ckpt names no file; give a run's RUN/checkpoints/last.ckpt",
         id="checkpoint to resume, missing",
