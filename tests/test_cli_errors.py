@@ -7,6 +7,7 @@ mistake a newcomer makes; a bug in faeval still shows its traceback.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,11 @@ def test_each_mistake_is_one_or_two_lines_with_exit_code_2(
     args, expected, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
+    assert_one_mistake(args, expected, tmp_path, capsys)
+
+
+def assert_one_mistake(args: list[str], expected: str, tmp_path: Path, capsys) -> None:
+    """``faeval ARGS`` exits with code 2 and at most three lines matching ``expected``."""
     with pytest.raises(SystemExit) as exit_:
         main(args)
     err = capsys.readouterr().err
@@ -263,6 +269,75 @@ def test_each_mistake_is_one_or_two_lines_with_exit_code_2(
     assert re.search(expected, err, re.DOTALL), err
     if args[:1] == ["fit"]:  # a run that failed before its first row leaves no folder behind
         assert not list(Path(tmp_path).glob("lightning_logs/*/*/*"))  # a stack's folders too
+
+
+#: A user's package ``userpkg`` (the ``userpkg`` fixture writes it): a module that fails to
+#: import, one whose class is neither a method nor a data module, a method that raises.
+USER_MODULES = {
+    "broken.py": "import no_such_dependency\n",
+    "plain.py": "class Plain:\n    pass\n",
+    "raising.py": (
+        "from faeval.methods import DFA\n"
+        "\n"
+        "\n"
+        "class Raising(DFA):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        raise ValueError('alpha must be set')\n"
+    ),
+}
+#: A user's --config files, each with one mistake.
+USER_CONFIGS = {
+    "penalti.yaml": "model:\n  class_path: DFA\n  init_args:\n    penalti: 1.0\n",
+    "flat.yaml": "model:\n  class_path: DFA\n  penalti: 1.0\n",
+    "backbone.yaml": (
+        "model:\n  class_path: DFA\n  init_args:\n    backbone:\n      class_path: ResMLP\n"
+        "      init_args:\n        d_hiden: 8\n"
+    ),
+    "trainer.yaml": "trainer:\n  max_epoch: 1\n",
+    "not_yaml.yaml": "model:\n  class_path: DFA\n   bad: [\n",
+    "not_mapping.yaml": "just a sentence\n",
+}
+
+
+@pytest.fixture(scope="module")
+def userpkg(tmp_path_factory):
+    """``userpkg`` (``USER_MODULES``) importable for the rest of the session."""
+    root = tmp_path_factory.mktemp("lib")
+    (root / "userpkg").mkdir()
+    (root / "userpkg" / "__init__.py").write_text("")
+    for name, code in USER_MODULES.items():
+        (root / "userpkg" / name).write_text(code)
+    # Once imported, userpkg.raising.Raising is a CreditMethod subclass that jsonargparse lists
+    # in every later parser, which would fail to import it from a path that was gone.
+    sys.path.insert(0, str(root))
+    return root
+
+
+@pytest.fixture
+def user_files(userpkg, tmp_path, monkeypatch):
+    """``userpkg`` importable and the --config files in the working folder (``tmp_path``)."""
+    monkeypatch.chdir(tmp_path)
+    for name, text in USER_CONFIGS.items():
+        (tmp_path / name).write_text(text)
+
+
+#: A user's mistakes in their own code or files: the message is about what is wrong there.
+USER_MISTAKES = [
+    pytest.param(
+        ["fit", "--model", "userpkg.raising.Raising", *LADDER],
+        r"userpkg.raising.Raising raised ValueError: alpha must be set\n"
+        r"  at \S*userpkg/raising.py:7, in __init__\n",
+        id="method raising in __init__",
+    ),
+]
+
+
+@pytest.mark.parametrize("args, expected", USER_MISTAKES)
+def test_a_mistake_in_the_users_code_or_files_says_what_is_wrong_there(
+    args, expected, user_files, tmp_path, capsys
+):
+    assert_one_mistake(args, expected, tmp_path, capsys)
 
 
 def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
@@ -296,3 +371,17 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     with pytest.raises(ZeroDivisionError, match="a bug"):
         main(["fit", "--model", "DFA", *TINY_RUN, "--trainer.max_epochs", "1",
               "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+
+
+def test_a_bug_in_a_faeval_class_built_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only the user's own classes raising are shortened; faeval's own keep the traceback."""
+
+    def broken(self, *args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("faeval.methods.dfa.DFA.__init__", broken)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception) as raised:  # jsonargparse wraps it: a ValueError
+        main(["fit", "--model", "DFA", *LADDER])
+    cause = raised.value.__cause__ or raised.value.__context__
+    assert isinstance(cause, ZeroDivisionError), raised.value

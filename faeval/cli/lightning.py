@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -36,7 +37,13 @@ from faeval.cli.messages import short_message
 from faeval.cli.stacked import StackedFit, add_stack_arguments, check_lone_run, check_stack_resume
 from faeval.data import InMemoryDataModule
 from faeval.data.contract import input_shape_of, num_classes_of
-from faeval.errors import ConfigError, DataNotFoundError, FaevalError, user_error
+from faeval.errors import (
+    ConfigError,
+    DataNotFoundError,
+    FaevalError,
+    UserCodeError,
+    user_error,
+)
 from faeval.hparams import CLASS_PATH, class_config
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
@@ -131,6 +138,54 @@ def check_ckpt_path(ckpt_path, subcommand: str) -> None:
     if subcommand != "fit":
         way_out += f", or the run's folder: faeval {subcommand} RUN_FOLDER"
     raise DataNotFoundError(f"--ckpt_path {text} {what}; give a run's {way_out}")
+
+
+#: Packages whose classes are faeval's or its libraries': an error raised in them is not the
+#: user's own code.
+NOT_USER_CODE = ("faeval", "torch", "torchvision", "lightning", "jsonargparse")
+
+
+def user_code_error(err: BaseException, config) -> UserCodeError | None:
+    """The error a user's own class raised while being built (``--model mypkg.MyMethod``
+    whose ``__init__`` raises), as one line naming the class and the user's message and a
+    second with the line of their code; None when no user's code raised it.
+
+    Args:
+        err: what escaped the classes' instantiation (jsonargparse wraps the user's error).
+        config: the parsed configuration: its class paths say which packages are the user's.
+    """
+    packages = {path.split(".")[0] for path in _class_paths(config.as_dict())}
+    packages -= set(NOT_USER_CODE)
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen and packages:
+        seen.add(id(err))
+        frames = [
+            (frame, lineno)
+            for frame, lineno in traceback.walk_tb(err.__traceback__)
+            if str(frame.f_globals.get("__name__", "")).split(".")[0] in packages
+        ]
+        if frames:
+            owner = next((f.f_locals["self"] for f, _ in frames if "self" in f.f_locals), None)
+            cls = f"{type(owner).__module__}.{type(owner).__qualname__}" if owner else None
+            message = (str(err).strip().splitlines() or [""])[0]
+            frame, lineno = frames[-1]  # the user's line nearest to the error
+            return UserCodeError(
+                f"{cls or frame.f_globals['__name__']} raised {type(err).__name__}"
+                + (f": {message}" if message else "")
+                + f"\n  at {frame.f_code.co_filename}:{lineno}, in {frame.f_code.co_name}"
+            )
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _class_paths(tree) -> list[str]:
+    """Every ``class_path`` value in a configuration (nested dicts and lists)."""
+    if isinstance(tree, dict):
+        own = [tree["class_path"]] if isinstance(tree.get("class_path"), str) else []
+        return own + [p for v in tree.values() for p in _class_paths(v)]
+    if isinstance(tree, list):
+        return [p for v in tree for p in _class_paths(v)]
+    return []
 
 
 def _subclasses(module, base: type) -> list[str]:
@@ -349,6 +404,14 @@ class FaevalCLI(LightningCLI):
 
     @override
     def instantiate_classes(self) -> None:
+        try:
+            self._instantiate_classes()
+        except Exception as err:  # a user's class raising in __init__: one line, theirs
+            if user_error(err) is None and (mistake := user_code_error(err, self.config)):
+                raise mistake from err
+            raise
+
+    def _instantiate_classes(self) -> None:
         # `faeval fit --seeds 0-9` (issue 13): faeval.cli.stacked builds one method and data
         # module per seed, the stack, its trainer and the seeds' run folders in place of the
         # usual ones.
