@@ -325,10 +325,80 @@ def user_files(userpkg, tmp_path, monkeypatch):
 #: A user's mistakes in their own code or files: the message is about what is wrong there.
 USER_MISTAKES = [
     pytest.param(
+        ["fit", "--model", "userpkg.broken.Method", *LADDER],
+        r"--model userpkg.broken.Method: importing userpkg.broken failed: ModuleNotFoundError: "
+        r"No module named 'no_such_dependency'\n  at \S*userpkg/broken.py:1\n",
+        id="method's module fails to import",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", "--data", "userpkg.broken.Data"],
+        r"--data userpkg.broken.Data: importing userpkg.broken failed: ModuleNotFoundError",
+        id="data module's module fails to import",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--model.backbone", "userpkg.broken.Net"],
+        r"--model.backbone userpkg.broken.Net: importing userpkg.broken failed",
+        id="network's module fails to import",
+    ),
+    pytest.param(
+        ["fit", "--model", "nopkg_at_all.Method", *LADDER],
+        r"--model nopkg_at_all.Method: no module named nopkg_at_all; check the class path",
+        id="class path, no such module",
+    ),
+    pytest.param(
+        ["fit", "--model", "userpkg.plain.Plian", *LADDER],
+        r"--model userpkg.plain.Plian: userpkg.plain has no Plian; did you mean Plain\?",
+        id="class path, no such class",
+    ),
+    pytest.param(
+        ["fit", "--model", "userpkg.plain.Plain", *LADDER],
+        r"--model userpkg.plain.Plain is not a CreditMethod; a method subclasses "
+        r"faeval.methods.CreditMethod",
+        id="class path, not a method",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", "--data", "userpkg.plain.Plain"],
+        r"--data userpkg.plain.Plain is not a LightningDataModule",
+        id="class path, not a data module",
+    ),
+    pytest.param(
         ["fit", "--model", "userpkg.raising.Raising", *LADDER],
         r"userpkg.raising.Raising raised ValueError: alpha must be set\n"
         r"  at \S*userpkg/raising.py:7, in __init__\n",
         id="method raising in __init__",
+    ),
+    pytest.param(
+        ["fit", "--config", "penalti.yaml", *LADDER],
+        r"--model.penalti \(in penalti.yaml\) is not an option of DFA; "
+        r"did you mean --model.penalty\?",
+        id="config key, method's",
+    ),
+    pytest.param(
+        ["fit", "--config", "flat.yaml", *LADDER],
+        r"--model.penalti \(in flat.yaml\) is not an option of DFA",
+        id="config key, method's, without init_args",
+    ),
+    pytest.param(
+        ["fit", "--config", "backbone.yaml", *LADDER],
+        r"--model.backbone.d_hiden \(in backbone.yaml\) is not an option of ResMLP; "
+        r"did you mean --model.backbone.d_hidden\?",
+        id="config key, network's",
+    ),
+    pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--config", "trainer.yaml"],
+        r"--trainer.max_epoch \(in trainer.yaml\) is not an option; "
+        r"did you mean --trainer.max_epochs\?",
+        id="config key, trainer's",
+    ),
+    pytest.param(
+        ["fit", "--config", "not_yaml.yaml"],
+        r"--config not_yaml.yaml is not valid YAML: .* \(line 3, column 7\)",
+        id="config, not YAML",
+    ),
+    pytest.param(
+        ["fit", "--config", "not_mapping.yaml"],
+        r"--config not_mapping.yaml is not a mapping of options",
+        id="config, not a mapping",
     ),
 ]
 

@@ -244,12 +244,16 @@ class FaevalParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # jsonargparse trying alternatives internally
             super().error(message, ex)
+        # The command's options: a --config file's keys are checked by the top parser.
+        parser = self
+        if self._subcommands_action is not None and self.argv:
+            parser = self._subcommands_action._name_parser_map.get(self.argv[0], self)
         text = short_message(
             message,
             self.argv,
             known_names(),
             known_classes,
-            [s for s in self._option_string_actions if s.startswith("--")],
+            [s for s in parser._option_string_actions if s.startswith("--")],
             FaevalCLI.subcommands(),
         )
         sys.stderr.write(f"faeval: error: {text}\n")
