@@ -191,6 +191,12 @@ MISTAKES = [
         id="run name with an unknown field",
     ),
     pytest.param(
+        ["fit", "--model", "DFA", *LADDER, "--model.optimizer", "Adamm"],
+        r"--model.optimizer Adamm: no such class; did you mean Adam\?\n"
+        r"  --model.optimizer takes one of: .*SGD",
+        id="optimizer, typo",
+    ),
+    pytest.param(
         ["fit", "--model", "DFA", *LADDER, "--run_name", "."],
         r"--run_name '\.' gives '\.'; it must name a folder below lightning_logs",
         id="run name of the log root",

@@ -200,11 +200,16 @@ def _subclasses(module, base: type) -> list[str]:
 
 
 def known_names() -> dict[str, list[str]]:
-    """Short names the command line accepts for --model, --data and --model.backbone."""
+    """Short names the command line accepts for --model, --data, --model.backbone and
+    --model.optimizer."""
+    optimizers = known_classes("model.optimizer").items()
     return {
         "model": _subclasses(faeval.methods, CreditMethod),
         "data": _subclasses(faeval.data, InMemoryDataModule),
         "model.backbone": _subclasses(faeval.backbones, faeval.backbones.LayeredBackbone),
+        "model.optimizer": sorted(
+            n for n, c in optimizers if issubclass(c, torch.optim.Optimizer) and n != "Optimizer"
+        ),
     }
 
 
