@@ -75,6 +75,15 @@ def claim(folder: Path, info: dict | None = None) -> Path:
     return folder
 
 
+def run_seed(folder: Path) -> int | None:
+    """The seed the run in ``folder`` was claimed with (its claim file), or None."""
+    try:
+        seed = json.loads((Path(folder) / CLAIM_FILE).read_text()).get("seed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def release_unused(folder: Path | None) -> bool:
     """Gives back a claimed run folder that the run left without rows or checkpoints.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from faeval.cli import main
+from faeval.runlog import RunLog
 from tests.helpers import TINY_RUN
 
 LADDER = ["--data", "SyntheticLadder", "--data.n_train", "64", "--data.n_test", "32"]
@@ -461,3 +462,22 @@ def test_a_bug_in_a_faeval_class_built_keeps_its_traceback(tmp_path, monkeypatch
         main(["fit", "--model", "DFA", *LADDER])
     cause = raised.value.__cause__ or raised.value.__context__
     assert isinstance(cause, ZeroDivisionError), raised.value
+
+
+def test_a_resumed_run_keeps_its_seed(tmp_path, monkeypatch, capsys):
+    """Another --seed_everything is refused as other contradicting options are; none given
+    takes the run's (it was the default 0, without a word)."""
+    monkeypatch.chdir(tmp_path)
+    fit = ["fit", "--model", "DFA", *TINY_RUN]
+    main([*fit, "--trainer.max_epochs", "1", "--seed_everything", "5"])
+    run = tmp_path / "lightning_logs" / "SyntheticLadder" / "DFA" / "seed5"
+    resume = [*fit, "--trainer.max_epochs", "2", "--ckpt_path", str(run / "checkpoints/last.ckpt")]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([*resume, "--seed_everything", "3"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(r"--seed_everything 3: --ckpt_path \S+ continues a run of seed 5", err), err
+    main(resume)
+    assert "seed_everything: 5" in (run / "config.resumed.yaml").read_text()
+    assert [row["seed"] for row in RunLog(run).rows()] == [5, 5, 5]  # epochs 0 (init), 1, 2

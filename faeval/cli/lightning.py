@@ -48,9 +48,17 @@ from faeval.hparams import CLASS_PATH, class_config
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
-from faeval.resume import check_resume_options, checkpointing
+from faeval.resume import ResumeConflict, check_resume_options, checkpointing
 from faeval.runlog import RunLog
-from faeval.runs import DEFAULT_RUN_NAME, claim, claim_next, holds_run, release_unused, run_name
+from faeval.runs import (
+    DEFAULT_RUN_NAME,
+    claim,
+    claim_next,
+    holds_run,
+    release_unused,
+    run_name,
+    run_seed,
+)
 from faeval.trainer import FaevalTrainer
 
 
@@ -400,7 +408,8 @@ class FaevalCLI(LightningCLI):
         (Lightning would silently replace them by the checkpoint's hyperparameters).
 
         Raises:
-            ResumeConflict: naming each contradicting option and the checkpoint's value.
+            ResumeConflict: naming each contradicting option and the checkpoint's value, or
+                another seed than the run's.
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -410,6 +419,28 @@ class FaevalCLI(LightningCLI):
                 check_stack_resume(given.get("model"), ckpt_path)  # a stack's (issue 13)
             else:
                 check_resume_options(given.get("model"), ckpt_path)
+                if subcommand == "fit":
+                    self._resume_seed(given.get("seed_everything"), ckpt_path)
+
+    def _resume_seed(self, given, ckpt_path: str) -> None:
+        """A resumed run keeps the seed its folder recorded when it began: ``--seed_everything``
+        left out takes it (not the default 0), another one is refused.
+
+        Raises:
+            ResumeConflict: ``--seed_everything`` given, and not the run's.
+        """
+        ckpt = Path(ckpt_path).resolve()
+        saved = run_seed(ckpt.parent.parent) if ckpt.parent.name == "checkpoints" else None
+        if saved is None or given == saved:
+            return
+        if given is None:
+            self.config[self.config.subcommand].seed_everything = saved
+            return
+        raise ResumeConflict(
+            f"--seed_everything {given}: --ckpt_path {ckpt_path} continues a run of seed {saved}. "
+            "Resume with the run's own options (faeval fit --config RUN/config.yaml --ckpt_path "
+            "CKPT) or leave --seed_everything out"
+        )
 
     @override
     def instantiate_classes(self) -> None:
