@@ -481,3 +481,15 @@ def test_a_resumed_run_keeps_its_seed(tmp_path, monkeypatch, capsys):
     main(resume)
     assert "seed_everything: 5" in (run / "config.resumed.yaml").read_text()
     assert [row["seed"] for row in RunLog(run).rows()] == [5, 5, 5]  # epochs 0 (init), 1, 2
+
+
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "0-1"]], ids=["lone", "stack"])
+def test_a_learning_rate_of_zero_is_warned_about_once(tmp_path, monkeypatch, capsys, seeds):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--model", "DFA", *TINY_RUN, *seeds, "--trainer.max_epochs", "1",
+          "--model.optimizer.lr", "0"])  # fmt: skip
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [
+        "faeval: warning: --model.optimizer.lr 0: no step changes a weight, the run trains "
+        "nothing; give a positive learning rate"
+    ]

@@ -123,6 +123,22 @@ def check_seed(seed) -> None:
             )
 
 
+def warn_untrained(model) -> None:
+    """One line on stderr when ``--model.optimizer.lr`` is 0: the run would train nothing."""
+    config = model.as_dict() if hasattr(model, "as_dict") else model
+    optimizer = ((config or {}).get("init_args") or {}).get("optimizer")
+    lr = (
+        ((optimizer or {}).get("init_args") or {}).get("lr")
+        if isinstance(optimizer, dict)
+        else None
+    )
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr == 0:
+        sys.stderr.write(
+            "faeval: warning: --model.optimizer.lr 0: no step changes a weight, the run trains "
+            "nothing; give a positive learning rate\n"
+        )
+
+
 #: What Lightning takes as ``--ckpt_path`` besides a file: checkpoints it finds itself.
 CKPT_NAMES = ("last", "best", "hpc", "registry")
 
@@ -402,6 +418,8 @@ class FaevalCLI(LightningCLI):
                 "save checkpoints/last.ckpt at every epoch end only"
             )
         check_ckpt_path(options.get("ckpt_path"), subcommand)
+        if subcommand == "fit" and rank_zero_only.rank == 0:
+            warn_untrained(options.get("model"))
 
     def _check_resume_options(self) -> None:
         """Refuses model options given with ``--ckpt_path`` that contradict the checkpoint's
