@@ -37,6 +37,14 @@ class RunFolderTaken(FaevalError, FileExistsError):
     """A run was pointed at a folder that already holds another run."""
 
 
+class UserCodeError(FaevalError, RuntimeError):
+    """A user's own class (``--model mypkg.MyMethod``) raised while faeval built it.
+
+    The message names the class, the user's error and the line of their code that raised it;
+    the user's exception is kept as the cause, with its whole traceback, for Python callers.
+    """
+
+
 class TrainingDiverged(FaevalError, FloatingPointError):
     """Training or a relaxation diverged for a reason an option can fix."""
 

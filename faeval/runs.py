@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import socket
+import string
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,15 @@ def claim(folder: Path, info: dict | None = None) -> Path:
     return folder
 
 
+def run_seed(folder: Path) -> int | None:
+    """The seed the run in ``folder`` was claimed with (its claim file), or None."""
+    try:
+        seed = json.loads((Path(folder) / CLAIM_FILE).read_text()).get("seed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def release_unused(folder: Path | None) -> bool:
     """Gives back a claimed run folder that the run left without rows or checkpoints.
 
@@ -115,19 +125,24 @@ def run_name(template: str, **fields: object) -> str:
     """The run's name from a template such as ``{data}/{method}/seed{seed}``.
 
     Raises:
-        ValueError: the template names a field that is not known, or is not a relative path.
+        ValueError: the template names a field that is not known or reaches into one
+            (``{seed.__class__}``), or does not name a folder below lightning_logs.
     """
+    plain = ", ".join("{" + k + "}" for k in fields)
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field and not field.isidentifier():  # {seed.__class__}, {data[0]}: plain fields only
+            raise ConfigError(f"--run_name {template!r}: {{{field}}} is not a field; use {plain}")
     try:
         name = template.format(**fields)
     except (KeyError, IndexError, ValueError) as err:
         raise ConfigError(
-            f"--run_name {template!r} cannot be filled ({err}); it may use "
-            + ", ".join("{" + k + "}" for k in fields)
+            f"--run_name {template!r} cannot be filled ({err}); it may use {plain}"
         ) from None
-    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+    parts = Path(name).parts  # "." and "./" have none: lightning_logs itself
+    if not parts or Path(name).is_absolute() or ".." in parts:
         raise ConfigError(
-            f"--run_name {template!r} gives {name!r}; it must be a relative folder name such as "
-            f"{DEFAULT_RUN_NAME}"
+            f"--run_name {template!r} gives {name!r}; it must name a folder below lightning_logs, "
+            f"such as {DEFAULT_RUN_NAME}"
         )
     return name
 

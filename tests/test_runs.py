@@ -46,8 +46,13 @@ def test_a_run_that_wrote_nothing_gives_its_folder_back(tmp_path):
 
 def test_run_names_fill_their_fields_and_stay_relative():
     assert run_name("{data}/{method}/seed{seed}", data="X", method="DFA", seed=3) == "X/DFA/seed3"
-    with pytest.raises(ValueError, match="relative folder name"):
+    assert run_name("seed{seed:03d}", seed=3) == "seed003"  # a format spec is plain
+    with pytest.raises(ValueError, match="must name a folder below lightning_logs"):
         run_name("/abs/{method}", method="DFA")
+    with pytest.raises(ValueError, match="must name a folder below lightning_logs"):
+        run_name(".", method="DFA")  # lightning_logs itself
+    with pytest.raises(ValueError, match=r"\{seed\.__class__\} is not a field; use \{seed\}"):
+        run_name("{seed.__class__}", seed=3)  # once a folder named <class 'int'>
 
 
 def test_eight_runs_started_together_get_eight_folders_with_their_own_files(tmp_path):

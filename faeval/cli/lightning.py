@@ -12,12 +12,15 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
+from lightning.fabric.utilities.seed import min_seed_value as MIN_SEED
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
@@ -33,15 +36,29 @@ from faeval.cli.messages import short_message
 from faeval.cli.stacked import StackedFit, add_stack_arguments, check_lone_run, check_stack_resume
 from faeval.data import InMemoryDataModule
 from faeval.data.contract import input_shape_of, num_classes_of
-from faeval.errors import ConfigError, DataNotFoundError, FaevalError, user_error
+from faeval.errors import (
+    ConfigError,
+    DataNotFoundError,
+    FaevalError,
+    UserCodeError,
+    user_error,
+)
 from faeval.hparams import CLASS_PATH, class_config
 from faeval.methods import CreditMethod
 from faeval.protocol.audit import find_checkpoint, run_dir_of
 from faeval.protocol.checkpoint import load_checkpoint
 from faeval.quiet import BANNERS, quiet_lightning
-from faeval.resume import check_resume_options, checkpointing
+from faeval.resume import ResumeConflict, check_resume_options, checkpointing
 from faeval.runlog import RunLog
-from faeval.runs import DEFAULT_RUN_NAME, claim, claim_next, holds_run, release_unused, run_name
+from faeval.runs import (
+    DEFAULT_RUN_NAME,
+    claim,
+    claim_next,
+    holds_run,
+    release_unused,
+    run_name,
+    run_seed,
+)
 from faeval.trainer import FaevalTrainer
 
 
@@ -92,6 +109,93 @@ def run_arguments(path: str, given: list[str] | None = None) -> list[str]:
     return [*args, "--ckpt_path", str(ckpt_file)]
 
 
+def check_seed(seed) -> None:
+    """Refuses a ``--seed_everything`` that numpy cannot take (Lightning would raise late).
+
+    Raises:
+        ConfigError: an integer seed outside 0…2³²-1.
+    """
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        if not MIN_SEED <= seed <= MAX_SEED:
+            raise ConfigError(
+                f"--seed_everything {seed}: a seed is an integer from {MIN_SEED} to {MAX_SEED} "
+                "(or true for a random one)"
+            )
+
+
+#: What Lightning takes as ``--ckpt_path`` besides a file: checkpoints it finds itself.
+CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def check_ckpt_path(ckpt_path, subcommand: str) -> None:
+    """Refuses a ``--ckpt_path`` that is not a file (Lightning's error is a traceback).
+
+    Raises:
+        DataNotFoundError: nothing there, or a folder, with the checkpoint to give instead.
+    """
+    if not ckpt_path or Path(ckpt_path).is_file():
+        return
+    text = str(ckpt_path)
+    if text in CKPT_NAMES or text.startswith("registry:") or "://" in text:
+        return
+    last = Path(ckpt_path) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        raise DataNotFoundError(f"--ckpt_path {text} is a run folder; give its checkpoint: {last}")
+    what = "is a folder, not a checkpoint" if Path(ckpt_path).is_dir() else "names no file"
+    way_out = "RUN/checkpoints/last.ckpt"
+    if subcommand != "fit":
+        way_out += f", or the run's folder: faeval {subcommand} RUN_FOLDER"
+    raise DataNotFoundError(f"--ckpt_path {text} {what}; give a run's {way_out}")
+
+
+#: Packages whose classes are faeval's or its libraries': an error raised in them is not the
+#: user's own code.
+NOT_USER_CODE = ("faeval", "torch", "torchvision", "lightning", "jsonargparse")
+
+
+def user_code_error(err: BaseException, config) -> UserCodeError | None:
+    """The error a user's own class raised while being built (``--model mypkg.MyMethod``
+    whose ``__init__`` raises), as one line naming the class and the user's message and a
+    second with the line of their code; None when no user's code raised it.
+
+    Args:
+        err: what escaped the classes' instantiation (jsonargparse wraps the user's error).
+        config: the parsed configuration: its class paths say which packages are the user's.
+    """
+    packages = {path.split(".")[0] for path in _class_paths(config.as_dict())}
+    packages -= set(NOT_USER_CODE)
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen and packages:
+        seen.add(id(err))
+        frames = [
+            (frame, lineno)
+            for frame, lineno in traceback.walk_tb(err.__traceback__)
+            if str(frame.f_globals.get("__name__", "")).split(".")[0] in packages
+        ]
+        if frames:
+            owner = next((f.f_locals["self"] for f, _ in frames if "self" in f.f_locals), None)
+            cls = f"{type(owner).__module__}.{type(owner).__qualname__}" if owner else None
+            message = (str(err).strip().splitlines() or [""])[0]
+            frame, lineno = frames[-1]  # the user's line nearest to the error
+            return UserCodeError(
+                f"{cls or frame.f_globals['__name__']} raised {type(err).__name__}"
+                + (f": {message}" if message else "")
+                + f"\n  at {frame.f_code.co_filename}:{lineno}, in {frame.f_code.co_name}"
+            )
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _class_paths(tree) -> list[str]:
+    """Every ``class_path`` value in a configuration (nested dicts and lists)."""
+    if isinstance(tree, dict):
+        own = [tree["class_path"]] if isinstance(tree.get("class_path"), str) else []
+        return own + [p for v in tree.values() for p in _class_paths(v)]
+    if isinstance(tree, list):
+        return [p for v in tree for p in _class_paths(v)]
+    return []
+
+
 def _subclasses(module, base: type) -> list[str]:
     return sorted(
         name
@@ -104,11 +208,16 @@ def _subclasses(module, base: type) -> list[str]:
 
 
 def known_names() -> dict[str, list[str]]:
-    """Short names the command line accepts for --model, --data and --model.backbone."""
+    """Short names the command line accepts for --model, --data, --model.backbone and
+    --model.optimizer."""
+    optimizers = known_classes("model.optimizer").items()
     return {
         "model": _subclasses(faeval.methods, CreditMethod),
         "data": _subclasses(faeval.data, InMemoryDataModule),
         "model.backbone": _subclasses(faeval.backbones, faeval.backbones.LayeredBackbone),
+        "model.optimizer": sorted(
+            n for n, c in optimizers if issubclass(c, torch.optim.Optimizer) and n != "Optimizer"
+        ),
     }
 
 
@@ -148,12 +257,16 @@ class FaevalParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # jsonargparse trying alternatives internally
             super().error(message, ex)
+        # The command's options: a --config file's keys are checked by the top parser.
+        parser = self
+        if self._subcommands_action is not None and self.argv:
+            parser = self._subcommands_action._name_parser_map.get(self.argv[0], self)
         text = short_message(
             message,
             self.argv,
             known_names(),
             known_classes,
-            [s for s in self._option_string_actions if s.startswith("--")],
+            [s for s in parser._option_string_actions if s.startswith("--")],
             FaevalCLI.subcommands(),
         )
         sys.stderr.write(f"faeval: error: {text}\n")
@@ -261,18 +374,42 @@ class FaevalCLI(LightningCLI):
 
     @override
     def _parse_ckpt_path(self) -> None:
+        # Lightning's first step after parsing: the options are checked before anything uses
+        # them (Lightning's own checks are tracebacks, or come after folders are claimed).
+        self._check_options()
         # audit loads its checkpoint itself (weights-only, with clear errors); the model comes
         # from the run's config.yaml, and the checkpoint's class is checked against it.
         if self.config.get("subcommand") != "audit":
             self._check_resume_options()  # before Lightning merges the checkpoint's options
             super()._parse_ckpt_path()
 
+    def _check_options(self) -> None:
+        """Refuses option values that would end in a traceback, or a silent surprise, later.
+
+        Raises:
+            ConfigError: a seed out of numpy's range, a negative checkpoint interval.
+            DataNotFoundError: ``--ckpt_path`` names no file.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        options = self.config[subcommand]
+        check_seed(options.get("seed_everything"))
+        every = options.get("checkpoint_every_n_steps")
+        if isinstance(every, int) and every < 0:
+            raise ConfigError(
+                f"--checkpoint_every_n_steps {every}: give a number of training steps, or 0 to "
+                "save checkpoints/last.ckpt at every epoch end only"
+            )
+        check_ckpt_path(options.get("ckpt_path"), subcommand)
+
     def _check_resume_options(self) -> None:
         """Refuses model options given with ``--ckpt_path`` that contradict the checkpoint's
         (Lightning would silently replace them by the checkpoint's hyperparameters).
 
         Raises:
-            ResumeConflict: naming each contradicting option and the checkpoint's value.
+            ResumeConflict: naming each contradicting option and the checkpoint's value, or
+                another seed than the run's.
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -282,9 +419,39 @@ class FaevalCLI(LightningCLI):
                 check_stack_resume(given.get("model"), ckpt_path)  # a stack's (issue 13)
             else:
                 check_resume_options(given.get("model"), ckpt_path)
+                if subcommand == "fit":
+                    self._resume_seed(given.get("seed_everything"), ckpt_path)
+
+    def _resume_seed(self, given, ckpt_path: str) -> None:
+        """A resumed run keeps the seed its folder recorded when it began: ``--seed_everything``
+        left out takes it (not the default 0), another one is refused.
+
+        Raises:
+            ResumeConflict: ``--seed_everything`` given, and not the run's.
+        """
+        ckpt = Path(ckpt_path).resolve()
+        saved = run_seed(ckpt.parent.parent) if ckpt.parent.name == "checkpoints" else None
+        if saved is None or given == saved:
+            return
+        if given is None:
+            self.config[self.config.subcommand].seed_everything = saved
+            return
+        raise ResumeConflict(
+            f"--seed_everything {given}: --ckpt_path {ckpt_path} continues a run of seed {saved}. "
+            "Resume with the run's own options (faeval fit --config RUN/config.yaml --ckpt_path "
+            "CKPT) or leave --seed_everything out"
+        )
 
     @override
     def instantiate_classes(self) -> None:
+        try:
+            self._instantiate_classes()
+        except Exception as err:  # a user's class raising in __init__: one line, theirs
+            if user_error(err) is None and (mistake := user_code_error(err, self.config)):
+                raise mistake from err
+            raise
+
+    def _instantiate_classes(self) -> None:
         # `faeval fit --seeds 0-9` (issue 13): faeval.cli.stacked builds one method and data
         # module per seed, the stack, its trainer and the seeds' run folders in place of the
         # usual ones.

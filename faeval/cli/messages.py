@@ -8,11 +8,16 @@ names and options faeval really has. Anything it does not recognise is passed on
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import inspect
 import re
+import traceback
 from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import yaml
 
 #: Keys whose value is a class given by short name or class path.
 CLASS_KEYS = ("model.backbone", "model", "data")
@@ -103,13 +108,30 @@ def short_message(
     if m := re.match(r"unrecognized arguments: (\S+)", text):
         bad = m[1].split("=", 1)[0]
         return f"{bad} is not an option{did_you_mean(bad, options)}\n  faeval fit --help lists them"
+    if text.startswith(("Problems parsing config", "Unexpected config")):
+        return _bad_config(text, argv)
+    if m := re.match(r"Subcommand '\w+' does not accept option '([^']+)'", text):
+        # A key of a --config file that is no option (the command line's are "unrecognized").
+        file = config_file(argv, m[1].rpartition(".")[2])
+        where = f" (in {file})" if file else ""
+        bad, hint = f"--{m[1]}", did_you_mean(f"--{m[1]}", options)
+        return f"{bad}{where} is not an option{hint}\n  faeval fit --help lists them"
     if m := re.match(r"Option '([^']+)' is not accepted", text):
         return _unknown_option(_full_key(m[1], argv), argv, classes)
     if m := re.match(r'Parser key "([^"]+)":', text):
         key = _full_key(m[1], argv)
         nested = re.search(r"NestedArg\(key='([^']*)', val='(.*)'\)", text)
+        if nested is None and (bad := re.search(r"Option '([^']+)' is not accepted", text)):
+            # A key of a --config file (or of a class given as a dict): the classes' keys lead
+            # to it, and the innermost class path named is the one that does not take it.
+            errors = text.split("Errors:", 1)[-1].split("Given value:", 1)[0]
+            keys = [key, *re.findall(r'Parser key "([^"]+)":', errors)]
+            paths = re.findall(r"class_path[= ]'([^']+)'", errors)
+            return _unknown_option(
+                ".".join([*keys, bad[1]]), argv, classes, paths[-1] if paths else None
+            )
         if nested is None:
-            return _bad_value(key, text, None, argv, names)
+            return _bad_value(key, text, None, argv, names, classes)
         # An option of a class given on the command line (--model.penalty x): jsonargparse
         # reports it against the class key; the real complaint is in its list of errors.
         full, value = f"{key}.{nested[1]}", nested[2]
@@ -125,7 +147,7 @@ def short_message(
             leaf = leaves[-1]  # the innermost complaint
             inner = full if full.endswith("." + leaf) else full.rpartition(".")[0]
             last = errors.rsplit(f'Parser key "{leaf}":', 1)[-1]
-            return _bad_value(inner, last, value, argv, names)
+            return _bad_value(inner, last, value, argv, names, classes)
     return text.splitlines()[0]
 
 
@@ -139,35 +161,154 @@ def _full_key(leaf: str, argv: list[str]) -> str:
     return leaf
 
 
-def _unknown_option(key: str, argv: list[str], classes) -> str:
-    """``--model.backbone.d_hiden``: not an option of the chosen class; the closest that is."""
+def _unknown_option(key: str, argv: list[str], classes, cls_name: str | None = None) -> str:
+    """``--model.backbone.d_hiden``: not an option of the chosen class; the closest that is.
+
+    Args:
+        key: the full dotted key.
+        argv: the command line.
+        classes: short name -> class, per class key.
+        cls_name: the class the option was given to, when not on the command line (a
+            ``--config`` file's); that file is named.
+    """
     prefix, _, leaf = key.rpartition(".")
-    cls_name = option_value(argv, prefix) or DEFAULT_CLASS.get(prefix)
+    where = ""
+    if cls_name is not None:
+        file = config_file(argv, leaf)
+        where = f" (in {file})" if file else ""
+    cls_name = cls_name or option_value(argv, prefix) or DEFAULT_CLASS.get(prefix)
     cls = resolve_class(cls_name, classes(prefix)) if cls_name else None
     if cls is None:
-        return f"--{key} is not an option; faeval fit --help lists them"
+        return f"--{key}{where} is not an option; faeval fit --help lists them"
     accepted = [a for a in init_parameters(cls) if a not in LINKED]
     hint = did_you_mean(leaf, accepted)
     hint = hint.replace("did you mean ", f"did you mean --{prefix}.") if hint else ""
     return (
-        f"--{key} is not an option of {cls.__name__}{hint}\n"
+        f"--{key}{where} is not an option of {cls.__name__}{hint}\n"
         f"  {cls.__name__} takes: " + ", ".join(f"--{prefix}.{a}" for a in accepted)
     )
 
 
-def _bad_value(key: str, text: str, value: str | None, argv: list[str], names) -> str:
+def _bad_config(text: str, argv: list[str]) -> str:
+    """A ``--config`` file that is not YAML, or not a mapping of options: which, and where."""
+    for file in config_files(argv):
+        try:
+            loaded = yaml.safe_load(Path(file).read_text())
+        except OSError:
+            continue
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            return f"--config {file} is not valid YAML: {getattr(err, 'problem', err)}{where}"
+        if not isinstance(loaded, dict):
+            return (
+                f"--config {file} is not a mapping of options (key: value lines, as "
+                "faeval fit --print_config writes them)"
+            )
+    return text.splitlines()[0]
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The ``--config`` files of the command line, in order."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    return files + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+
+
+def config_file(argv: list[str], needle: str | None = None) -> str | None:
+    """The ``--config`` file of the command line that holds ``needle`` (the first one given
+    when ``needle`` is None), or None."""
+    for file in config_files(argv):
+        try:
+            if needle is None or needle in Path(file).read_text():
+                return file
+        except OSError:
+            continue
+    return None
+
+
+def _bad_value(key: str, text: str, value: str | None, argv: list[str], names, classes) -> str:
     """``--trainer.max_epochs abc``: the value, and the type or the names it should have."""
     given = re.search(r"(?:Given value|Got value): (.*)", text)
     if value is None:
         value = given[1].strip() if given else option_value(argv, key)
     if key in names:
-        return (
-            f"--{key} {value}: no such class{did_you_mean(str(value), names[key])}\n"
-            f"  --{key} takes one of: {', '.join(names[key])} (or a class path)"
-        )
+        return _bad_class(key, str(value), text, argv, names, classes)
     if "File does not exist" in text:
         return text.split(":", 1)[1].strip()
     expected = re.findall(r"Expected an? (?:<class '([\w.]+)'>|typing\.(Literal\[[^\]]*\]))", text)
     kinds = [a or b for a, b in expected if (a or b) not in ("NoneType",)]
     want = " or ".join(dict.fromkeys(kinds)) or "another value"
     return f"--{key} {value}: expected {want}"
+
+
+#: What a class given by path to a class key must be, and where that is explained.
+BASES = {
+    "model": "a method subclasses faeval.methods.CreditMethod (docs/extending.md)",
+    "data": "a data module subclasses lightning.pytorch.LightningDataModule (docs/extending.md)",
+}
+
+
+def _bad_class(key: str, value: str, text: str, argv: list[str], names, classes) -> str:
+    """``--model X`` that is no class faeval can use: why (the class path does not import,
+    the class is not a method, a key of its config is not an option), else the names."""
+    given = _literal(value)
+    if isinstance(given, dict) and isinstance(given.get("class_path"), str):
+        # From a --config file: {'class_path': 'DFA', 'penalti': 1.0}.
+        init = given.get("init_args") if isinstance(given.get("init_args"), dict) else {}
+        options = [k for k in given if k not in ("class_path", "init_args", "dict_kwargs")]
+        cls = resolve_class(given["class_path"], classes(key))
+        accepted = init_parameters(cls) if cls else []
+        unknown = [k for k in [*options, *init] if k not in accepted]
+        if cls is not None and unknown:
+            return _unknown_option(f"{key}.{unknown[0]}", argv, classes, given["class_path"])
+        value = given["class_path"]
+    if "." in value and (why := import_problem(value)):
+        return f"--{key} {value}: {why}"
+    if m := re.search(r"does not correspond to a subclass of (\w+)", text):
+        return f"--{key} {value} is not a {m[1]}; " + BASES.get(key, f"give a {m[1]}")
+    return (
+        f"--{key} {value}: no such class{did_you_mean(value, names[key])}\n"
+        f"  --{key} takes one of: {', '.join(names[key])} (or a class path)"
+    )
+
+
+def _literal(text: str):
+    """The Python literal ``text`` spells (a dict jsonargparse printed), or None."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+
+
+def import_problem(path: str) -> str | None:
+    """Why the class path ``pkg.module.Class`` does not import, or None when it does.
+
+    The user's own error when their module fails to import (its type, message and line),
+    told apart from a path that names no module or no class.
+    """
+    module, _, attr = path.rpartition(".")
+    try:
+        imported = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and (module == err.name or module.startswith(err.name + ".")):
+            return (
+                f"no module named {err.name}; check the class path, or make its package "
+                "importable (pip install -e ., or PYTHONPATH)"
+            )
+        return _import_failed(module, err)
+    except Exception as err:  # the user's module raised while importing: theirs to see
+        return _import_failed(module, err)
+    if not hasattr(imported, attr):
+        classes = [n for n, v in vars(imported).items() if isinstance(v, type)]
+        return f"{module} has no {attr}{did_you_mean(attr, classes)}"
+    return None
+
+
+def _import_failed(module: str, err: Exception) -> str:
+    """``importing M failed: ErrorType: message`` and, on a second line, where it was raised."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    line = f"importing {module} failed: {type(err).__name__}" + (f": {message}" if message else "")
+    if isinstance(err, SyntaxError) and err.filename:
+        return f"{line}\n  at {err.filename}:{err.lineno}"
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<")]
+    return f"{line}\n  at {frames[-1].filename}:{frames[-1].lineno}" if frames else line

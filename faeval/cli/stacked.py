@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 
@@ -128,19 +129,28 @@ def parse_seeds(spec: str | int) -> list[int]:
     """``"0-3,7"`` -> [0, 1, 2, 3, 7].
 
     Raises:
-        ConfigError: not a list of integers and ranges, or a seed given twice.
+        ConfigError: not a list of integers and ranges, a range backwards (5-3), a seed
+            given twice, or one that numpy cannot take.
     """
-    seeds: list[int] = []
     try:
-        for part in str(spec).replace(" ", "").split(","):
-            first, _, last = part.partition("-")
-            seeds += range(int(first), int(last or first) + 1)
+        ranges = [
+            (int(first), int(last or first))
+            for first, _, last in (p.partition("-") for p in str(spec).replace(" ", "").split(","))
+        ]
     except ValueError:
         raise ConfigError(
             f"--seeds {spec!r} is not a list of seeds; write e.g. 0-9 or 0,2,5-7"
         ) from None
+    for first, last in ranges:
+        if last < first:  # an empty range: its seeds would be left out without a word
+            raise ConfigError(
+                f"--seeds {spec!r}: {first}-{last} names no seed; write {last}-{first}"
+            )
+    seeds = [seed for first, last in ranges for seed in range(first, last + 1)]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {spec!r} names no seed, or one seed twice")
+    if max(seeds) > MAX_SEED:
+        raise ConfigError(f"--seeds {spec!r}: a seed is an integer from 0 to {MAX_SEED}")
     return seeds
 
 

@@ -194,3 +194,5 @@ def test_seed_lists():
     assert format_seeds([0, 1, 2, 3, 7, 9, 10]) == "0-3,7,9-10"
     with pytest.raises(ValueError, match=r"e\.g\. 0-9"):
         parse_seeds("a-b")
+    with pytest.raises(ValueError, match="5-3 names no seed; write 3-5"):
+        parse_seeds("5-3,1")  # once trained seed 1 only
