@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from faeval.errors import ConfigError
-from faeval.study.plan import Run, fit_args
+from faeval.study.plan import Run, cli_value, fit_args
 
 #: The keys a sweep YAML may hold.
 SPEC_KEYS = ("base", "seeds", "methods", "settings", "args", "protocol", "slurm")
@@ -44,7 +44,7 @@ def load_spec(
         path: the YAML file.
         seeds: replaces ``seeds`` (``"0-9"``, ``"0,2,5-7"``).
         methods: replaces ``methods`` (``"DFA,FA"``).
-        sets: ``KEY=VALUE`` options added to every setting (``trainer.max_epochs=2``; the
+        sets: ``KEY=VALUE`` options added last to every run (``trainer.max_epochs=2``; the
             value is read as YAML).
 
     Raises:
@@ -91,15 +91,15 @@ def load_spec(
             f"{path}: `settings` must map names to option dicts, e.g. "
             "{d256: {model.backbone.d_hidden: 256}}"
         )
-    if sets:
-        extra = dict(parse_set(item) for item in sets)
-        spec["settings"] = {k: {**v, **extra} for k, v in (settings or {"default": {}}).items()}
-    if spec.get("protocol") not in (None, False) and not isinstance(spec["protocol"], dict):
-        raise ConfigError(f"{path}: `protocol` must be a mapping of Protocol options or false")
     if spec.get("args") is not None and not isinstance(spec["args"], list):
         raise ConfigError(
             f"{path}: `args` must be a list of command-line words, got {spec['args']!r}"
         )
+    if sets:  # last on every run's command line: they win over the settings and the args
+        words = [w for k, v in map(parse_set, sets) for w in (f"--{k}", cli_value(v))]
+        spec["args"] = [*(spec.get("args") or []), *words]
+    if spec.get("protocol") not in (None, False) and not isinstance(spec["protocol"], dict):
+        raise ConfigError(f"{path}: `protocol` must be a mapping of Protocol options or false")
     if spec.get("base") is not None:
         base = (path.parent / str(spec["base"])).resolve()
         if not base.is_file():

@@ -64,7 +64,8 @@ def test_the_command_line_overrides_seeds_methods_and_options(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "18 runs" in printed  # 2 settings × (FA, DFA, FrozenBlocks) × seeds 3, 4, 5
     commands = [line for line in printed.splitlines() if " -m faeval fit " in line]
-    assert commands and all("--trainer.max_epochs 2" in c for c in commands)
+    # --set comes last: it wins over the spec's own args ("--trainer.max_epochs 1")
+    assert commands and all(c.rsplit("--trainer.max_epochs ", 1)[1][0] == "2" for c in commands)
     assert all("--seeds 3,4,5" in c or "--seed_everything" in c for c in commands)
     assert sum("--model.backbone.w2_std 0.1" in c for c in commands) == len(commands) // 2
     assert not (tmp_path / "out").exists()  # --dry_run writes nothing
