@@ -5,7 +5,8 @@ aggregate TensorBoard's tests: no training, every figure known in advance.
 FrozenBlocks × seeds 0, 1, 2: ``diagnostics.jsonl`` (epochs 0..EPOCHS, written with
 ``RunLog`` as the Diagnostics callback writes them), the last ``protocol.jsonl`` row (DFA
 with a null band, BP and FrozenBlocks judged on ρ), ``config.yaml`` and ``status.json``
-(the fields of ``faeval.study.sweep.record_status``), plus ``sweep.json``.
+(the fields of ``faeval.study.state.record_status``), ``end.json`` (``faeval.runend``),
+plus ``sweep.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from faeval.runend import write_end
 from faeval.runlog import DEPTH_BASELINE, RunLog
 
 METHODS = ("BP", "DFA", "FrozenBlocks")
@@ -108,9 +110,10 @@ def write_fake_sweep(root: Path) -> Path:
                 "epochs": rows[-1]["epoch"], "seconds": SECONDS[method] + seed,
                 "test_acc": rows[-1]["test/acc"], "g_L": rows[-1]["g_L"],
                 "growth": rows[-1]["growth"], "run_dir": str(run_dir.relative_to(root)),
-                "resumed": False, "error": "", "cmd": [],
+                "continued": 0, "ended": "trained the planned epochs", "error": "", "cmd": [],
             }  # fmt: skip
             (run_dir / "status.json").write_text(json.dumps(status, indent=1))
+            write_end(run_dir, "finished", "trained the planned epochs", epochs=rows[-1]["epoch"])
             planned.append(
                 {"setting": "tiny", "method": method, "seed": seed, "run_dir": str(run_dir)}
             )
