@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from faeval.errors import ConfigError, RunFolderTaken
+from faeval.runend import END_FILE
 
 #: The file whose exclusive creation claims a folder for one run.
 CLAIM_FILE = "faeval_run.json"
@@ -33,7 +34,7 @@ LOGS = "lightning_logs"
 #: Files and folders whose presence means a folder holds a run.
 RUN_MARKERS = (CLAIM_FILE, "config.yaml", "diagnostics.jsonl", "checkpoints")
 #: What a run writes into its folder before its first row (a stack: stack.json too).
-EARLY_FILES = (CLAIM_FILE, "config.yaml", "hparams.yaml", "stack.json")
+EARLY_FILES = (CLAIM_FILE, "config.yaml", "hparams.yaml", "stack.json", END_FILE)
 
 
 def holds_run(folder: Path) -> bool:

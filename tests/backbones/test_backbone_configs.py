@@ -161,14 +161,14 @@ def test_the_a1_sweep_covers_the_grid_and_each_run_parses_and_trains(tmp_path):
             s["data.depth"],
         )
     assert all(m in faeval.methods.__all__ for m in sweep["methods"])
-    assert (CONFIGS.parent / sweep["base"]).is_file() and sweep["seeds"]
+    assert (CONFIGS / "sweeps" / sweep["base"]).is_file() and sweep["seeds"]
     methods = sweep["methods"]
     for i, (name, setting) in enumerate(settings.items()):  # each setting once, methods in turn
         overrides = [arg for key, value in setting.items() for arg in (f"--{key}", str(value))]
         cli, _ = fit(
             tmp_path / name,
             "--config",
-            str(CONFIGS.parent / sweep["base"]),
+            str(CONFIGS / "sweeps" / sweep["base"]),
             "--model",
             methods[i % len(methods)],
             "--seed_everything",

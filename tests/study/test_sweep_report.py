@@ -217,6 +217,7 @@ def test_report_on_partial_mixed_and_empty_sweeps_says_what_is_missing(swept, tm
     status.write_text(
         json.dumps({**json.loads(status.read_text()), "status": "failed", "error": "boom"})
     )
+    write_end(status.parent, "failed", "RuntimeError: boom")  # as the run records it
     assert report.main([str(partial)]) == 0
     md = (partial / "report.md").read_text()
     assert "tiny/DFA/seed1: **missing**" in md
