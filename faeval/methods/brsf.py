@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from typing_extensions import override
 
-from faeval.methods.layerwise import STEP_DRAWS, LayerFeedbackMethod, xavier_magnitudes
+from faeval.methods.layerwise import (
+    LAYERWISE_STACKING,
+    STEP_DRAWS,
+    LayerFeedbackMethod,
+    xavier_magnitudes,
+)
 from faeval.seeding import mixed_seed, resolve_seed
 
 
@@ -28,6 +33,8 @@ class BRSF(LayerFeedbackMethod):
         feedback_seed: seed of the magnitudes' draws; default the run's seed.
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
+
+    stack_refusal: ClassVar[str | None] = LAYERWISE_STACKING
 
     def __init__(self, *args, feedback_seed: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from typing_extensions import override
 
 from faeval.methods.common import FeedbackMatrices
-from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_magnitudes
+from faeval.methods.layerwise import (
+    FIXED_DRAW,
+    LAYERWISE_STACKING,
+    LayerFeedbackMethod,
+    xavier_magnitudes,
+)
 from faeval.seeding import mixed_seed, resolve_seed
 
 
@@ -25,6 +32,8 @@ class FRSF(LayerFeedbackMethod):
         feedback_seed: seed of the magnitudes' draw; default the run's seed.
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
+
+    stack_refusal: ClassVar[str | None] = LAYERWISE_STACKING
 
     def __init__(self, *args, feedback_seed: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

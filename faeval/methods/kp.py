@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.errors import ConfigError
 from faeval.methods.common import FeedbackMatrices
-from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_uniform
+from faeval.methods.layerwise import (
+    FIXED_DRAW,
+    LAYERWISE_STACKING,
+    LayerFeedbackMethod,
+    xavier_uniform,
+)
 from faeval.seeding import mixed_seed, resolve_seed
 
 
@@ -36,6 +43,8 @@ class KP(LayerFeedbackMethod):
         feedback_seed: seed of B_k's initial draw; default the run's seed.
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
+
+    stack_refusal: ClassVar[str | None] = LAYERWISE_STACKING
 
     def __init__(
         self, *args, decay: float = 1e-3, feedback_seed: int | None = None, **kwargs

@@ -40,6 +40,11 @@ OTHER_CONVOLUTIONS = (
 )  # fmt: skip
 #: The way out of a backbone the mechanism refuses.
 OTHER_BACKBONE = "pick another --model.backbone, or a block-level method (FA, DFA)"
+#: Why the layer-wise methods do not stack yet (``CreditMethod.stack_refusal``).
+LAYERWISE_STACKING = (
+    "its feedback runs in each nn.Linear and nn.Conv2d's own backward (FeedbackGrad), which "
+    "the stacked layers of faeval.stacked do not carry yet"
+)
 
 
 def feedback_layers(backbone: LayeredBackbone) -> list[tuple[str, nn.Module]]:

@@ -46,7 +46,7 @@ predictions both updates are the forward one.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +85,11 @@ class PC(CreditMethod):
         ConfigError: ``steps`` < 0, ``step_size`` <= 0 or an unknown ``update``.
         TrainingDiverged: the relaxation diverged (γ too large for the block Jacobians).
     """
+
+    stack_refusal: ClassVar[str | None] = (
+        "its relaxation's energy (train/pc_energy) and divergence check are over the whole "
+        "batch, not per seed"
+    )
 
     def __init__(
         self,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from typing_extensions import override
 
-from faeval.methods.layerwise import LayerFeedbackMethod, xavier_std
+from faeval.methods.layerwise import LAYERWISE_STACKING, LayerFeedbackMethod, xavier_std
 
 
 class USF(LayerFeedbackMethod):
@@ -19,6 +21,8 @@ class USF(LayerFeedbackMethod):
     it is recomputed from W_k for every step, so it holds no state of its own. See
     ``CreditMethod`` for the arguments.
     """
+
+    stack_refusal: ClassVar[str | None] = LAYERWISE_STACKING
 
     @override
     def feedback_weights(self) -> list[Tensor]:

@@ -7,9 +7,10 @@ seed-major batches of K·B rows (``CreditMethod.stack_size``). ``seed_state`` re
 state back as an ordinary state dict, which loads into the single-seed method.
 
 Only what was checked to treat every seed apart is stacked; anything else is refused with
-the reason, never run: a method whose credits or losses were not written per seed, a module
-whose parameters the stacking does not know, a module whose own code might mix samples of
-the batch, an optimizer that is not elementwise.
+the reason, never run: a method whose class does not declare that it stacks
+(``CreditMethod.stack_refusal``, read from the class itself: a subclass that says nothing
+does not stack), a module whose parameters the stacking does not know, a module whose own
+code might mix samples of the batch, an optimizer that is not elementwise.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from faeval.backbones.resmlp import ResMLP, ResMLPBlock
 from faeval.backbones.student import LadderBlock, StudentNet
 from faeval.backbones.vit import PatchEmbed, SelfAttention, TransformerBlock, ViTMini
 from faeval.errors import ConfigError
-from faeval.methods import BP, DFA, EP, FA, CreditBridge, CreditMethod, FrozenBlocks, StateBridge
+from faeval.methods import CreditMethod
 from faeval.methods.common import FeedbackMatrices
 from faeval.methods.state_bridge import Bridge
 from faeval.stacked.modules import (
@@ -37,18 +38,6 @@ from faeval.stacked.modules import (
     StackedLinear,
     StackedPatchEmbed,
     stacked_buffer,
-)
-
-#: Methods whose training step was checked to reduce per seed (exact classes: a subclass may
-#: change the credits or losses, so it is not stackable until it is checked too).
-STACKABLE_METHODS: tuple[type[CreditMethod], ...] = (
-    BP,
-    FA,
-    DFA,
-    FrozenBlocks,
-    StateBridge,
-    CreditBridge,
-    EP,
 )
 
 #: Modules that own state, and the stacked module that replaces K of them.
@@ -96,17 +85,16 @@ RUN_ALONE = "train these seeds one process each (leave out --seeds, or faeval sw
 
 
 def check_stackable(method: CreditMethod) -> None:
-    """Refuses a method that stacking does not know.
+    """Refuses a method whose class does not declare that it stacks.
 
     Raises:
-        NotStackable: the method's class is not one whose step was checked to reduce per seed.
+        NotStackable: the class's ``stack_refusal`` (``CreditMethod``) gives a reason, which
+            the message names.
     """
-    if type(method) not in STACKABLE_METHODS:
-        names = ", ".join(c.__name__ for c in STACKABLE_METHODS)
-        raise NotStackable(
-            f"{type(method).__name__} cannot be stacked over seeds: its credits and losses were "
-            f"not checked to keep every seed's batch apart (stackable: {names}); {RUN_ALONE}"
-        )
+    reason = type(method).stack_refusal
+    if reason is not None:
+        name = type(method).__name__
+        raise NotStackable(f"{name} cannot be stacked over seeds: {reason}; {RUN_ALONE}")
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer) -> None:

@@ -13,16 +13,19 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from faeval.cli import run
+from faeval.cli import main, run
 from faeval.cli.stacked import STACK_FILE, format_seeds, parse_seeds
+from faeval.methods.base import UNDECLARED_STACKING
 from faeval.runlog import RunLog
 from faeval.stacked import NotStackable
+from faeval.study import layout
 from tests.helpers import TINY_RUN
 from tests.stacked.fits import (
     ALIGNED,
@@ -194,3 +197,77 @@ def test_seed_lists():
     assert format_seeds([0, 1, 2, 3, 7, 9, 10]) == "0-3,7,9-10"
     with pytest.raises(ValueError, match=r"e\.g\. 0-9"):
         parse_seeds("a-b")
+
+
+#: A researcher's own methods: DFA's step under other names, declared stackable, declared not
+#: (with a reason) and undeclared.
+USER_METHODS = """
+from typing import ClassVar
+
+from faeval.methods import DFA
+
+
+class Mine(DFA):
+    \"\"\"DFA's step: its rows are kept apart per seed as DFA's are.\"\"\"
+
+    stack_refusal: ClassVar[str | None] = None
+
+
+class Coupled(DFA):
+    \"\"\"Says why it does not stack.\"\"\"
+
+    stack_refusal: ClassVar[str | None] = "its credits mix the samples of a batch"
+
+
+class Unsaid(DFA):
+    \"\"\"Says nothing: inherits DFA's step, not its declaration.\"\"\"
+"""
+
+
+@pytest.fixture(scope="module")
+def user_package(tmp_path_factory):
+    """``stackpkg.methods`` in a temporary folder, importable here (and by class path)."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "stackpkg").mkdir()
+    (root / "stackpkg" / "__init__.py").write_text("")
+    (root / "stackpkg" / "methods.py").write_text(USER_METHODS)
+    # It stays on sys.path for the session: once imported, its classes are CreditMethod
+    # subclasses that jsonargparse lists in every later parser, which must import them.
+    sys.path.insert(0, str(root))
+    return root
+
+
+def test_a_method_of_your_own_declared_stackable_stacks_each_seed_its_lone_run(
+    user_package, tmp_path
+):
+    mine = "stackpkg.methods.Mine"
+    fit(tmp_path / "stack", "--seeds", "0,1", data=ALIGNED, model=mine)
+    fit(tmp_path / "alone", "--seed_everything", "1", data=ALIGNED, model=mine)
+    stacked, alone = (
+        seed_dir(tmp_path / "stack", 1, "Mine"),
+        seed_dir(tmp_path / "alone", 1, "Mine"),
+    )
+    assert rows(stacked) == rows(alone) and [r["method"] for r in rows(stacked)] == ["Mine"] * 3
+    got, want = tensors(checkpoint(stacked)), tensors(checkpoint(alone))
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want), "weights or optimizer state"
+    assert layout.stackable(mine) and layout.stackable("DFA")  # a sweep stacks it too
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("Coupled", "its credits mix the samples of a batch"), ("Unsaid", UNDECLARED_STACKING)],
+)
+def test_a_method_of_your_own_that_does_not_declare_it_is_refused_in_one_line(
+    user_package, tmp_path, capsys, name, reason
+):
+    method = f"stackpkg.methods.{name}"
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--model", method, *ALIGNED, "--trainer.max_epochs", "1",
+              "--trainer.default_root_dir", str(tmp_path), "--seeds", "0,1"])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"faeval: error: {name} cannot be stacked over seeds: {reason}; "
+                                "train these seeds one process each (leave out --seeds, or "
+                                "faeval sweep --stack 1)"]  # fmt: skip
+    assert not layout.stackable(method)  # a sweep runs its seeds one process each
