@@ -47,7 +47,7 @@ from lightning.pytorch import Callback, Trainer
 import faeval.stacked.modules as stacked_modules
 from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.data import InMemoryDataModule
-from faeval.methods import BP, DFA, EP, FA, CreditBridge, FrozenBlocks, StateBridge
+from faeval.methods import BP, DFA, DRTP, EP, FA, CreditBridge, FrozenBlocks, StateBridge
 from faeval.stacked import stack_methods
 from faeval.stacked.data import StackedData
 from faeval.stacked.module import SeedStack
@@ -57,6 +57,7 @@ METHODS = {
     "BP": (BP, {}),
     "FA": (FA, {}),
     "DFA": (DFA, {}),
+    "DRTP": (DRTP, {}),
     "FrozenBlocks": (FrozenBlocks, {}),
     "StateBridge": (StateBridge, {"bridge_width": 32}),
     "CreditBridge": (CreditBridge, {"value_width": 32, "warmup_epochs": 0}),

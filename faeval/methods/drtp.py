@@ -39,7 +39,7 @@ class DRTP(FeedbackMethod):
     See ``FeedbackMethod`` for the arguments.
     """
 
-    stack_refusal: ClassVar[str | None] = "its credits were not checked per seed yet"
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     @override
     def draw_feedback(self, seed: int) -> FeedbackMatrices:

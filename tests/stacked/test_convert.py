@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
-from faeval.methods import BP, DFA, EP, FA, CreditBridge, FrozenBlocks, StateBridge
+from faeval.methods import BP, DFA, DRTP, EP, FA, CreditBridge, FrozenBlocks, StateBridge
 from faeval.stacked import NotStackable, seed_state, stack_methods
 from faeval.stacked.convert import check_optimizer
 from tests.helpers import LinearNet
@@ -25,6 +25,7 @@ METHODS = {
     "BP": (BP, {}),
     "FA": (FA, {}),
     "DFA": (DFA, {}),
+    "DRTP": (DRTP, {}),
     "FrozenBlocks": (FrozenBlocks, {}),
     "StateBridge": (StateBridge, {"bridge_width": 8}),
     "CreditBridge": (CreditBridge, {"value_width": 8, "warmup_epochs": 0}),
