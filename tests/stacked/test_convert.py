@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import re
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -146,3 +149,28 @@ def test_an_optimizer_that_is_not_elementwise_is_refused():
     check_optimizer(torch.optim.Adam([nn.Parameter(torch.zeros(2))]))
     with pytest.raises(NotStackable, match="LBFGS cannot be stacked"):
         check_optimizer(torch.optim.LBFGS([nn.Parameter(torch.zeros(2))]))
+
+
+def stacking_doc_blocks() -> list[str]:
+    """The ```python blocks of docs/extending.md's "Stacking seeds", in order."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "extending.md").read_text()
+    section = text[text.index("### Stacking seeds") : text.index("## A network")]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_the_check_docs_extending_shows_passes_a_stacking_method_and_fails_a_mixing_one():
+    declare, check = stacking_doc_blocks()
+    scope: dict = {"__name__": "docs"}
+    exec(declare, scope)
+    assert scope["MyMethod"].stack_refusal is None
+    exec(check, scope)  # each seed's stacked gradients are its lone run's
+
+    class Centred(scope["MyMethod"]):  # subtracts its batch mean: mixes the seeds' rows
+        stack_refusal: ClassVar[str | None] = None
+
+        def credits(self, trace, y):
+            return [c - c.mean(0) for c in super().credits(trace, y)]
+
+    scope["MyMethod"] = Centred
+    with pytest.raises(AssertionError, match="backbone"):
+        exec(check, scope)
