@@ -47,7 +47,7 @@ from lightning.pytorch import Callback, Trainer
 import faeval.stacked.modules as stacked_modules
 from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.data import InMemoryDataModule
-from faeval.methods import BP, DFA, DRTP, EP, FA, CreditBridge, FrozenBlocks, StateBridge
+from faeval.methods import BP, DFA, DRTP, EP, FA, PC, CreditBridge, FrozenBlocks, StateBridge
 from faeval.stacked import stack_methods
 from faeval.stacked.data import StackedData
 from faeval.stacked.module import SeedStack
@@ -62,6 +62,7 @@ METHODS = {
     "StateBridge": (StateBridge, {"bridge_width": 32}),
     "CreditBridge": (CreditBridge, {"value_width": 32, "warmup_epochs": 0}),
     "EP": (EP, {"steps": 8, "tol": 0.0}),  # no stop: a stop one step apart is no rounding error
+    "PC": (PC, {"steps": 8}),
 }
 #: What rounding may reach: EP's credit −ε/β carries the relaxed states' rounding times
 #: 1/β = 10, and through BatchNorm's batch statistics the relaxation amplifies it further

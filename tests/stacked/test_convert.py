@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
-from faeval.methods import BP, DFA, DRTP, EP, FA, CreditBridge, FrozenBlocks, StateBridge
+from faeval.errors import TrainingDiverged
+from faeval.methods import BP, DFA, DRTP, EP, FA, PC, CreditBridge, FrozenBlocks, StateBridge
 from faeval.stacked import NotStackable, seed_state, stack_methods
 from faeval.stacked.convert import check_optimizer
 from tests.helpers import LinearNet
@@ -33,6 +34,9 @@ METHODS = {
     "StateBridge": (StateBridge, {"bridge_width": 8}),
     "CreditBridge": (CreditBridge, {"value_width": 8, "warmup_epochs": 0}),
     "EP": (EP, {"steps": 6, "tol": 0.05, "check_every": 4}),
+    "PC": (PC, {"steps": 4}),
+    "PC-forward": (PC, {"steps": 4, "update": "forward"}),
+    "PC-fixed": (PC, {"steps": 4, "fixed_predictions": True}),
 }
 
 
@@ -88,6 +92,20 @@ def test_ep_stops_each_seed_at_its_own_step_whatever_the_check_interval():
             assert stacked.steps_taken[k] == m.steps_taken
         taken.append(stacked.steps_taken)
     assert torch.equal(*taken) and len(set(taken[0].tolist())) > 1  # the seeds stopped apart
+
+
+def test_pc_keeps_each_seeds_energy_and_names_the_seed_whose_relaxation_diverged():
+    lone = [build("PC", "SmallCNN", s) for s in range(K)]
+    stacked = stack_methods([build("PC", "SmallCNN", s) for s in range(K)])
+    x, y = batch((3, 8, 8))
+    stacked.credits(stacked.backbone.trace(x).detached(), y)
+    assert stacked.energies.shape == (5, K)  # T + 1 steps, per seed
+    for k, (m, xk, yk) in enumerate(zip(lone, x.chunk(K), y.chunk(K), strict=True)):
+        m.credits(m.backbone.trace(xk).detached(), yk)
+        assert torch.equal(stacked.energies[:, k], m.energies[:, 0])
+    x[6:12] = float("inf")  # seed 1's batch only
+    with pytest.raises(TrainingDiverged, match=r"\(seeds \[1\] of the stack\)"):
+        stacked.credits(stacked.backbone.trace(x).detached(), y)
 
 
 def test_no_coupling_another_seeds_data_leaves_a_seeds_gradients_bit_identical():
