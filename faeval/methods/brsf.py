@@ -9,7 +9,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.methods.layerwise import (
-    LAYERWISE_STACKING,
     STEP_DRAWS,
     LayerFeedbackMethod,
     xavier_magnitudes,
@@ -34,7 +33,10 @@ class BRSF(LayerFeedbackMethod):
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
 
-    stack_refusal: ClassVar[str | None] = LAYERWISE_STACKING
+    stack_refusal: ClassVar[str | None] = (
+        "its feedback is redrawn every step from one feedback seed and step count, which "
+        "faeval.stacked does not yet keep per seed"
+    )
 
     def __init__(self, *args, feedback_seed: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

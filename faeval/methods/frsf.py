@@ -11,7 +11,6 @@ from typing_extensions import override
 from faeval.methods.common import FeedbackMatrices
 from faeval.methods.layerwise import (
     FIXED_DRAW,
-    LAYERWISE_STACKING,
     LayerFeedbackMethod,
     xavier_magnitudes,
 )
@@ -33,7 +32,7 @@ class FRSF(LayerFeedbackMethod):
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
 
-    stack_refusal: ClassVar[str | None] = LAYERWISE_STACKING
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(self, *args, feedback_seed: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -12,7 +12,6 @@ from faeval.errors import ConfigError
 from faeval.methods.common import FeedbackMatrices
 from faeval.methods.layerwise import (
     FIXED_DRAW,
-    LAYERWISE_STACKING,
     LayerFeedbackMethod,
     xavier_uniform,
 )
@@ -44,7 +43,7 @@ class KP(LayerFeedbackMethod):
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
 
-    stack_refusal: ClassVar[str | None] = LAYERWISE_STACKING
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(
         self, *args, decay: float = 1e-3, feedback_seed: int | None = None, **kwargs

@@ -11,7 +11,6 @@ from faeval.methods.common import FeedbackMatrices
 from faeval.methods.feedback import FeedbackMethod
 from faeval.methods.layerwise import (
     FIXED_DRAW,
-    LAYERWISE_STACKING,
     LayerFeedbackMethod,
     xavier_uniform,
 )
@@ -32,7 +31,7 @@ class LayerFA(LayerFeedbackMethod, FeedbackMethod):
     protocol's null band redraws them. See ``FeedbackMethod`` for the arguments.
     """
 
-    stack_refusal: ClassVar[str | None] = LAYERWISE_STACKING
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     @override
     def draw_feedback(self, seed: int) -> FeedbackMatrices:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from faeval.methods.layerwise import LAYERWISE_STACKING, LayerFeedbackMethod, xavier_std
+from faeval.methods.layerwise import LayerFeedbackMethod, xavier_std
 
 
 class USF(LayerFeedbackMethod):
@@ -22,8 +22,9 @@ class USF(LayerFeedbackMethod):
     ``CreditMethod`` for the arguments.
     """
 
-    stack_refusal: ClassVar[str | None] = LAYERWISE_STACKING
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     @override
     def feedback_weights(self) -> list[Tensor]:
-        return [xavier_std(w.shape) * torch.sign(w.detach()) for w in self.weights()]
+        pairs = zip(self.weight_shapes(), self.weights(), strict=True)  # one seed's shape
+        return [xavier_std(shape) * torch.sign(w.detach()) for shape, w in pairs]

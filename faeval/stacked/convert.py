@@ -38,6 +38,7 @@ from faeval.stacked.modules import (
     StackedLinear,
     StackedPatchEmbed,
     stacked_buffer,
+    stacked_parameter_list,
 )
 
 #: Modules that own state, and the stacked module that replaces K of them.
@@ -48,6 +49,7 @@ STACKED: dict[type[nn.Module], Callable[[list], nn.Module]] = {
     nn.BatchNorm2d: StackedBatchNorm2d,
     PatchEmbed: StackedPatchEmbed,
     FeedbackMatrices: StackedFeedbackMatrices,
+    nn.ParameterList: stacked_parameter_list,
 }
 
 #: Modules without state of their own whose code treats every sample of the batch apart:

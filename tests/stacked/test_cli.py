@@ -250,7 +250,7 @@ def assert_stacked_seed_is_its_lone_run(root: Path, model: str) -> None:
     assert all(torch.equal(got[k], want[k]) for k in want), "weights or optimizer state"
 
 
-@pytest.mark.parametrize("model", ["DRTP", "PC"])
+@pytest.mark.parametrize("model", ["DRTP", "PC", "LayerFA", "USF", "FRSF", "KP"])
 def test_a_newly_stacked_method_trains_each_seed_as_its_lone_run(tmp_path, model):
     assert_stacked_seed_is_its_lone_run(tmp_path, model)
 

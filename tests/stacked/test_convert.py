@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from contextlib import nullcontext
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,7 +14,22 @@ from torch import Tensor, nn
 
 from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.errors import TrainingDiverged
-from faeval.methods import BP, DFA, DRTP, EP, FA, PC, CreditBridge, FrozenBlocks, StateBridge
+from faeval.methods import (
+    BP,
+    DFA,
+    DRTP,
+    EP,
+    FA,
+    FRSF,
+    KP,
+    PC,
+    USF,
+    CreditBridge,
+    FrozenBlocks,
+    LayerFA,
+    LayerFeedbackMethod,
+    StateBridge,
+)
 from faeval.stacked import NotStackable, seed_state, stack_methods
 from faeval.stacked.convert import check_optimizer
 from tests.helpers import LinearNet
@@ -37,6 +53,10 @@ METHODS = {
     "PC": (PC, {"steps": 4}),
     "PC-forward": (PC, {"steps": 4, "update": "forward"}),
     "PC-fixed": (PC, {"steps": 4, "fixed_predictions": True}),
+    "LayerFA": (LayerFA, {}),
+    "USF": (USF, {}),
+    "FRSF": (FRSF, {}),
+    "KP": (KP, {}),
 }
 
 
@@ -52,6 +72,16 @@ def batch(shape, seed: int = 1) -> tuple[Tensor, Tensor]:
     return torch.randn(K * 6, *shape, generator=gen), torch.randint(0, 4, (K * 6,), generator=gen)
 
 
+def step(method, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The step's objective and losses, its gradients taken as ``training_step`` takes them
+    (a layer-wise method's backward through its feedback)."""
+    training = method.attached() if isinstance(method, LayerFeedbackMethod) else nullcontext()
+    with training:
+        objective, losses = method.step_objective(x, y)
+        objective.backward()
+    return objective, losses
+
+
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("method", list(METHODS))
 def test_a_stacked_step_gives_every_seed_its_lone_gradients_bit_for_bit(method, backbone):
@@ -59,11 +89,9 @@ def test_a_stacked_step_gives_every_seed_its_lone_gradients_bit_for_bit(method, 
     stacked = stack_methods([build(method, backbone, seed) for seed in range(K)])
     assert stacked.stack_size == K and type(stacked) is type(lone[0])
     x, y = batch(BACKBONES[backbone][0])
-    objective, losses = stacked.step_objective(x, y)
-    objective.backward()
+    _, losses = step(stacked, x, y)
     for k, (method_k, xk, yk) in enumerate(zip(lone, x.chunk(K), y.chunk(K), strict=True)):
-        objective_k, losses_k = method_k.step_objective(xk, yk)
-        objective_k.backward()
+        _, losses_k = step(method_k, xk, yk)
         assert torch.equal(losses.chunk(K)[k], losses_k)
         params = dict(method_k.named_parameters())
         for name, p in stacked.named_parameters():
