@@ -10,8 +10,10 @@ there the weights agree within 1e-6 relative and the rows within 1e-5.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +27,7 @@ from faeval.cli.stacked import STACK_FILE, format_seeds, parse_seeds
 from faeval.methods.base import UNDECLARED_STACKING
 from faeval.runlog import RunLog
 from faeval.stacked import NotStackable
-from faeval.study import layout
+from faeval.study import layout, sweep
 from tests.helpers import TINY_RUN
 from tests.stacked.fits import (
     ALIGNED,
@@ -226,7 +228,8 @@ class Unsaid(DFA):
 
 @pytest.fixture(scope="module")
 def user_package(tmp_path_factory):
-    """``stackpkg.methods`` in a temporary folder, importable here (and by class path)."""
+    """``stackpkg.methods`` in a temporary folder, importable here and, through
+    ``PYTHONPATH``, in the processes a sweep starts."""
     root = tmp_path_factory.mktemp("project")
     (root / "stackpkg").mkdir()
     (root / "stackpkg" / "__init__.py").write_text("")
@@ -234,7 +237,9 @@ def user_package(tmp_path_factory):
     # It stays on sys.path for the session: once imported, its classes are CreditMethod
     # subclasses that jsonargparse lists in every later parser, which must import them.
     sys.path.insert(0, str(root))
-    return root
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+        yield root
 
 
 def assert_stacked_seed_is_its_lone_run(root: Path, model: str) -> None:
@@ -280,3 +285,20 @@ def test_a_method_of_your_own_that_does_not_declare_it_is_refused_in_one_line(
                                 "train these seeds one process each (leave out --seeds, or "
                                 "faeval sweep --stack 1)"]  # fmt: skip
     assert not layout.stackable(method)  # a sweep runs its seeds one process each
+
+
+def test_a_sweep_stacks_a_method_of_your_own_that_declares_it_and_runs_the_others_alone(
+    user_package, tmp_path
+):
+    spec = tmp_path / "spec.yaml"
+    methods = ["stackpkg.methods.Mine", "stackpkg.methods.Unsaid"]
+    spec.write_text(json.dumps({"seeds": [0, 1], "methods": methods,
+                                "args": [*TINY_RUN, "--trainer.max_epochs", "1"]}))  # fmt: skip
+    out = tmp_path / "out"
+    assert sweep.main([str(spec), "--out", str(out), "--jobs", "2", "--cores", "2"]) == 0
+    stacks = out / "stacks" / "default"
+    assert [p.name for p in (stacks / methods[0]).iterdir()] == ["seeds0-1"]  # one process
+    assert not (stacks / methods[1]).exists()  # one process per seed
+    with (out / "results.csv").open() as fh:
+        rows = {(r["method"], r["seed"]): r["status"] for r in csv.DictReader(fh)}
+    assert len(rows) == 6 and set(rows.values()) == {"ok"}  # FrozenBlocks joins
