@@ -50,6 +50,7 @@ from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.data import InMemoryDataModule
 from faeval.methods import (
     BP,
+    BRSF,
     DFA,
     DRTP,
     EP,
@@ -83,6 +84,7 @@ METHODS = {
     "USF": (USF, {}),
     "FRSF": (FRSF, {}),
     "KP": (KP, {}),
+    "BRSF": (BRSF, {}),
 }
 #: What rounding may reach: EP's credit −ε/β carries the relaxed states' rounding times
 #: 1/β = 10, and through BatchNorm's batch statistics the relaxation amplifies it further

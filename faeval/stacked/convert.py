@@ -138,6 +138,8 @@ def stack_modules(modules: list[nn.Module], path: str = "") -> nn.Module:
         )
     if isinstance(modules[0], CreditMethod):
         stacked = copy.deepcopy(modules[0])  # settings, hyperparameters, metrics: seed 0's
+        if kind.get_extra_state is not nn.Module.get_extra_state:  # BRSF's draw counter
+            stacked.set_extra_state([m.get_extra_state() for m in modules])  # each seed's
     else:
         stacked = copy.copy(modules[0])
         stacked.__dict__ = {**stacked.__dict__, "_parameters": {}, "_buffers": {}, "_modules": {}}
@@ -184,7 +186,10 @@ def stack_methods(methods: list[CreditMethod]) -> CreditMethod:
     if list(own) != list(lone):
         raise NotStackable(f"stacking changed the state's keys ({sorted(set(own) ^ set(lone))})")
     for key, value in lone.items():
-        if own[key].shape != (len(methods), *value.shape):
+        if not isinstance(value, Tensor):  # a method's extra state: each seed's, in a list
+            if not isinstance(own[key], list) or len(own[key]) != len(methods):
+                raise NotStackable(f"stacking did not keep {key} per seed")
+        elif own[key].shape != (len(methods), *value.shape):
             raise NotStackable(f"stacking gave {key} the shape {tuple(own[key].shape)}")
     names = [n for n, _ in stacked.named_parameters()]
     if names != [n for n, _ in methods[0].named_parameters()]:
@@ -196,7 +201,11 @@ def seed_state(state: dict[str, Tensor], seed: int) -> dict[str, Tensor]:
     """Seed ``seed``'s state (its index in the stack) as an ordinary single-seed state dict.
 
     Args:
-        state: a stacked method's state dict (every tensor (K, *shape)).
+        state: a stacked method's state dict (every tensor (K, *shape), a method's extra
+            state the list of its seeds').
         seed: the index of the seed in the stack.
     """
-    return {key: value[seed].clone() for key, value in state.items()}
+    return {
+        key: value[seed].clone() if isinstance(value, Tensor) else value[seed]
+        for key, value in state.items()
+    }

@@ -32,6 +32,7 @@ from tests.helpers import TINY_RUN
 from tests.stacked.fits import (
     ALIGNED,
     assert_close_rows,
+    assert_same,
     checkpoint,
     fit,
     rows,
@@ -128,11 +129,12 @@ def test_no_coupling_another_seed_leaves_every_other_seeds_run_bit_identical(ali
 
 # Resuming continues in the run's own folder, so ModelCheckpoint finds it non-empty: intended.
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
-def test_a_stack_resumes_exactly_two_plus_two_epochs_is_four(tmp_path):
+@pytest.mark.parametrize("model", ["StateBridge", "BRSF"])  # BRSF: its draw counter, per seed
+def test_a_stack_resumes_exactly_two_plus_two_epochs_is_four(tmp_path, model):
     seeds = ["--seeds", "3,4", "--data.random_targets", "true"]
-    fit(tmp_path / "four", *seeds, model="StateBridge", epochs=4)
-    fit(tmp_path / "two", *seeds, model="StateBridge", epochs=2)
-    stack = tmp_path / "two" / "lightning_logs" / "SyntheticLadder" / "StateBridge" / "stack-3-4"
+    fit(tmp_path / "four", *seeds, model=model, epochs=4)
+    fit(tmp_path / "two", *seeds, model=model, epochs=2)
+    stack = tmp_path / "two" / "lightning_logs" / "SyntheticLadder" / model / "stack-3-4"
     ckpt = next((stack / "checkpoints").glob("*.ckpt"))
     run(
         [
@@ -147,12 +149,11 @@ def test_a_stack_resumes_exactly_two_plus_two_epochs_is_four(tmp_path):
     )
     assert (stack / "config.resumed.yaml").is_file()
     for seed in (3, 4):
-        resumed = seed_dir(tmp_path / "two", seed, "StateBridge")
-        straight = seed_dir(tmp_path / "four", seed, "StateBridge")
+        resumed = seed_dir(tmp_path / "two", seed, model)
+        straight = seed_dir(tmp_path / "four", seed, model)
         assert [r["epoch"] for r in rows(resumed)] == [0, 1, 2, 3, 4]
         assert rows(resumed) == rows(straight)
-        got, want = tensors(checkpoint(resumed)), tensors(checkpoint(straight))
-        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert_same(tensors(checkpoint(resumed)), tensors(checkpoint(straight)))
         assert (resumed / "config.resumed.yaml").is_file()
 
 
@@ -250,12 +251,10 @@ def assert_stacked_seed_is_its_lone_run(root: Path, model: str) -> None:
     name = model.rpartition(".")[2]
     stacked, alone = seed_dir(root / "stack", 1, name), seed_dir(root / "alone", 1, name)
     assert rows(stacked) == rows(alone) and [r["method"] for r in rows(stacked)] == [name] * 3
-    got, want = tensors(checkpoint(stacked)), tensors(checkpoint(alone))
-    assert got.keys() == want.keys()
-    assert all(torch.equal(got[k], want[k]) for k in want), "weights or optimizer state"
+    assert_same(tensors(checkpoint(stacked)), tensors(checkpoint(alone)))
 
 
-@pytest.mark.parametrize("model", ["DRTP", "PC", "LayerFA", "USF", "FRSF", "KP"])
+@pytest.mark.parametrize("model", ["DRTP", "PC", "LayerFA", "USF", "FRSF", "KP", "BRSF"])
 def test_a_newly_stacked_method_trains_each_seed_as_its_lone_run(tmp_path, model):
     assert_stacked_seed_is_its_lone_run(tmp_path, model)
 

@@ -16,6 +16,7 @@ from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.errors import TrainingDiverged
 from faeval.methods import (
     BP,
+    BRSF,
     DFA,
     DRTP,
     EP,
@@ -57,6 +58,7 @@ METHODS = {
     "USF": (USF, {}),
     "FRSF": (FRSF, {}),
     "KP": (KP, {}),
+    "BRSF": (BRSF, {}),
 }
 
 
