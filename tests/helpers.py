@@ -234,13 +234,14 @@ def feedback_used(monkeypatch, tmp_path, method, x: Tensor, y: Tensor, steps: in
     """Trains ``steps`` steps on (x, y) and records every layer-wise feedback call of each.
 
     Returns:
-        Per step, the list of ``(layer, W, B)`` the layers' backward was given (copies).
+        Per step, the list of ``(conv, W, B)`` the layers' backward was given (copies; conv:
+            a convolution's options, None for a linear layer).
     """
     calls, apply = [], FeedbackGrad.apply
 
-    def spy(x, weight, bias, feedback, layer):
-        calls.append((layer, weight.detach().clone(), feedback.detach().clone()))
-        return apply(x, weight, bias, feedback, layer)
+    def spy(x, weight, bias, feedback, conv):
+        calls.append((conv, weight.detach().clone(), feedback.detach().clone()))
+        return apply(x, weight, bias, feedback, conv)
 
     monkeypatch.setattr(FeedbackGrad, "apply", spy)
     loader = TensorBatches(x, y, batch_size=len(x))

@@ -31,6 +31,7 @@ Prints one line per result and writes them all to ``--out`` as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -47,7 +48,23 @@ from lightning.pytorch import Callback, Trainer
 import faeval.stacked.modules as stacked_modules
 from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.data import InMemoryDataModule
-from faeval.methods import BP, DFA, EP, FA, CreditBridge, FrozenBlocks, StateBridge
+from faeval.methods import (
+    BP,
+    BRSF,
+    DFA,
+    DRTP,
+    EP,
+    FA,
+    FRSF,
+    KP,
+    PC,
+    USF,
+    CreditBridge,
+    FrozenBlocks,
+    LayerFA,
+    LayerFeedbackMethod,
+    StateBridge,
+)
 from faeval.stacked import stack_methods
 from faeval.stacked.data import StackedData
 from faeval.stacked.module import SeedStack
@@ -57,10 +74,17 @@ METHODS = {
     "BP": (BP, {}),
     "FA": (FA, {}),
     "DFA": (DFA, {}),
+    "DRTP": (DRTP, {}),
     "FrozenBlocks": (FrozenBlocks, {}),
     "StateBridge": (StateBridge, {"bridge_width": 32}),
     "CreditBridge": (CreditBridge, {"value_width": 32, "warmup_epochs": 0}),
     "EP": (EP, {"steps": 8, "tol": 0.0}),  # no stop: a stop one step apart is no rounding error
+    "PC": (PC, {"steps": 8}),
+    "LayerFA": (LayerFA, {}),
+    "USF": (USF, {}),
+    "FRSF": (FRSF, {}),
+    "KP": (KP, {}),
+    "BRSF": (BRSF, {}),
 }
 #: What rounding may reach: EP's credit −ε/β carries the relaxed states' rounding times
 #: 1/β = 10, and through BatchNorm's batch statistics the relaxation amplifies it further
@@ -95,6 +119,13 @@ def build(method: str, backbone: str, seed: int):
     return cls(shape, 10, backbone=factory, **kwargs).train()
 
 
+def feedback_of(method) -> contextlib.AbstractContextManager:
+    """A layer-wise method's feedback attached (its ``training_step`` does), else nothing."""
+    return (
+        method.attached() if isinstance(method, LayerFeedbackMethod) else contextlib.nullcontext()
+    )
+
+
 def exactness(device: str) -> None:
     """Part 1: the stacked step on ``device`` against the CPU's, per method and backbone."""
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -117,8 +148,9 @@ def exactness(device: str) -> None:
                 losses, grads = [], None
                 for x, y in batches:
                     opt.zero_grad(set_to_none=True)
-                    objective, per_sample = stacked.step_objective(x.to(dev), y.to(dev))
-                    objective.backward()
+                    with feedback_of(stacked):  # the step's backward, as training_step's
+                        objective, per_sample = stacked.step_objective(x.to(dev), y.to(dev))
+                        objective.backward()
                     if grads is None:
                         grads = {n: p.grad.clone() for n, p in stacked.named_parameters()
                                  if p.grad is not None}  # fmt: skip

@@ -45,6 +45,13 @@ log = logging.getLogger("faeval")
 
 BackboneFactory = Callable[[tuple[int, ...], int], LayeredBackbone]
 
+#: The stacking of a method class that does not declare its own (``CreditMethod.stack_refusal``).
+UNDECLARED_STACKING = (
+    "its class does not declare whether its step keeps every seed's rows apart (set "
+    "stack_refusal = None in the class once checked, or the reason it does not stack; "
+    "docs/extending.md)"
+)
+
 
 def batch_mean(values: Tensor, seeds: int = 1) -> Tensor:
     """The mean of per-sample values over the batch (and over any trailing dimensions).
@@ -153,6 +160,17 @@ class CreditMethod(LightningModule, abc.ABC):
     #: K, the seeds stacked in each batch (seed-major rows); ``faeval.stacked`` sets it on the
     #: stacked copy of a method. Reductions over the batch go through ``batch_mean``.
     stack_size: int = 1
+    #: Why ``faeval fit --seeds`` cannot stack this method, one line; ``None`` once its step
+    #: was checked to keep every seed's rows apart (means through ``batch_mean``, state in
+    #: modules ``faeval.stacked`` knows). Read from the class's own body only: a subclass that
+    #: does not declare it does not stack, whatever its parent says (it may change the
+    #: credits or losses). ``faeval.stacked``, the sweep's layout and the refusal read it.
+    stack_refusal: ClassVar[str | None] = UNDECLARED_STACKING
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "stack_refusal" not in vars(cls):  # said nothing: not stackable (``stack_refusal``)
+            cls.stack_refusal = UNDECLARED_STACKING
 
     def __init__(
         self,

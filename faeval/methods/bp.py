@@ -22,6 +22,7 @@ class BP(CreditMethod):
     """
 
     local: ClassVar[bool] = False
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from typing_extensions import override
 
-from faeval.methods.layerwise import STEP_DRAWS, LayerFeedbackMethod, xavier_magnitudes
+from faeval.methods.layerwise import (
+    STEP_DRAWS,
+    LayerFeedbackMethod,
+    xavier_magnitudes,
+)
 from faeval.seeding import mixed_seed, resolve_seed
 
 
@@ -29,14 +33,26 @@ class BRSF(LayerFeedbackMethod):
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
 
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
+
     def __init__(self, *args, feedback_seed: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.feedback_seed = resolve_seed(feedback_seed)
         self.updates = 0  # t: updates of W so far
+        #: With K seeds stacked (``faeval.stacked``), each seed's feedback seed; None alone.
+        self.seed_feedback: list[int] | None = None
 
     def magnitudes(self, updates: int) -> list[Tensor]:
-        """|M_k| for every layer, the draw in force after ``updates`` updates of W."""
-        gen = torch.Generator().manual_seed(mixed_seed(self.feedback_seed, STEP_DRAWS, updates))
+        """|M_k| for every layer, the draw in force after ``updates`` updates of W (with seeds
+        stacked, each seed's own draw, stacked (K, *shape))."""
+        if self.seed_feedback is not None:
+            draws = [self.draw(seed, updates) for seed in self.seed_feedback]
+            return [torch.stack(layer) for layer in zip(*draws, strict=True)]
+        return self.draw(self.feedback_seed, updates)
+
+    def draw(self, seed: int, updates: int) -> list[Tensor]:
+        """|M_k| for every layer, drawn from (``seed``, ``updates``)."""
+        gen = torch.Generator().manual_seed(mixed_seed(seed, STEP_DRAWS, updates))
         return [xavier_magnitudes(shape, gen) for shape in self.weight_shapes()]
 
     @override
@@ -51,10 +67,17 @@ class BRSF(LayerFeedbackMethod):
         return loss
 
     @override
-    def get_extra_state(self) -> dict[str, Any]:
+    def get_extra_state(self) -> dict[str, Any] | list[dict[str, Any]]:
+        if self.seed_feedback is not None:  # stacked: each seed's, as its lone run keeps it
+            return [{"feedback_seed": s, "updates": self.updates} for s in self.seed_feedback]
         return {"feedback_seed": self.feedback_seed, "updates": self.updates}
 
     @override
-    def set_extra_state(self, state: dict[str, Any]) -> None:
+    def set_extra_state(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """A lone run's state, or with seeds stacked the list of each seed's (``faeval.stacked``
+        gives a stacked method the list of its seeds' extra states)."""
+        if isinstance(state, list):
+            self.seed_feedback = [int(s["feedback_seed"]) for s in state]
+            state = state[0]
         self.feedback_seed = int(state["feedback_seed"])
         self.updates = int(state["updates"])

@@ -18,6 +18,7 @@ matrix (the same draw as ``DFA`` with the same seed).
 from __future__ import annotations
 
 import itertools
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,8 @@ class CreditBridge(CreditMethod):
         value_seed: seed of the value nets' initialisation; default the run's seed.
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
+
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 from typing_extensions import override
 
@@ -17,6 +19,8 @@ class DFA(FeedbackMethod):
     matrix per layer, standing in for the transposed Jacobian from h_l to the logits.
     See ``FeedbackMethod`` for the arguments.
     """
+
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     @override
     def draw_feedback(self, seed: int) -> FeedbackMatrices:

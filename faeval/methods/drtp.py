@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch.nn.functional as F
 from torch import Tensor
 from typing_extensions import override
@@ -36,6 +38,8 @@ class DRTP(FeedbackMethod):
     (b) firing; the README's table).
     See ``FeedbackMethod`` for the arguments.
     """
+
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     @override
     def draw_feedback(self, seed: int) -> FeedbackMatrices:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,8 @@ class EP(CreditMethod):
     Raises:
         FloatingPointError: the relaxation diverged (γ too large for the block Jacobians).
     """
+
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 from typing_extensions import override
 
@@ -21,6 +23,8 @@ class FA(FeedbackMethod):
 
     See ``FeedbackMethod`` for the arguments.
     """
+
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     @override
     def draw_feedback(self, seed: int) -> FeedbackMatrices:

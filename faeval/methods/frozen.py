@@ -17,6 +17,7 @@ class FrozenBlocks(BP):
     """
 
     role: ClassVar[str] = DEPTH_BASELINE
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from typing_extensions import override
 
 from faeval.methods.common import FeedbackMatrices
-from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_magnitudes
+from faeval.methods.layerwise import (
+    FIXED_DRAW,
+    LayerFeedbackMethod,
+    xavier_magnitudes,
+)
 from faeval.seeding import mixed_seed, resolve_seed
 
 
@@ -25,6 +31,8 @@ class FRSF(LayerFeedbackMethod):
         feedback_seed: seed of the magnitudes' draw; default the run's seed.
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
+
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(self, *args, feedback_seed: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
 from faeval.errors import ConfigError
 from faeval.methods.common import FeedbackMatrices
-from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_uniform
+from faeval.methods.layerwise import (
+    FIXED_DRAW,
+    LayerFeedbackMethod,
+    xavier_uniform,
+)
 from faeval.seeding import mixed_seed, resolve_seed
 
 
@@ -36,6 +42,8 @@ class KP(LayerFeedbackMethod):
         feedback_seed: seed of B_k's initial draw; default the run's seed.
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
+
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(
         self, *args, decay: float = 1e-3, feedback_seed: int | None = None, **kwargs

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 from typing_extensions import override
 
 from faeval.methods.common import FeedbackMatrices
 from faeval.methods.feedback import FeedbackMethod
-from faeval.methods.layerwise import FIXED_DRAW, LayerFeedbackMethod, xavier_uniform
+from faeval.methods.layerwise import (
+    FIXED_DRAW,
+    LayerFeedbackMethod,
+    xavier_uniform,
+)
 from faeval.seeding import mixed_seed
 
 
@@ -24,6 +30,8 @@ class LayerFA(LayerFeedbackMethod, FeedbackMethod):
     The matrices are buffers, drawn from ``feedback_seed`` (default: the run's seed); the
     protocol's null band redraws them. See ``FeedbackMethod`` for the arguments.
     """
+
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     @override
     def draw_feedback(self, seed: int) -> FeedbackMatrices:

@@ -43,7 +43,8 @@ OTHER_BACKBONE = "pick another --model.backbone, or a block-level method (FA, DF
 
 
 def feedback_layers(backbone: LayeredBackbone) -> list[tuple[str, nn.Module]]:
-    """Every nn.Linear and nn.Conv2d of the backbone, with its name, in module order.
+    """Every nn.Linear and nn.Conv2d of the backbone, with its name, in module order (with
+    seeds stacked, their stacked layers: each offers ``forward_with_feedback(x, B)``).
 
     Raises:
         ConfigError: the backbone has a convolution this mechanism does not handle (another
@@ -64,15 +65,31 @@ def feedback_layers(backbone: LayeredBackbone) -> list[tuple[str, nn.Module]]:
                 f"layer-wise feedback handles nn.Linear and nn.Conv2d; "
                 f"{type(backbone).__name__}.{name} is a {type(module).__name__}; {OTHER_BACKBONE}"
             )
-        if isinstance(module, FEEDBACK_LAYERS):
-            layers.append((name, module))
+        if isinstance(module, FEEDBACK_LAYERS) or hasattr(module, "forward_with_feedback"):
+            layers.append((name, module))  # the latter: K seeds' layer (faeval.stacked)
     return layers
+
+
+def seed_shape(layer: nn.Module) -> tuple[int, ...]:
+    """The shape of one seed's weight W: a layer of K stacked seeds holds (K, *shape)."""
+    shape = tuple(layer.weight.shape)
+    return shape if isinstance(layer, FEEDBACK_LAYERS) else shape[1:]
+
+
+def conv_options(layer: nn.Module) -> dict | None:
+    """A convolution's stride, padding, dilation and groups; None for a linear layer."""
+    if not isinstance(layer, nn.Conv2d):
+        return None
+    return dict(
+        stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups
+    )
 
 
 class FeedbackGrad(torch.autograd.Function):
     """A linear or convolutional layer whose backward sends the error through B, not W.
 
-    Forward: y = layer(x; W, b), the plain layer. Backward, given δy: δx = δy·B (for a
+    Forward: y = layer(x; W, b), the plain layer (``conv``: a convolution's options, from
+    ``conv_options``; None for a linear layer). Backward, given δy: δx = δy·B (for a
     convolution, the transposed convolution with B), δW = δyᵀ·x and δb = Σ δy exactly, and
     δB = δW, which only a method that trains B asks for (Kolen–Pollack). Computed in δy's
     dtype, as autocast's backward does.
@@ -80,32 +97,28 @@ class FeedbackGrad(torch.autograd.Function):
 
     @staticmethod
     @override
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, layer: nn.Module):
-        if isinstance(layer, nn.Conv2d):
-            return F.conv2d(
-                x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups
-            )
+    def forward(
+        x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor, conv: dict | None
+    ):
+        if conv is not None:
+            return F.conv2d(x, weight, bias, **conv)
         return F.linear(x, weight, bias)
 
     @staticmethod
     @override
     def setup_context(ctx, inputs, output) -> None:
-        x, weight, _, feedback, layer = inputs
+        x, weight, _, feedback, conv = inputs
         ctx.save_for_backward(x, feedback)
-        ctx.layer, ctx.weight_shape = layer, weight.shape
+        ctx.conv, ctx.weight_shape = conv, weight.shape
 
     @staticmethod
     @override
     def backward(ctx, grad: Tensor):
         x, feedback = ctx.saved_tensors
         need_x, need_w, need_b, need_feedback, _ = ctx.needs_input_grad
-        layer, x, feedback = ctx.layer, x.to(grad.dtype), feedback.to(grad.dtype)
+        conv, x, feedback = ctx.conv, x.to(grad.dtype), feedback.to(grad.dtype)
         grad_x = grad_w = grad_b = None
-        if isinstance(layer, nn.Conv2d):
-            conv = dict(
-                stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                groups=layer.groups,
-            )  # fmt: skip
+        if conv is not None:
             if need_x:  # the transposed convolution with B plays J_xᵀ
                 grad_x = torch.nn.grad.conv2d_input(x.shape, feedback, grad, **conv)
             if need_w or need_feedback:
@@ -124,7 +137,9 @@ class FeedbackGrad(torch.autograd.Function):
 
 
 def _forward_with_feedback(layer: nn.Module, feedback: Tensor, x: Tensor) -> Tensor:
-    return FeedbackGrad.apply(x, layer.weight, layer.bias, feedback, layer)
+    if isinstance(layer, FEEDBACK_LAYERS):
+        return FeedbackGrad.apply(x, layer.weight, layer.bias, feedback, conv_options(layer))
+    return layer.forward_with_feedback(x, feedback)  # seeds stacked: each through its own B
 
 
 @contextlib.contextmanager
@@ -216,8 +231,8 @@ class LayerFeedbackMethod(CreditMethod):
         return [layer.weight for _, layer in self.layers()]
 
     def weight_shapes(self) -> list[tuple[int, ...]]:
-        """The shape of each layer's weight W, hence of its feedback matrix B."""
-        return [tuple(w.shape) for w in self.weights()]
+        """The shape of each layer's weight W, hence of its feedback matrix B (one seed's)."""
+        return [seed_shape(layer) for _, layer in self.layers()]
 
     @abc.abstractmethod
     def feedback_weights(self) -> list[Tensor]:

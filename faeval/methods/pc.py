@@ -46,17 +46,17 @@ predictions both updates are the forward one.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from typing_extensions import override
 
-from faeval.backbones import Trace
+from faeval.backbones import LayeredBackbone, Trace
 from faeval.errors import ConfigError, TrainingDiverged
 from faeval.methods.base import CreditMethod, block_penalty, local_objective
-from faeval.methods.ep import layered_energy, prediction_errors, running_statistics_frozen
+from faeval.methods.ep import prediction_errors, running_statistics_frozen
 
 
 class PC(CreditMethod):
@@ -65,8 +65,8 @@ class PC(CreditMethod):
     The relaxation runs a fixed number of steps with no host synchronisation inside it (one
     finiteness check at the end); it touches only the states, never the parameters or
     BatchNorm's running statistics. The energy at every step of the last relaxation is kept
-    in ``energies`` (Σ_i F_i, T + 1 values) and its final value per sample is logged as
-    ``train/pc_energy``.
+    in ``energies`` (Σ_i F_i over each seed's batch: (T + 1, K), K = 1 alone) and its final
+    value per sample is logged as ``train/pc_energy``.
 
     Args:
         steps: T, the relaxation steps.
@@ -85,6 +85,8 @@ class PC(CreditMethod):
         ConfigError: ``steps`` < 0, ``step_size`` <= 0 or an unknown ``update``.
         TrainingDiverged: the relaxation diverged (γ too large for the block Jacobians).
     """
+
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(
         self,
@@ -151,7 +153,7 @@ class PC(CreditMethod):
         Raises:
             TrainingDiverged: the energy is not finite after the T steps.
         """
-        backbone, gamma = self.backbone, self.step_size
+        backbone, gamma, seeds = self.backbone, self.step_size, self.stack_size
         forward = [h.detach() for h in trace.states]  # h_0 = embed(x): all F needs of x
         shifts = [torch.zeros_like(h) for h in forward]
         energies = []
@@ -161,19 +163,22 @@ class PC(CreditMethod):
                     d.requires_grad_(True)
                 errors = prediction_errors(backbone, forward[0], forward, shifts)
                 top = forward[-1] + shifts[-1]
-                energy = layered_energy(backbone, errors, top, y, beta=1.0)  # Σ_i F_i
+                energy = seed_energies(backbone, errors, top, y, seeds)  # (K,): Σ_i F_i
                 energies.append(energy.detach())
                 if step == self.steps:
                     break
-                grads = torch.autograd.grad(energy, shifts)  # ∇_h F, h = forward + δ
+                # ∇_h F, h = forward + δ: per sample, so the seeds' sum leaves each its own
+                grads = torch.autograd.grad(energy.sum(), shifts)
                 shifts = [(d - gamma * g).detach() for d, g in zip(shifts, grads, strict=True)]
-        self.energies = torch.stack(energies)
-        if not torch.isfinite(self.energies[-1]):  # the one host sync of the relaxation
+        self.energies = torch.stack(energies)  # (T + 1, K)
+        finite = torch.isfinite(self.energies[-1])
+        if not finite.all():  # the one host sync of the relaxation
+            where = f" (seeds {(~finite).nonzero().flatten().tolist()} of the stack)"
             raise TrainingDiverged(
-                f"PC's relaxation diverged within {self.steps} steps of size {gamma} "
-                "(non-finite energy); lower --model.step_size."
+                f"PC's relaxation diverged within {self.steps} steps of size {gamma}"
+                f"{where if seeds > 1 else ''} (non-finite energy); lower --model.step_size."
             )
-        self.accumulate("train/pc_energy", self.energies[-1] / len(y))
+        self.accumulate("train/pc_energy", self.energies[-1] / (len(y) // seeds))
         states = [(h + d).detach() for h, d in zip(forward, shifts, strict=True)]
         return states, [e.detach() for e in errors]
 
@@ -199,3 +204,16 @@ class PC(CreditMethod):
                     (1 - gamma) * errors[-1] - gamma * output_grad,
                 ]
         return [e.detach() for e in errors]
+
+
+def seed_energies(
+    backbone: LayeredBackbone, errors: list[Tensor], top: Tensor, y: Tensor, seeds: int = 1
+) -> Tensor:
+    """Σ_i F_i = Σ_i [½·Σ_l ‖ε_l‖² + ℓ_i(h_L)] over each seed's rows: (K·B, ...) -> (K,).
+
+    EP's ``layered_energy`` at β = 1, kept per seed (``seeds`` = K stacked seed-major), so
+    that each seed's energy is the one its lone run sums.
+    """
+    losses = F.cross_entropy(backbone.readout(top), y, reduction="none")  # ℓ_i, (K·B,)
+    squares = sum(e.pow(2).reshape(seeds, -1).sum(1) for e in errors)  # Σ_l ‖ε_l‖², (K,)
+    return squares / 2 + losses.reshape(seeds, -1).sum(1)

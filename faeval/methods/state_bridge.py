@@ -19,6 +19,8 @@ With exact bridges (S_l the blocks' own map) this is backprop's ∂ℓ_i/∂h_l.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -60,6 +62,8 @@ class StateBridge(CreditMethod):
         bridge_seed: seed of the bridges' initialisation; default the run's seed.
         *args, **kwargs: the arguments of ``CreditMethod``.
     """
+
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from typing_extensions import override
@@ -20,6 +22,9 @@ class USF(LayerFeedbackMethod):
     ``CreditMethod`` for the arguments.
     """
 
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
+
     @override
     def feedback_weights(self) -> list[Tensor]:
-        return [xavier_std(w.shape) * torch.sign(w.detach()) for w in self.weights()]
+        pairs = zip(self.weight_shapes(), self.weights(), strict=True)  # one seed's shape
+        return [xavier_std(shape) * torch.sign(w.detach()) for shape, w in pairs]

@@ -7,9 +7,10 @@ seed-major batches of K·B rows (``CreditMethod.stack_size``). ``seed_state`` re
 state back as an ordinary state dict, which loads into the single-seed method.
 
 Only what was checked to treat every seed apart is stacked; anything else is refused with
-the reason, never run: a method whose credits or losses were not written per seed, a module
-whose parameters the stacking does not know, a module whose own code might mix samples of
-the batch, an optimizer that is not elementwise.
+the reason, never run: a method whose class does not declare that it stacks
+(``CreditMethod.stack_refusal``, read from the class itself: a subclass that says nothing
+does not stack), a module whose parameters the stacking does not know, a module whose own
+code might mix samples of the batch, an optimizer that is not elementwise.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from faeval.backbones.resmlp import ResMLP, ResMLPBlock
 from faeval.backbones.student import LadderBlock, StudentNet
 from faeval.backbones.vit import PatchEmbed, SelfAttention, TransformerBlock, ViTMini
 from faeval.errors import ConfigError
-from faeval.methods import BP, DFA, EP, FA, CreditBridge, CreditMethod, FrozenBlocks, StateBridge
+from faeval.methods import CreditMethod
 from faeval.methods.common import FeedbackMatrices
 from faeval.methods.state_bridge import Bridge
 from faeval.stacked.modules import (
@@ -37,18 +38,7 @@ from faeval.stacked.modules import (
     StackedLinear,
     StackedPatchEmbed,
     stacked_buffer,
-)
-
-#: Methods whose training step was checked to reduce per seed (exact classes: a subclass may
-#: change the credits or losses, so it is not stackable until it is checked too).
-STACKABLE_METHODS: tuple[type[CreditMethod], ...] = (
-    BP,
-    FA,
-    DFA,
-    FrozenBlocks,
-    StateBridge,
-    CreditBridge,
-    EP,
+    stacked_parameter_list,
 )
 
 #: Modules that own state, and the stacked module that replaces K of them.
@@ -59,6 +49,7 @@ STACKED: dict[type[nn.Module], Callable[[list], nn.Module]] = {
     nn.BatchNorm2d: StackedBatchNorm2d,
     PatchEmbed: StackedPatchEmbed,
     FeedbackMatrices: StackedFeedbackMatrices,
+    nn.ParameterList: stacked_parameter_list,
 }
 
 #: Modules without state of their own whose code treats every sample of the batch apart:
@@ -96,17 +87,16 @@ RUN_ALONE = "train these seeds one process each (leave out --seeds, or faeval sw
 
 
 def check_stackable(method: CreditMethod) -> None:
-    """Refuses a method that stacking does not know.
+    """Refuses a method whose class does not declare that it stacks.
 
     Raises:
-        NotStackable: the method's class is not one whose step was checked to reduce per seed.
+        NotStackable: the class's ``stack_refusal`` (``CreditMethod``) gives a reason, which
+            the message names.
     """
-    if type(method) not in STACKABLE_METHODS:
-        names = ", ".join(c.__name__ for c in STACKABLE_METHODS)
-        raise NotStackable(
-            f"{type(method).__name__} cannot be stacked over seeds: its credits and losses were "
-            f"not checked to keep every seed's batch apart (stackable: {names}); {RUN_ALONE}"
-        )
+    reason = type(method).stack_refusal
+    if reason is not None:
+        name = type(method).__name__
+        raise NotStackable(f"{name} cannot be stacked over seeds: {reason}; {RUN_ALONE}")
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
@@ -148,6 +138,8 @@ def stack_modules(modules: list[nn.Module], path: str = "") -> nn.Module:
         )
     if isinstance(modules[0], CreditMethod):
         stacked = copy.deepcopy(modules[0])  # settings, hyperparameters, metrics: seed 0's
+        if kind.get_extra_state is not nn.Module.get_extra_state:  # BRSF's draw counter
+            stacked.set_extra_state([m.get_extra_state() for m in modules])  # each seed's
     else:
         stacked = copy.copy(modules[0])
         stacked.__dict__ = {**stacked.__dict__, "_parameters": {}, "_buffers": {}, "_modules": {}}
@@ -194,7 +186,10 @@ def stack_methods(methods: list[CreditMethod]) -> CreditMethod:
     if list(own) != list(lone):
         raise NotStackable(f"stacking changed the state's keys ({sorted(set(own) ^ set(lone))})")
     for key, value in lone.items():
-        if own[key].shape != (len(methods), *value.shape):
+        if not isinstance(value, Tensor):  # a method's extra state: each seed's, in a list
+            if not isinstance(own[key], list) or len(own[key]) != len(methods):
+                raise NotStackable(f"stacking did not keep {key} per seed")
+        elif own[key].shape != (len(methods), *value.shape):
             raise NotStackable(f"stacking gave {key} the shape {tuple(own[key].shape)}")
     names = [n for n, _ in stacked.named_parameters()]
     if names != [n for n, _ in methods[0].named_parameters()]:
@@ -206,7 +201,11 @@ def seed_state(state: dict[str, Tensor], seed: int) -> dict[str, Tensor]:
     """Seed ``seed``'s state (its index in the stack) as an ordinary single-seed state dict.
 
     Args:
-        state: a stacked method's state dict (every tensor (K, *shape)).
+        state: a stacked method's state dict (every tensor (K, *shape), a method's extra
+            state the list of its seeds').
         seed: the index of the seed in the stack.
     """
-    return {key: value[seed].clone() for key, value in state.items()}
+    return {
+        key: value[seed].clone() if isinstance(value, Tensor) else value[seed]
+        for key, value in state.items()
+    }

@@ -63,6 +63,10 @@ class SeedStack(LightningModule):
         self.method.on_train_epoch_start()
 
     @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.method.on_before_optimizer_step(optimizer)  # KP's decay of W and B
+
+    @override
     def on_train_epoch_end(self) -> None:
         self.method.clear_epoch_means()  # SeedRuns has written each seed's means by now
 

@@ -25,6 +25,7 @@ from typing_extensions import override
 
 from faeval.backbones.vit import PatchEmbed
 from faeval.methods.common import FeedbackMatrices
+from faeval.methods.layerwise import FeedbackGrad
 
 
 def stacked_parameter(tensors: list[Tensor]) -> nn.Parameter:
@@ -37,6 +38,13 @@ def stacked_parameter(tensors: list[Tensor]) -> nn.Parameter:
     if len(flags) > 1:
         raise ValueError("the seeds disagree on which parameters train; they cannot be stacked")
     return nn.Parameter(torch.stack([t.detach() for t in tensors]), requires_grad=flags.pop())
+
+
+def stacked_parameter_list(lists: list[nn.ParameterList]) -> nn.ParameterList:
+    """K seeds' lists of parameters (KP's trained feedback): each entry stacked (K, *shape)."""
+    return nn.ParameterList(
+        stacked_parameter(list(entries)) for entries in zip(*lists, strict=True)
+    )
 
 
 def stacked_buffer(tensors: list[Tensor]) -> Tensor:
@@ -157,6 +165,14 @@ class StackedLinear(nn.Module):
             y = torch.baddbmm(self.bias.unsqueeze(1), xs, w.transpose(1, 2))
         return y.reshape(*x.shape[:-1], self.out_features)  # (K, B·…, out) -> (K·B, …, out)
 
+    def forward_with_feedback(self, x: Tensor, feedback: Tensor) -> Tensor:
+        """The layer whose backward sends each seed's error through its own B (K, out, in)
+        instead of W (layer-wise feedback, ``FeedbackGrad``): one seed at a time, on every
+        device, with a lone run's operands forward and backward."""
+        bias = [None] * self.seeds if self.bias is None else self.bias
+        parts = zip(x.chunk(self.seeds), self.weight, bias, feedback, strict=True)
+        return join([FeedbackGrad.apply(xk, w, b, bk, None) for xk, w, b, bk in parts])
+
 
 class StackedLayerNorm(nn.Module):
     """K LayerNorms over the last dimensions, each seed with its own affine (K, *shape)."""
@@ -237,6 +253,16 @@ class StackedConv2d(nn.Module):
             k * self.groups,
         )
         return from_channels(y, k)  # (B, K·C_out, H', W') -> (K·B, C_out, H', W')
+
+    def forward_with_feedback(self, x: Tensor, feedback: Tensor) -> Tensor:
+        """The convolution whose backward sends each seed's error through its own B (K, *W's
+        shape) instead of W (layer-wise feedback, ``FeedbackGrad``): one seed at a time."""
+        conv = dict(
+            stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups
+        )
+        bias = [None] * self.seeds if self.bias is None else self.bias
+        parts = zip(x.chunk(self.seeds), self.weight, bias, feedback, strict=True)
+        return join([FeedbackGrad.apply(xk, w, b, bk, conv) for xk, w, b, bk in parts])
 
 
 class StackedBatchNorm2d(nn.BatchNorm2d):

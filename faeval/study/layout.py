@@ -41,12 +41,18 @@ def slurm_stack(seeds: int, gpus: int) -> int:
 
 
 def stackable(method: str) -> bool:
-    """Whether ``faeval fit --seeds`` stacks this method (``STACKABLE_METHODS`` of
-    ``faeval.stacked.convert``); the others, a class path of your own included, run one seed
-    per process."""
-    from faeval.stacked.convert import STACKABLE_METHODS  # torch: only when a sweep plans
+    """Whether ``faeval fit --seeds`` stacks this method, as its class declares
+    (``CreditMethod.stack_refusal`` is ``None``): a faeval method by name (``DFA``) or a class
+    path of your own (``mypkg.Mine``). A class that cannot be imported here runs one seed per
+    process, where ``faeval fit`` says why it cannot be found."""
+    import importlib  # the class, and torch with it: only when a sweep plans
 
-    return method in {c.__name__ for c in STACKABLE_METHODS}
+    module, _, name = method.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module or "faeval.methods"), name)
+    except (ImportError, AttributeError):
+        return False
+    return getattr(cls, "stack_refusal", "") is None
 
 
 def chunks(runs: list[Run], stack: int, out: Path | None = None) -> list[list[Run]]:

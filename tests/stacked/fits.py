@@ -61,6 +61,17 @@ def tensors(ckpt: dict) -> dict[str, torch.Tensor]:
     return out
 
 
+def assert_same(got: dict, want: dict) -> None:
+    """The same checkpoint contents: every tensor to the bit, any other value (a method's
+    extra state, BRSF's draw counter) equal."""
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        same = (
+            torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value
+        )
+        assert same, key
+
+
 def assert_close_rows(got: list[dict], want: list[dict], rel: float) -> None:
     assert len(got) == len(want)
     for a, b in zip(got, want, strict=True):

@@ -10,23 +10,29 @@ there the weights agree within 1e-6 relative and the rows within 1e-5.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from faeval.cli import run
+from faeval.cli import main, run
 from faeval.cli.stacked import STACK_FILE, format_seeds, parse_seeds
+from faeval.methods.base import UNDECLARED_STACKING
 from faeval.runlog import RunLog
 from faeval.stacked import NotStackable
+from faeval.study import layout, sweep
 from tests.helpers import TINY_RUN
 from tests.stacked.fits import (
     ALIGNED,
     assert_close_rows,
+    assert_same,
     checkpoint,
     fit,
     rows,
@@ -123,11 +129,12 @@ def test_no_coupling_another_seed_leaves_every_other_seeds_run_bit_identical(ali
 
 # Resuming continues in the run's own folder, so ModelCheckpoint finds it non-empty: intended.
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
-def test_a_stack_resumes_exactly_two_plus_two_epochs_is_four(tmp_path):
+@pytest.mark.parametrize("model", ["StateBridge", "BRSF"])  # BRSF: its draw counter, per seed
+def test_a_stack_resumes_exactly_two_plus_two_epochs_is_four(tmp_path, model):
     seeds = ["--seeds", "3,4", "--data.random_targets", "true"]
-    fit(tmp_path / "four", *seeds, model="StateBridge", epochs=4)
-    fit(tmp_path / "two", *seeds, model="StateBridge", epochs=2)
-    stack = tmp_path / "two" / "lightning_logs" / "SyntheticLadder" / "StateBridge" / "stack-3-4"
+    fit(tmp_path / "four", *seeds, model=model, epochs=4)
+    fit(tmp_path / "two", *seeds, model=model, epochs=2)
+    stack = tmp_path / "two" / "lightning_logs" / "SyntheticLadder" / model / "stack-3-4"
     ckpt = next((stack / "checkpoints").glob("*.ckpt"))
     run(
         [
@@ -142,12 +149,11 @@ def test_a_stack_resumes_exactly_two_plus_two_epochs_is_four(tmp_path):
     )
     assert (stack / "config.resumed.yaml").is_file()
     for seed in (3, 4):
-        resumed = seed_dir(tmp_path / "two", seed, "StateBridge")
-        straight = seed_dir(tmp_path / "four", seed, "StateBridge")
+        resumed = seed_dir(tmp_path / "two", seed, model)
+        straight = seed_dir(tmp_path / "four", seed, model)
         assert [r["epoch"] for r in rows(resumed)] == [0, 1, 2, 3, 4]
         assert rows(resumed) == rows(straight)
-        got, want = tensors(checkpoint(resumed)), tensors(checkpoint(straight))
-        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert_same(tensors(checkpoint(resumed)), tensors(checkpoint(straight)))
         assert (resumed / "config.resumed.yaml").is_file()
 
 
@@ -196,3 +202,104 @@ def test_seed_lists():
         parse_seeds("a-b")
     with pytest.raises(ValueError, match="5-3 names no seed; write 3-5"):
         parse_seeds("5-3,1")  # once trained seed 1 only
+
+
+#: A researcher's own methods: DFA's step under other names, declared stackable, declared not
+#: (with a reason) and undeclared.
+USER_METHODS = """
+from typing import ClassVar
+
+from faeval.methods import DFA
+
+
+class Mine(DFA):
+    \"\"\"DFA's step: its rows are kept apart per seed as DFA's are.\"\"\"
+
+    stack_refusal: ClassVar[str | None] = None
+
+
+class Coupled(DFA):
+    \"\"\"Says why it does not stack.\"\"\"
+
+    stack_refusal: ClassVar[str | None] = "its credits mix the samples of a batch"
+
+
+class Unsaid(DFA):
+    \"\"\"Says nothing: inherits DFA's step, not its declaration.\"\"\"
+"""
+
+
+@pytest.fixture(scope="module")
+def user_package(tmp_path_factory):
+    """``stackpkg.methods`` in a temporary folder, importable here and, through
+    ``PYTHONPATH``, in the processes a sweep starts."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "stackpkg").mkdir()
+    (root / "stackpkg" / "__init__.py").write_text("")
+    (root / "stackpkg" / "methods.py").write_text(USER_METHODS)
+    # It stays on sys.path for the session: once imported, its classes are CreditMethod
+    # subclasses that jsonargparse lists in every later parser, which must import them.
+    sys.path.insert(0, str(root))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+        yield root
+
+
+def assert_stacked_seed_is_its_lone_run(root: Path, model: str) -> None:
+    """Seeds 0, 1 stacked and seed 1 alone: seed 1's rows, weights and optimizer state agree
+    bit for bit."""
+    fit(root / "stack", "--seeds", "0,1", data=ALIGNED, model=model)
+    fit(root / "alone", "--seed_everything", "1", data=ALIGNED, model=model)
+    name = model.rpartition(".")[2]
+    stacked, alone = seed_dir(root / "stack", 1, name), seed_dir(root / "alone", 1, name)
+    assert rows(stacked) == rows(alone) and [r["method"] for r in rows(stacked)] == [name] * 3
+    assert_same(tensors(checkpoint(stacked)), tensors(checkpoint(alone)))
+
+
+@pytest.mark.parametrize("model", ["DRTP", "PC", "LayerFA", "USF", "FRSF", "KP", "BRSF"])
+def test_a_newly_stacked_method_trains_each_seed_as_its_lone_run(tmp_path, model):
+    assert_stacked_seed_is_its_lone_run(tmp_path, model)
+
+
+def test_a_method_of_your_own_declared_stackable_stacks_each_seed_its_lone_run(
+    user_package, tmp_path
+):
+    mine = "stackpkg.methods.Mine"
+    assert_stacked_seed_is_its_lone_run(tmp_path, mine)
+    assert layout.stackable(mine) and layout.stackable("DFA")  # a sweep stacks it too
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("Coupled", "its credits mix the samples of a batch"), ("Unsaid", UNDECLARED_STACKING)],
+)
+def test_a_method_of_your_own_that_does_not_declare_it_is_refused_in_one_line(
+    user_package, tmp_path, capsys, name, reason
+):
+    method = f"stackpkg.methods.{name}"
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--model", method, *ALIGNED, "--trainer.max_epochs", "1",
+              "--trainer.default_root_dir", str(tmp_path), "--seeds", "0,1"])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"faeval: error: {name} cannot be stacked over seeds: {reason}; "
+                                "train these seeds one process each (leave out --seeds, or "
+                                "faeval sweep --stack 1)"]  # fmt: skip
+    assert not layout.stackable(method)  # a sweep runs its seeds one process each
+
+
+def test_a_sweep_stacks_a_method_of_your_own_that_declares_it_and_runs_the_others_alone(
+    user_package, tmp_path
+):
+    spec = tmp_path / "spec.yaml"
+    methods = ["stackpkg.methods.Mine", "stackpkg.methods.Unsaid"]
+    spec.write_text(json.dumps({"seeds": [0, 1], "methods": methods,
+                                "args": [*TINY_RUN, "--trainer.max_epochs", "1"]}))  # fmt: skip
+    out = tmp_path / "out"
+    assert sweep.main([str(spec), "--out", str(out), "--jobs", "2", "--cores", "2"]) == 0
+    stacks = out / "stacks" / "default"
+    assert [p.name for p in (stacks / methods[0]).iterdir()] == ["seeds0-1"]  # one process
+    assert not (stacks / methods[1]).exists()  # one process per seed
+    with (out / "results.csv").open() as fh:
+        rows = {(r["method"], r["seed"]): r["status"] for r in csv.DictReader(fh)}
+    assert len(rows) == 6 and set(rows.values()) == {"ok"}  # FrozenBlocks joins

@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import functools
+import re
+from contextlib import nullcontext
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
-from faeval.methods import BP, DFA, EP, FA, CreditBridge, FrozenBlocks, StateBridge
+from faeval.errors import TrainingDiverged
+from faeval.methods import (
+    BP,
+    BRSF,
+    DFA,
+    DRTP,
+    EP,
+    FA,
+    FRSF,
+    KP,
+    PC,
+    USF,
+    CreditBridge,
+    FrozenBlocks,
+    LayerFA,
+    LayerFeedbackMethod,
+    StateBridge,
+)
 from faeval.stacked import NotStackable, seed_state, stack_methods
 from faeval.stacked.convert import check_optimizer
 from tests.helpers import LinearNet
@@ -25,10 +46,19 @@ METHODS = {
     "BP": (BP, {}),
     "FA": (FA, {}),
     "DFA": (DFA, {}),
+    "DRTP": (DRTP, {}),
     "FrozenBlocks": (FrozenBlocks, {}),
     "StateBridge": (StateBridge, {"bridge_width": 8}),
     "CreditBridge": (CreditBridge, {"value_width": 8, "warmup_epochs": 0}),
     "EP": (EP, {"steps": 6, "tol": 0.05, "check_every": 4}),
+    "PC": (PC, {"steps": 4}),
+    "PC-forward": (PC, {"steps": 4, "update": "forward"}),
+    "PC-fixed": (PC, {"steps": 4, "fixed_predictions": True}),
+    "LayerFA": (LayerFA, {}),
+    "USF": (USF, {}),
+    "FRSF": (FRSF, {}),
+    "KP": (KP, {}),
+    "BRSF": (BRSF, {}),
 }
 
 
@@ -44,6 +74,16 @@ def batch(shape, seed: int = 1) -> tuple[Tensor, Tensor]:
     return torch.randn(K * 6, *shape, generator=gen), torch.randint(0, 4, (K * 6,), generator=gen)
 
 
+def step(method, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The step's objective and losses, its gradients taken as ``training_step`` takes them
+    (a layer-wise method's backward through its feedback)."""
+    training = method.attached() if isinstance(method, LayerFeedbackMethod) else nullcontext()
+    with training:
+        objective, losses = method.step_objective(x, y)
+        objective.backward()
+    return objective, losses
+
+
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("method", list(METHODS))
 def test_a_stacked_step_gives_every_seed_its_lone_gradients_bit_for_bit(method, backbone):
@@ -51,11 +91,9 @@ def test_a_stacked_step_gives_every_seed_its_lone_gradients_bit_for_bit(method, 
     stacked = stack_methods([build(method, backbone, seed) for seed in range(K)])
     assert stacked.stack_size == K and type(stacked) is type(lone[0])
     x, y = batch(BACKBONES[backbone][0])
-    objective, losses = stacked.step_objective(x, y)
-    objective.backward()
+    _, losses = step(stacked, x, y)
     for k, (method_k, xk, yk) in enumerate(zip(lone, x.chunk(K), y.chunk(K), strict=True)):
-        objective_k, losses_k = method_k.step_objective(xk, yk)
-        objective_k.backward()
+        _, losses_k = step(method_k, xk, yk)
         assert torch.equal(losses.chunk(K)[k], losses_k)
         params = dict(method_k.named_parameters())
         for name, p in stacked.named_parameters():
@@ -84,6 +122,20 @@ def test_ep_stops_each_seed_at_its_own_step_whatever_the_check_interval():
             assert stacked.steps_taken[k] == m.steps_taken
         taken.append(stacked.steps_taken)
     assert torch.equal(*taken) and len(set(taken[0].tolist())) > 1  # the seeds stopped apart
+
+
+def test_pc_keeps_each_seeds_energy_and_names_the_seed_whose_relaxation_diverged():
+    lone = [build("PC", "SmallCNN", s) for s in range(K)]
+    stacked = stack_methods([build("PC", "SmallCNN", s) for s in range(K)])
+    x, y = batch((3, 8, 8))
+    stacked.credits(stacked.backbone.trace(x).detached(), y)
+    assert stacked.energies.shape == (5, K)  # T + 1 steps, per seed
+    for k, (m, xk, yk) in enumerate(zip(lone, x.chunk(K), y.chunk(K), strict=True)):
+        m.credits(m.backbone.trace(xk).detached(), yk)
+        assert torch.equal(stacked.energies[:, k], m.energies[:, 0])
+    x[6:12] = float("inf")  # seed 1's batch only
+    with pytest.raises(TrainingDiverged, match=r"\(seeds \[1\] of the stack\)"):
+        stacked.credits(stacked.backbone.trace(x).detached(), y)
 
 
 def test_no_coupling_another_seeds_data_leaves_a_seeds_gradients_bit_identical():
@@ -145,3 +197,28 @@ def test_an_optimizer_that_is_not_elementwise_is_refused():
     check_optimizer(torch.optim.Adam([nn.Parameter(torch.zeros(2))]))
     with pytest.raises(NotStackable, match="LBFGS cannot be stacked"):
         check_optimizer(torch.optim.LBFGS([nn.Parameter(torch.zeros(2))]))
+
+
+def stacking_doc_blocks() -> list[str]:
+    """The ```python blocks of docs/extending.md's "Stacking seeds", in order."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "extending.md").read_text()
+    section = text[text.index("### Stacking seeds") : text.index("## A network")]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_the_check_docs_extending_shows_passes_a_stacking_method_and_fails_a_mixing_one():
+    declare, check = stacking_doc_blocks()
+    scope: dict = {"__name__": "docs"}
+    exec(declare, scope)
+    assert scope["MyMethod"].stack_refusal is None
+    exec(check, scope)  # each seed's stacked gradients are its lone run's
+
+    class Centred(scope["MyMethod"]):  # subtracts its batch mean: mixes the seeds' rows
+        stack_refusal: ClassVar[str | None] = None
+
+        def credits(self, trace, y):
+            return [c - c.mean(0) for c in super().credits(trace, y)]
+
+    scope["MyMethod"] = Centred
+    with pytest.raises(AssertionError, match="backbone"):
+        exec(check, scope)
