@@ -3,6 +3,8 @@ al. 2020)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from typing_extensions import override
@@ -28,6 +30,10 @@ class DRL(TargetPropagation):
     Args:
         *args, **kwargs: the arguments of ``TargetPropagation`` and ``CreditMethod``.
     """
+
+    stack_refusal: ClassVar[str | None] = (
+        "not yet: its feedback nets G_l and their noise draws have no stacked form"
+    )
 
     @override
     def feedback_loss(self, layer: int, states: list[Tensor], noise: list[Tensor]) -> Tensor:

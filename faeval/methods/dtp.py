@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 from typing_extensions import override
 
@@ -21,6 +23,10 @@ class DTP(TargetPropagation):
     Args:
         *args, **kwargs: the arguments of ``TargetPropagation`` and ``CreditMethod``.
     """
+
+    stack_refusal: ClassVar[str | None] = (
+        "not yet: its feedback nets G_l and their noise draws have no stacked form"
+    )
 
     @override
     def feedback_loss(self, layer: int, states: list[Tensor], noise: list[Tensor]) -> Tensor:

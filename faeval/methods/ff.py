@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,10 @@ class FF(StepDrawMethod):
     Raises:
         ConfigError: ``label_scale`` < 0, or an unknown choice.
     """
+
+    stack_refusal: ClassVar[str | None] = (
+        "not yet: its labelled positive and negative passes have no stacked form"
+    )
 
     stream = 4  # the (seed, 4, t) stream of negative labels; (seed, 4) draws E
 

@@ -6,6 +6,7 @@ import math
 import warnings
 from collections.abc import Callable
 from functools import partial
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,10 @@ class ForwardGradient(StepDrawMethod):
     Raises:
         ConfigError: ``directions`` < 1, or ``head_lr`` <= 0.
     """
+
+    stack_refusal: ClassVar[str | None] = (
+        "not yet: its per-step perturbation draws and local heads have no stacked form"
+    )
 
     stream = 3  # the (seed, 3, t) stream of directions
 

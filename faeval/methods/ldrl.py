@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from typing_extensions import override
@@ -29,6 +31,10 @@ class LDRL(TargetPropagation):
     Args:
         *args, **kwargs: the arguments of ``TargetPropagation`` and ``CreditMethod``.
     """
+
+    stack_refusal: ClassVar[str | None] = (
+        "not yet: its feedback nets G_l and their noise draws have no stacked form"
+    )
 
     @override
     def noise_states(self, layer: int) -> tuple[int, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,8 @@ class PEPITA(FeedbackMethod):
             (ViTMini with ``pool="cls"``), which no input modulation reaches.
         ValueError: credits asked for a trace without its inputs (``Trace.inputs``).
     """
+
+    stack_refusal: ClassVar[str | None] = "not yet: its modulated second pass has no stacked form"
 
     def __init__(
         self,

@@ -22,6 +22,10 @@ class TP(TargetPropagation):
         *args, **kwargs: the arguments of ``TargetPropagation`` and ``CreditMethod``.
     """
 
+    stack_refusal: ClassVar[str | None] = (
+        "not yet: its feedback nets G_l and their noise draws have no stacked form"
+    )
+
     difference: ClassVar[bool] = False
 
     @override
