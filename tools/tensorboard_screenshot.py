@@ -18,7 +18,7 @@ faeval's charts are) with TensorBoard's default settings, and stops the server. 
 
 and the study's (BP, FA, DFA and FrozenBlocks × 3 seeds) with
 
-    faeval sweep SPEC --out /tmp/study && faeval report /tmp/study
+    faeval sweep configs/sweeps/fmnist_reference.yaml --out /tmp/study && faeval report /tmp/study
     python tools/tensorboard_screenshot.py /tmp/study --out docs/tensorboard_study.png
 """
 
