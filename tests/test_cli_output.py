@@ -27,12 +27,14 @@ def test_a_log_file_gets_a_few_lines_per_epoch_and_every_table_on_its_own_lines(
     cmd = [sys.executable, "-m", "faeval", "fit", "--model", "DFA", *TINY_RUN,
            "--data.n_train", "256", "--data.batch_size", "16",  # 16 batches an epoch
            "--diagnostics.verbose", "true", "--trainer.enable_progress_bar", "true",
-           "--trainer.max_epochs", str(epochs),
+           "--trainer.max_epochs", str(epochs), "--trainer.enable_model_summary", "true",
            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     with (tmp_path / "run.log").open("w") as log:  # stdout is a file, as in a cluster job
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
     text = (tmp_path / "run.log").read_text()
     assert "\r" not in text and "Tip:" not in text and "GPU available" not in text
+    # The model summary, without Lightning's FLOPs column of zeros (no example input)
+    assert "Trainable params" in text and "FLOPs" not in text and "Total Flops" not in text
     heads = [line for line in text.splitlines() if line.startswith("[faeval] epoch")]
     tables = [h for h in heads if re.match(r"\[faeval\] epoch \d+( \(init\))?  ", h)]
     assert len(tables) == epochs + 1  # init + every epoch, each at the start of a line

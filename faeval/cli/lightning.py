@@ -22,6 +22,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.seed import max_seed_value as MAX_SEED
 from lightning.fabric.utilities.seed import min_seed_value as MIN_SEED
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
@@ -30,6 +31,7 @@ import faeval.backbones  # short names: --model.backbone ResMLP
 import faeval.data
 import faeval.methods
 from faeval.callbacks import Diagnostics, FloorStopping, LineProgress
+from faeval.callbacks.summary import ModelSummary
 from faeval.cli.folders import folder_logger, log_root
 from faeval.cli.help import arrange_groups, hide_options, parser_kwargs, summarize_commands
 from faeval.cli.messages import short_message
@@ -532,6 +534,10 @@ class FaevalCLI(LightningCLI):
         callbacks = [c for c in callbacks if c is not None]
         if not sys.stdout.isatty() and trainer_config.get("enable_progress_bar") is not False:
             callbacks.append(LineProgress())
+        if trainer_config.get("enable_model_summary") is not False and not any(
+            isinstance(c, LightningModelSummary) for c in callbacks
+        ):
+            callbacks.append(ModelSummary())  # Lightning's, without a FLOPs column of zeros
         return callbacks
 
     def build_trainer(
