@@ -14,7 +14,7 @@ from typing_extensions import override
 from faeval.backbones import Trace
 from faeval.errors import ConfigError
 from faeval.methods.base import block_penalty, local_objective
-from faeval.methods.common import FeedbackMatrices
+from faeval.methods.common import FeedbackMatrices, output_error
 from faeval.methods.ep import running_statistics_frozen
 from faeval.methods.feedback import FeedbackMethod
 
@@ -119,8 +119,7 @@ class PEPITA(FeedbackMethod):
                 "trace began at a hidden state; trace from the input (backbone.trace(x))"
             )
         x = trace.inputs
-        logits = trace.logits.detach().to(torch.promote_types(x.dtype, torch.float32))
-        e = torch.softmax(logits, 1) - F.one_hot(y, logits.shape[1]).to(logits)  # (B, C)
+        e = output_error(trace.logits, y).to(x.dtype)  # (B, C), in the model's dtype (bf16 too)
         return x + self.feedback.project(0, e).view_as(x)  # (B, C) @ (C, |x|) -> x's shape
 
     @override
