@@ -242,6 +242,7 @@ def test_a_backbone_built_for_other_data_is_refused_before_training(tmp_path):
     assert trainer.global_step == 0
 
 
+@pytest.mark.slow
 def test_console_script_help_runs():
     out = subprocess.run(
         [sys.executable, "-m", "faeval", "fit", "--help"],

@@ -22,6 +22,7 @@ from tests.helpers import QUIET, TINY_RUN
 TABLE_ROW = re.compile(r"^  (layer|‖h_l‖|‖g_l‖|cos|rows:) ")
 
 
+@pytest.mark.slow
 def test_a_log_file_gets_a_few_lines_per_epoch_and_every_table_on_its_own_lines(tmp_path):
     epochs = 2
     cmd = [sys.executable, "-m", "faeval", "fit", "--model", "DFA", *TINY_RUN,

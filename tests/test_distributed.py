@@ -90,6 +90,7 @@ def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path, capfd,
     assert got[1]["test/acc"] == pytest.approx(acc, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_ddp_run_started_as_the_command_line_does_resumes_exactly(tmp_path):
     """``--trainer.strategy ddp`` (Lightning starts rank 1 as a new process) used to hang;
     the Protocol callback's heavier pieces run on rank 0 and are written once too."""

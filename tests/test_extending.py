@@ -99,6 +99,7 @@ def verdicts(run_dir: Path) -> dict[str, str]:
     return {k: v["status"] for k, v in record["verdict"]["verdicts"].items()}
 
 
+@pytest.mark.slow
 def test_your_method_runs_through_a_sweep_fit_and_audit_by_class_path(mypkg, tmp_path):
     method = "mypkg.shared_dfa.SharedDFA"
     one_epoch = [*TINY_RUN, "--trainer.max_epochs", "1"]

@@ -5,6 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+#: Python scripts in their own processes, a few seconds each: outside the fast lane.
+pytestmark = [pytest.mark.slow]
+
 SCRIPT = """
 import lightning as L
 from faeval import DFA, Diagnostics, ResMLP, SyntheticLadder

@@ -55,6 +55,7 @@ def test_run_names_fill_their_fields_and_stay_relative():
         run_name("{seed.__class__}", seed=3)  # once a folder named <class 'int'>
 
 
+@pytest.mark.slow
 def test_eight_runs_started_together_get_eight_folders_with_their_own_files(tmp_path):
     # Same method and seed, so all eight race for lightning_logs/SyntheticLadder/DFA/seed0;
     # each is told apart by its batch size, which its config and its steps must show.

@@ -288,6 +288,7 @@ def test_a_method_of_your_own_that_does_not_declare_it_is_refused_in_one_line(
     assert not layout.stackable(method)  # a sweep runs its seeds one process each
 
 
+@pytest.mark.slow
 def test_a_sweep_stacks_a_method_of_your_own_that_declares_it_and_runs_the_others_alone(
     user_package, tmp_path
 ):

@@ -21,6 +21,9 @@ from faeval.study import spec as specs
 from tests.helpers import TINY_RUN
 from tests.study.sweeps import ROOT, report, sweep
 
+#: Real sweeps and script runs, each a few seconds: outside the fast lane.
+pytestmark = [pytest.mark.slow]
+
 
 def test_sweep_runs_every_method_and_seed_with_frozen_added(swept, capsys):
     with (swept / "out" / "results.csv").open() as fh:
