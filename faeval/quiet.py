@@ -19,8 +19,16 @@ from typing_extensions import override
 
 #: Lightning's log lines that say nothing about a run.
 TIPS = ("💡 Tip:",)
-#: The command line also drops the hardware banners (faeval prints its own start line).
-BANNERS = (*TIPS, "GPU available:", "TPU available:", "HPU available:", "Seed set to")
+#: The command line also drops the hardware banners (faeval prints its own start line) and
+#: Lightning's note that it keeps faeval's summary in place of its own.
+BANNERS = (
+    *TIPS,
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "Seed set to",
+    "Trainer already configured with model summary callbacks",  # faeval's own ModelSummary
+)
 
 
 class _DropLines(logging.Filter):

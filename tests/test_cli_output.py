@@ -36,6 +36,7 @@ def test_a_log_file_gets_a_few_lines_per_epoch_and_every_table_on_its_own_lines(
     assert "\r" not in text and "Tip:" not in text and "GPU available" not in text
     # The model summary, without Lightning's FLOPs column of zeros (no example input)
     assert "Trainable params" in text and "FLOPs" not in text and "Total Flops" not in text
+    assert "Trainer already configured" not in text  # nor Lightning's note about it
     heads = [line for line in text.splitlines() if line.startswith("[faeval] epoch")]
     tables = [h for h in heads if re.match(r"\[faeval\] epoch \d+( \(init\))?  ", h)]
     assert len(tables) == epochs + 1  # init + every epoch, each at the start of a line
