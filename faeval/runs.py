@@ -153,3 +153,15 @@ def _taken(folder: Path) -> str:
         f"{folder} already holds a run; give the new run another name (--run_name) or "
         "folder, or continue that run with --ckpt_path <its checkpoint>"
     )
+
+
+def folder_args(run_dir: str | Path) -> list[str]:
+    """The ``faeval fit`` options of a run started by another process (a sweep, the audit's
+    FrozenBlocks baseline) that logs straight into ``run_dir``, without a progress bar."""
+    return [
+        "--trainer.logger", "TensorBoardLogger",
+        "--trainer.logger.save_dir", str(run_dir),
+        "--trainer.logger.name", "",
+        "--trainer.logger.version", "",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip

@@ -35,6 +35,7 @@ from faeval.runlog import (
     read_rows,
     summarize,
 )
+from faeval.runs import folder_args
 from faeval.seeding import resolve_seed
 
 #: Where ``--train_frozen true`` keeps the baseline it trains, inside the audited run.
@@ -354,16 +355,7 @@ def fit_frozen_baseline(config: Path, out: Path, epochs: int) -> Path:
         FROZEN_METHOD,
         "--trainer.max_epochs",
         str(epochs),
-        "--trainer.logger",
-        "TensorBoardLogger",
-        "--trainer.logger.save_dir",
-        str(out),
-        "--trainer.logger.name",
-        "",
-        "--trainer.logger.version",
-        "",
-        "--trainer.enable_progress_bar",
-        "false",
+        *folder_args(out),
         "--diagnostics.verbose",
         "false",
     ]

@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from faeval.runs import folder_args
+
 #: The depth baseline of diagnostic (d): every sweep trains it per setting and seed.
 FROZEN = "FrozenBlocks"
 
@@ -89,21 +91,7 @@ def fit_command(spec: dict, run: Run, seed_args: list[str]) -> list[str]:
 def command(spec: dict, run: Run, run_dir: Path) -> list[str]:
     """The ``faeval fit`` command line of one run, logging straight into ``run_dir``."""
     cmd = fit_command(spec, run, ["--seed_everything", str(run.seed)])
-    cmd += [
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.logger",
-        "TensorBoardLogger",
-        "--trainer.logger.save_dir",
-        str(run_dir),
-        "--trainer.logger.name",
-        "",
-        "--trainer.logger.version",
-        "",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-    return cmd
+    return [*cmd, "--trainer.default_root_dir", str(run_dir), *folder_args(run_dir)]
 
 
 def seed_list(seeds: list[int]) -> str:
