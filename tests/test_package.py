@@ -158,7 +158,11 @@ def _built_requirements(tmp_path) -> list:
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(root / name, src / name)
     shutil.copytree(root / "faeval", src / "faeval", ignore=shutil.ignore_patterns("__pycache__"))
-    if importlib.util.find_spec("build.__main__") is not None:  # the package, not a build/ folder
+    try:  # the build package, not a build/ folder a pip wheel of the checkout leaves behind
+        has_build = importlib.util.find_spec("build.__main__") is not None
+    except ModuleNotFoundError:
+        has_build = False
+    if has_build:
         cmd = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", out, src]
     else:
         cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
