@@ -6,7 +6,7 @@ The public API, importable from ``faeval`` itself::
 
 - methods (``faeval.methods``): ``BP``, ``FA``, ``DFA``, ``EP``, ``PC``, … and the bases
   ``CreditMethod``, ``FeedbackMethod``, ``LayerFeedbackMethod``;
-- backbones (``faeval.backbones``): ``ResMLP``, ``SmallCNN``, ``ViTMini``, ``StudentNet``,
+- backbones (``faeval.backbones``): ``ResMLP``, ``MLP``, ``SmallCNN``, ``ViTMini``, ``StudentNet``,
   ``Wrapped``, ``LayeredBackbone``, ``Trace``;
 - data (``faeval.data``): ``FashionMNIST``, ``CIFAR10``, ``CIFAR100``, ``SyntheticLadder``,
   ``InMemoryDataModule``, ``TensorBatches``;

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from faeval.backbones.cnn import ConvBlock, SmallCNN
+from faeval.backbones.mlp import MLP
 from faeval.backbones.resmlp import ResMLP, ResMLPBlock
 from faeval.backbones.student import LadderBlock, StudentNet
 from faeval.backbones.vit import PatchEmbed, SelfAttention, TransformerBlock, ViTMini
@@ -61,6 +62,8 @@ PER_SAMPLE: tuple[type[nn.Module], ...] = (
     nn.Flatten,
     nn.GELU,
     nn.ReLU,
+    nn.Tanh,
+    nn.Sigmoid,
     nn.MaxPool2d,
     ResMLP,
     ResMLPBlock,
@@ -71,6 +74,7 @@ PER_SAMPLE: tuple[type[nn.Module], ...] = (
     ConvBlock,
     StudentNet,
     LadderBlock,
+    MLP,
     Bridge,
 )
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import faeval.methods
-from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
+from faeval.backbones import MLP, ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.data import TensorBatches
 from faeval.diagnostics import measure_layers
 from faeval.methods import (
@@ -62,6 +62,7 @@ BACKBONES = {
         partial(SmallCNN, width=4, num_blocks=2, downsample=False, residual_add=True),
     ),
     "StudentNet": ((12,), partial(StudentNet, width=16, depth=3, alpha=1.0)),
+    "MLP": ((12,), partial(MLP, width=16, num_blocks=2)),
     # A researcher's own residual network, wrapped (faeval.backbones.Wrapped), in both forms.
     "Wrapped-branches": ((12,), partial(wrap_plain_resnet)),
     "Wrapped-skip-inside": ((12,), partial(wrap_plain_resnet, skip_inside=True)),

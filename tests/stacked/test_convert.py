@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
+from faeval.backbones import MLP, ResMLP, SmallCNN, StudentNet, ViTMini
 from faeval.errors import TrainingDiverged
 from faeval.methods import (
     BP,
@@ -41,6 +41,7 @@ BACKBONES = {
     "SmallCNN": ((3, 8, 8), functools.partial(SmallCNN, width=4, num_blocks=2)),
     "ViTMini": ((3, 8, 8), functools.partial(ViTMini, d_model=16, num_blocks=2, num_heads=2)),
     "StudentNet": ((12,), functools.partial(StudentNet, width=16, depth=3)),
+    "MLP": ((12,), functools.partial(MLP, width=16, num_blocks=2)),
 }
 METHODS = {
     "BP": (BP, {}),
