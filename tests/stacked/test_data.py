@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from faeval.data import SyntheticLadder
+from faeval.data import SyntheticLadder, TensorBatches
 from faeval.stacked.convert import NotStackable
-from faeval.stacked.data import StackedBatches, StackedData
+from faeval.stacked.data import StackedData
 
 
 def ladder(seed: int, **kwargs) -> SyntheticLadder:
@@ -23,10 +23,11 @@ def test_each_seeds_rows_are_its_lone_runs_batches_epoch_by_epoch(random_targets
     data.setup()
     assert all(m.splits is modules[0].splits for m in modules)  # one copy of the data set
     for epoch in (0, 3):
-        batches = StackedBatches(
+        batches = TensorBatches(
             *modules[0].splits["train"],
-            seeds,
             32,
+            shuffle=True,
+            seed=seeds,
             epoch=lambda e=epoch: e,
             random_targets=3 if random_targets else 0,
         )
