@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -18,35 +18,18 @@ from faeval.seeding import resolve_seed
 PROBE_SIZE = 1024
 
 
-class BatchPosition:
-    """Lightning-stateful position in an epoch's batches (``state_dict``/``load_state_dict``).
-
-    The holder sets ``progress`` (a callable giving the batches the trainer finished, or
-    None), ``_handed_out`` (batches handed out so far), ``_epoch_in_progress`` and
-    ``_resume`` (the (epoch, position) to continue, read by its ``__iter__``).
-    """
-
-    progress: Callable[[], int] | None
-    _handed_out: int
-    _epoch_in_progress: int | None
-    _resume: tuple[int, int] | None
-
-    def state_dict(self) -> dict[str, int | None]:
-        """The epoch in progress and how many of its batches the trainer has finished."""
-        position = self.progress() if self.progress is not None else self._handed_out
-        return {"epoch": self._epoch_in_progress, "position": position}
-
-    def load_state_dict(self, state: dict[str, int | None]) -> None:
-        """Continue the saved epoch at the saved position (a later epoch starts afresh)."""
-        if state.get("epoch") is not None:
-            self._resume = (state["epoch"], state["position"])
-
-
-class TensorBatches(BatchPosition):
+class TensorBatches:
     """Batches of an in-memory (x, y) pair by index slicing: no per-sample Python work.
 
     The shuffle permutation (and the random targets, when asked) of epoch k come from a
-    generator seeded with ``seed + k``, so a run resumed at epoch k sees the same batches.
+    generator seeded with ``seed + k``, which draws the random targets first, then the
+    permutation; so a run resumed at epoch k sees the same batches.
+
+    Given K seeds (a stack's), a batch holds K·B rows, seed-major: row block k is exactly the
+    batch that seed k's lone ``TensorBatches`` gives, its own order and its own random labels.
+    The orders (and labels) are drawn on the host once per epoch and moved to ``x``'s device
+    in one transfer, so with the data on the device every batch is a gather there. A stack
+    runs in one process: K > 1 seeds are refused under DDP (``world_size`` > 1) and unshuffled.
 
     Under DDP every rank holds one of these (Lightning's DistributedSampler only reaches
     DataLoaders, so this shards itself): the epoch's order is cut into global batches of
@@ -59,14 +42,15 @@ class TensorBatches(BatchPosition):
     Stateful in Lightning's sense (``state_dict``/``load_state_dict``, saved in every
     checkpoint under the fit loop's ``combined_loader``): the state is the epoch in progress
     and how many of its batches the trainer has finished, so a run resumed from a mid-epoch
-    checkpoint continues with the next batch instead of replaying the epoch.
+    checkpoint continues with the next batch instead of replaying the epoch. The state is the
+    same for any number of seeds, so a stack's resumes each of its seeds' lone runs.
 
     Args:
         x: inputs, first dimension the sample.
         y: integer labels.
-        batch_size: samples per batch (per rank); the last batch may be smaller.
+        batch_size: samples per batch (per rank, per seed); the last batch may be smaller.
         shuffle: permute the samples every epoch.
-        seed: base seed of the per-epoch generator.
+        seed: base seed of the per-epoch generator, or a stack's K seeds (one each).
         epoch: returns the current epoch when iteration starts.
         random_targets: number of classes to draw i.i.d. labels from for every sample of
             every epoch (the task-free control), or 0 for the true labels.
@@ -75,6 +59,10 @@ class TensorBatches(BatchPosition):
         training: every rank must take the same number of batches (see above).
         progress: returns how many batches of the current epoch the trainer has finished
             (saved as the position); default: the batches handed out so far.
+
+    Raises:
+        ValueError: ``rank`` outside ``[0, world_size)``, or K > 1 seeds unshuffled or under
+            DDP.
     """
 
     def __init__(
@@ -83,7 +71,7 @@ class TensorBatches(BatchPosition):
         y: Tensor,
         batch_size: int,
         shuffle: bool = False,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         epoch: Callable[[], int] = lambda: 0,
         random_targets: int = 0,
         rank: int = 0,
@@ -93,10 +81,15 @@ class TensorBatches(BatchPosition):
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+        self.seeds = list(seed) if isinstance(seed, Sequence) else [seed]
+        if len(self.seeds) > 1 and (world_size > 1 or not shuffle):
+            raise ValueError(
+                f"{len(self.seeds)} seeds' batches are shuffled in one process (a stack runs "
+                f"neither in order nor under DDP); got shuffle={shuffle}, world_size={world_size}"
+            )
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.seed = seed
         self.epoch = epoch
         self.random_targets = random_targets
         self.rank, self.world_size = rank, world_size
@@ -105,6 +98,16 @@ class TensorBatches(BatchPosition):
         self._handed_out = 0
         self._epoch_in_progress: int | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, position) from a checkpoint
+
+    def state_dict(self) -> dict[str, int | None]:
+        """The epoch in progress and how many of its batches the trainer has finished."""
+        position = self.progress() if self.progress is not None else self._handed_out
+        return {"epoch": self._epoch_in_progress, "position": position}
+
+    def load_state_dict(self, state: dict[str, int | None]) -> None:
+        """Continue the saved epoch at the saved position (a later epoch starts afresh)."""
+        if state.get("epoch") is not None:
+            self._resume = (state["epoch"], state["position"])
 
     def _global_batches(self) -> int:
         n, per_step = len(self.x), self.batch_size * self.world_size
@@ -128,14 +131,26 @@ class TensorBatches(BatchPosition):
             count -= start == stop  # an evaluation rank left without a sample in the last
         return count
 
+    def plan(self, epoch: int) -> tuple[Tensor | None, Tensor | None]:
+        """The epoch's orders (K, N) and random labels (K, N) on ``x``'s device.
+
+        None: in order, the true labels. Seed k's generator (``seeds[k] + epoch``) draws its
+        random targets, then its permutation.
+        """
+        n, orders, labels = len(self.x), [], []
+        for seed in self.seeds:
+            gen = torch.Generator().manual_seed(seed + epoch)
+            if self.random_targets:
+                labels.append(
+                    torch.randint(self.random_targets, (n,), generator=gen, dtype=self.y.dtype)
+                )
+            if self.shuffle:
+                orders.append(torch.randperm(n, generator=gen))
+        return tuple(torch.stack(t).to(self.x.device) if t else None for t in (orders, labels))
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.x)
         epoch = self.epoch()
-        gen = torch.Generator().manual_seed(self.seed + epoch)
-        y = self.y
-        if self.random_targets:
-            y = torch.randint(self.random_targets, (n,), generator=gen, dtype=y.dtype)
-        order = torch.randperm(n, generator=gen) if self.shuffle else None
+        orders, labels = self.plan(epoch)  # one transfer per epoch
         first = 0
         if self._resume is not None:
             saved_epoch, position = self._resume
@@ -147,11 +162,13 @@ class TensorBatches(BatchPosition):
             if start == stop:
                 continue
             self._handed_out = i + 1
-            if order is None:
-                yield self.x[start:stop], y[start:stop]
-            else:
-                idx = order[start:stop]
-                yield self.x[idx], y[idx]
+            if orders is None:  # in order, one seed: views
+                yield self.x[start:stop], (self.y if labels is None else labels[0])[start:stop]
+                continue
+            idx = orders[:, start:stop]  # (K, b): each seed's samples
+            rows = idx.reshape(-1)  # seed-major
+            y = self.y.index_select(0, rows) if labels is None else labels.gather(1, idx)
+            yield self.x.index_select(0, rows), y.reshape(-1)
 
 
 class InMemoryDataModule(LightningDataModule, abc.ABC):

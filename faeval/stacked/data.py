@@ -1,18 +1,17 @@
 """The data of a stack: one copy of the splits on the device, each seed's own batches.
 
-Seed k's rows of a stacked batch are exactly the batch its lone run would see: the same
-per-epoch generator (seeded with the seed's data seed + the epoch) draws its random targets,
-then its permutation, as ``TensorBatches`` does. The splits are loaded once and moved once to
-the training device; every batch is a gather on that device, so no batch crosses from the host.
-Like ``TensorBatches``, the batches are stateful (the epoch in progress and how many of its
-batches the trainer has finished, in every checkpoint), so a stack resumed from a mid-epoch
-checkpoint continues with the next batch; the state has ``TensorBatches``' form, so each
-seed's own checkpoint resumes its lone run at the same place.
+Seed k's rows of a stacked batch are exactly the batch its lone run would see: the stack's
+``TensorBatches`` is given every seed's data seed, and draws seed k's random targets and
+permutation from seed k's own per-epoch generator (seeded with its data seed + the epoch), as
+seed k's lone run does. The splits are loaded once and moved once to the training device;
+every batch is a gather on that device, so no batch crosses from the host. The batches are
+stateful (the epoch in progress and how many of its batches the trainer has finished, in
+every checkpoint), so a stack resumed from a mid-epoch checkpoint continues with the next
+batch; the state has a lone run's form, so each seed's own checkpoint resumes its lone run at
+the same place.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Iterator
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -20,82 +19,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from faeval.data import InMemoryDataModule, TensorBatches
-from faeval.data.base import BatchPosition
 from faeval.stacked.convert import RUN_ALONE, NotStackable
-
-
-class StackedBatches(BatchPosition):
-    """Seed-major batches of K·B rows: row block k is seed k's own batch of its own epoch.
-
-    Args:
-        x: the training inputs (on the training device).
-        y: the true labels (on the training device).
-        seeds: each seed's data seed (its ``InMemoryDataModule.seed``).
-        batch_size: B, samples per seed per batch; the last batch may be smaller.
-        epoch: returns the current epoch when iteration starts.
-        random_targets: number of classes of the i.i.d. labels drawn per seed and epoch, or 0.
-        progress: returns how many batches of the epoch the trainer has finished (what a
-            checkpoint records; by default the batches handed out).
-    """
-
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        seeds: list[int],
-        batch_size: int,
-        epoch: Callable[[], int] = lambda: 0,
-        random_targets: int = 0,
-        progress: Callable[[], int] | None = None,
-    ) -> None:
-        self.x, self.y = x, y
-        self.seeds = seeds
-        self.batch_size = batch_size
-        self.epoch = epoch
-        self.random_targets = random_targets
-        self.progress = progress
-        self._handed_out = 0
-        self._epoch_in_progress: int | None = None
-        self._resume: tuple[int, int] | None = None  # (epoch, position) from a checkpoint
-
-    def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
-
-    def plan(self) -> tuple[Tensor, Tensor | None]:
-        """This epoch's orders (K, N) and random labels (K, N) (None: the true labels).
-
-        Drawn on the host from each seed's generator, in ``TensorBatches``' order of draws.
-        """
-        n, epoch = len(self.x), self.epoch()
-        orders, labels = [], []
-        for seed in self.seeds:
-            gen = torch.Generator().manual_seed(seed + epoch)
-            if self.random_targets:
-                labels.append(
-                    torch.randint(self.random_targets, (n,), generator=gen, dtype=self.y.dtype)
-                )
-            orders.append(torch.randperm(n, generator=gen))
-        return torch.stack(orders), torch.stack(labels) if labels else None
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        epoch = self.epoch()
-        orders, labels = self.plan()
-        orders = orders.to(self.x.device)  # one transfer per epoch
-        if labels is not None:
-            labels = labels.to(self.x.device)
-        first = 0
-        if self._resume is not None:
-            saved_epoch, position = self._resume
-            self._resume = None
-            first = position if saved_epoch == epoch else 0
-        self._epoch_in_progress, self._handed_out = epoch, first
-        for b in range(first, len(self)):
-            self._handed_out = b + 1
-            i = b * self.batch_size
-            idx = orders[:, i : i + self.batch_size]  # (K, b): each seed's samples
-            rows = idx.reshape(-1)  # seed-major
-            y = self.y.index_select(0, rows) if labels is None else labels.gather(1, idx)
-            yield self.x.index_select(0, rows), y.reshape(-1)
 
 
 class StackedData(LightningDataModule):
@@ -145,12 +69,13 @@ class StackedData(LightningDataModule):
         return self._on_device[name]
 
     @override
-    def train_dataloader(self) -> StackedBatches:
+    def train_dataloader(self) -> TensorBatches:
         first = self.datamodules[0]
-        return StackedBatches(
+        return TensorBatches(
             *self.split("train"),
-            [dm.seed for dm in self.datamodules],
             first.batch_size,
+            shuffle=True,
+            seed=[dm.seed for dm in self.datamodules],
             epoch=lambda: self.trainer.current_epoch if self.trainer else 0,
             random_targets=first.num_classes if first.random_targets else 0,
             progress=self._batches_finished if self.trainer is not None else None,

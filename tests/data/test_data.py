@@ -186,6 +186,36 @@ def test_batches_cover_every_sample_once_and_repeat_per_epoch():
     assert not torch.equal(first, torch.cat([b[1] for b in batches]))
 
 
+@pytest.mark.parametrize("random_targets", [0, 3])
+def test_an_epochs_batches_are_its_generators_targets_then_permutation(random_targets):
+    x, y = torch.randn(10, 2), torch.arange(10) % 3
+    batches = TensorBatches(x, y, 4, shuffle=True, seed=5, epoch=lambda: 2,
+                            random_targets=random_targets)  # fmt: skip
+    gen = torch.Generator().manual_seed(5 + 2)  # the reference: seed + epoch, drawn by hand
+    labels = torch.randint(3, (10,), generator=gen) if random_targets else y
+    order = torch.randperm(10, generator=gen)
+    got = list(batches)
+    assert [len(b[0]) for b in got] == [4, 4, 2]
+    for (xb, yb), idx in zip(got, order.split(4), strict=True):
+        assert torch.equal(xb, x[idx]) and torch.equal(yb, labels[idx])
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_ranks_with_batch_b_see_one_process_batch_nb_split_in_contiguous_chunks(training):
+    """n = 9, N = 2 ranks, B = 2: global batches of 4, 4, 1; the last, shorter than the ranks,
+    is dropped in training and left to rank 0 in evaluation."""
+    x, y = torch.randn(9, 2), torch.arange(9)
+    args = dict(shuffle=True, seed=3, random_targets=4, training=training)
+    alone = list(TensorBatches(x, y, 4, **args))
+    ranks = [list(TensorBatches(x, y, 2, **args, rank=r, world_size=2)) for r in (0, 1)]
+    assert [len(r) for r in ranks] == ([2, 2] if training else [3, 2])
+    for i, (xb, yb) in enumerate(alone[: len(ranks[1])]):
+        assert torch.equal(torch.cat([r[i][0] for r in ranks]), xb)
+        assert torch.equal(torch.cat([r[i][1] for r in ranks]), yb)
+    if not training:
+        assert torch.equal(ranks[0][2][0], alone[2][0]) and torch.equal(ranks[0][2][1], alone[2][1])
+
+
 def test_random_targets_are_uniform_redrawn_and_leave_test_labels_true():
     dm = SyntheticLadder(
         input_dim=4,
