@@ -8,4 +8,13 @@ from faeval.backbones.student import StudentNet
 from faeval.backbones.vit import ViTMini
 from faeval.backbones.wrapped import Wrapped
 
-__all__ = ["MLP", "LayeredBackbone", "ResMLP", "SmallCNN", "StudentNet", "Trace", "ViTMini", "Wrapped"]
+__all__ = [
+    "MLP",
+    "LayeredBackbone",
+    "ResMLP",
+    "SmallCNN",
+    "StudentNet",
+    "Trace",
+    "ViTMini",
+    "Wrapped",
+]

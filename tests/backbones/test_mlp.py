@@ -49,7 +49,9 @@ def test_drtp_on_the_mlp_is_the_papers_update():
     for layer, linear in enumerate([net.embed[1], net.blocks[0][0], net.blocks[1][0]]):
         h = torch.tanh(h_prev @ linear.weight.T + linear.bias)
         delta = (-target @ method.feedback[layer].double()) * (1 - h**2)  # a_l ⊙ tanh′(z_l)
-        torch.testing.assert_close(linear.weight.grad, delta.T @ h_prev / len(x), rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            linear.weight.grad, delta.T @ h_prev / len(x), rtol=1e-12, atol=0
+        )
         torch.testing.assert_close(linear.bias.grad, delta.mean(0), rtol=1e-12, atol=0)
         h_prev = h
     e = torch.softmax(h_prev @ net.head.weight.T + net.head.bias, 1) - target  # ∂ℓ/∂logits
