@@ -18,12 +18,16 @@ from faeval.methods import (
     BP,
     BRSF,
     DFA,
+    DRL,
     DRTP,
+    DTP,
     EP,
     FA,
     FRSF,
     KP,
+    LDRL,
     PC,
+    TP,
     USF,
     CreditBridge,
     FrozenBlocks,
@@ -59,6 +63,11 @@ METHODS = {
     "FRSF": (FRSF, {}),
     "KP": (KP, {}),
     "BRSF": (BRSF, {}),
+    # the target-propagation family: per-step noise drawn per seed, feedback nets stacked
+    "TP": (TP, {"feedback_width": 8, "noise_samples": 2}),
+    "DTP": (DTP, {"feedback_width": 8, "noise_samples": 2}),
+    "DRL": (DRL, {"feedback_width": 8}),
+    "LDRL": (LDRL, {"feedback_width": 8, "noise_samples": 2}),
 }
 
 
