@@ -218,6 +218,9 @@ class TargetPropagation(CreditMethod, abc.ABC):
         """Indices of the states whose shapes the noise of ``feedback_loss`` takes (h_{l-1})."""
         return (layer - 1,)
 
+    # Left out of a compiled step (``--stack.compile``): Dynamo cannot capture a generator's
+    # creation, and traced it would recompile the seeding for every (seed, t) up to its limit.
+    @torch.compiler.disable
     def noise_generators(self, device: torch.device) -> list[torch.Generator]:
         """The generators of the current step's noise, one per seed (one alone), each seeded
         from (the seed's ``feedback_seed``, t, rank): under DDP each rank draws its own noise
