@@ -31,9 +31,7 @@ class DRL(TargetPropagation):
         *args, **kwargs: the arguments of ``TargetPropagation`` and ``CreditMethod``.
     """
 
-    stack_refusal: ClassVar[str | None] = (
-        "not yet: its feedback nets G_l and their noise draws have no stacked form"
-    )
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     @override
     def feedback_loss(self, layer: int, states: list[Tensor], noise: list[Tensor]) -> Tensor:

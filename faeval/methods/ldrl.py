@@ -32,9 +32,7 @@ class LDRL(TargetPropagation):
         *args, **kwargs: the arguments of ``TargetPropagation`` and ``CreditMethod``.
     """
 
-    stack_refusal: ClassVar[str | None] = (
-        "not yet: its feedback nets G_l and their noise draws have no stacked form"
-    )
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     @override
     def noise_states(self, layer: int) -> tuple[int, ...]:

@@ -108,8 +108,10 @@ class TargetPropagation(CreditMethod, abc.ABC):
     are registered modules (in every checkpoint) trained in the step's optimizer at their own
     learning rate, as the bridges are. The noise of step t comes from a generator seeded from
     (``feedback_seed``, t, rank), and t is the method's extra state, so a resumed run draws what an
-    uninterrupted one would have. Logged: ``train/feedback_loss``, the feedback losses summed
-    over layers (batch means), mean over the epoch's steps.
+    uninterrupted one would have. With seeds stacked (``faeval.stacked``) each seed draws the
+    noise of its own rows from its own feedback seed's generator, as its lone run does.
+    Logged: ``train/feedback_loss``, the feedback losses summed over layers (batch means), mean
+    over the epoch's steps.
 
     Args:
         eta: η, the step of the output target ĥ_L = h_L − η·∂ℓ_i/∂h_L (scalingDTP's
@@ -166,6 +168,8 @@ class TargetPropagation(CreditMethod, abc.ABC):
             self.backbone, feedback_width, feedback_depth, feedback_skip, self.feedback_seed
         )
         self.updates = 0  # t: training steps so far, the index of the step's noise draw
+        #: With K seeds stacked (``faeval.stacked``), each seed's feedback seed; None alone.
+        self.seed_feedback: list[int] | None = None
 
     # -- targets and credits ----------------------------------------------------------------
 
@@ -214,21 +218,35 @@ class TargetPropagation(CreditMethod, abc.ABC):
         """Indices of the states whose shapes the noise of ``feedback_loss`` takes (h_{l-1})."""
         return (layer - 1,)
 
-    def noise_generator(self, device: torch.device) -> torch.Generator:
-        """The generator of the current step's noise, seeded from (``feedback_seed``, t, rank):
-        under DDP each rank draws its own noise for its own shard of the batch."""
-        gen = torch.Generator(device=device)
+    # Left out of a compiled step (``--stack.compile``): Dynamo cannot capture a generator's
+    # creation, and traced it would recompile the seeding for every (seed, t) up to its limit.
+    @torch.compiler.disable
+    def noise_generators(self, device: torch.device) -> list[torch.Generator]:
+        """The generators of the current step's noise, one per seed (one alone), each seeded
+        from (the seed's ``feedback_seed``, t, rank): under DDP each rank draws its own noise
+        for its own shard of the batch."""
+        seeds = [self.feedback_seed] if self.seed_feedback is None else self.seed_feedback
         words = (NOISE_DRAWS, self.updates, self.global_rank)
-        return gen.manual_seed(mixed_seed(self.feedback_seed, *words))
+        return [torch.Generator(device=device).manual_seed(mixed_seed(s, *words)) for s in seeds]
 
-    def draw_noise(self, layer: int, states: list[Tensor], gen: torch.Generator) -> list[Tensor]:
-        """Standard normal draws shaped like the states ``noise_states`` names."""
-        return [
-            torch.randn(
-                states[i].shape, generator=gen, device=states[i].device, dtype=states[i].dtype
-            )
-            for i in self.noise_states(layer)
-        ]
+    def draw_noise(
+        self, layer: int, states: list[Tensor], gens: list[torch.Generator]
+    ) -> list[Tensor]:
+        """Standard normal draws shaped like the states ``noise_states`` names.
+
+        With K seeds stacked (``gens`` one per seed), seed k's rows are drawn from seed k's
+        generator in the shape of one seed's rows, exactly what its lone run draws, and the
+        seeds' draws are joined seed-major.
+        """
+        out = []
+        for i in self.noise_states(layer):
+            h = states[i]
+            rows = (h.shape[0] // len(gens), *h.shape[1:])  # one seed's
+            parts = [
+                torch.randn(rows, generator=gen, device=h.device, dtype=h.dtype) for gen in gens
+            ]
+            out.append(parts[0] if len(parts) == 1 else torch.cat(parts))  # (K·B, ...)
+        return out
 
     @override
     def auxiliary_loss(self, trace: Trace, y: Tensor) -> Tensor:
@@ -239,16 +257,21 @@ class TargetPropagation(CreditMethod, abc.ABC):
         in the blocks' extra passes.
         """
         states = [h.detach() for h in trace.states]
-        gen = self.noise_generator(states[0].device)
-        total = 0.0
+        gens = self.noise_generators(states[0].device)
+        seeds = self.stack_size
+        total, figure = 0.0, 0.0
         with running_statistics_frozen(self.backbone):
             for layer in range(1, len(states)):
                 losses = [
-                    self.feedback_loss(layer, states, self.draw_noise(layer, states, gen))
+                    self.feedback_loss(layer, states, self.draw_noise(layer, states, gens))
                     for _ in range(self.noise_samples)
                 ]
-                total = total + self.batch_mean(torch.stack(losses).mean(0))
-        self.accumulate("train/feedback_loss", total.detach())
+                loss = torch.stack(losses).mean(0)  # (N,): each sample's, mean over draws
+                total = total + self.batch_mean(loss)
+                # each seed's batch mean, (K,): the sum over its rows, as batch_mean takes it
+                rows = loss.detach().chunk(seeds)
+                figure = figure + torch.stack([r.sum() for r in rows]) / len(rows[0])
+        self.accumulate("train/feedback_loss", figure)
         return total
 
     @override
@@ -262,11 +285,18 @@ class TargetPropagation(CreditMethod, abc.ABC):
         return loss
 
     @override
-    def get_extra_state(self) -> dict[str, Any]:
+    def get_extra_state(self) -> dict[str, Any] | list[dict[str, Any]]:
+        if self.seed_feedback is not None:  # stacked: each seed's, as its lone run keeps it
+            return [{"feedback_seed": s, "updates": self.updates} for s in self.seed_feedback]
         return {"feedback_seed": self.feedback_seed, "updates": self.updates}
 
     @override
-    def set_extra_state(self, state: dict[str, Any]) -> None:
+    def set_extra_state(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """A lone run's state, or with seeds stacked the list of each seed's (``faeval.stacked``
+        gives a stacked method the list of its seeds' extra states)."""
+        if isinstance(state, list):
+            self.seed_feedback = [int(s["feedback_seed"]) for s in state]
+            state = state[0]
         self.feedback_seed = int(state["feedback_seed"])
         self.updates = int(state["updates"])
 

@@ -22,9 +22,7 @@ class TP(TargetPropagation):
         *args, **kwargs: the arguments of ``TargetPropagation`` and ``CreditMethod``.
     """
 
-    stack_refusal: ClassVar[str | None] = (
-        "not yet: its feedback nets G_l and their noise draws have no stacked form"
-    )
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     difference: ClassVar[bool] = False
 

@@ -10,30 +10,38 @@ from typing import ClassVar
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from torch import Tensor, nn
 
 from faeval.backbones import MLP, ResMLP, SmallCNN, StudentNet, ViTMini
+from faeval.data import TensorBatches
 from faeval.errors import TrainingDiverged
 from faeval.methods import (
     BP,
     BRSF,
     DFA,
+    DRL,
     DRTP,
+    DTP,
     EP,
     FA,
     FRSF,
     KP,
+    LDRL,
     PC,
+    TP,
     USF,
     CreditBridge,
     FrozenBlocks,
     LayerFA,
     LayerFeedbackMethod,
     StateBridge,
+    TargetPropagation,
 )
 from faeval.stacked import NotStackable, seed_state, stack_methods
 from faeval.stacked.convert import check_optimizer
-from tests.helpers import LinearNet
+from faeval.stacked.module import SeedStack
+from tests.helpers import LinearNet, quiet_trainer
 
 K = 3
 BACKBONES = {
@@ -60,14 +68,19 @@ METHODS = {
     "FRSF": (FRSF, {}),
     "KP": (KP, {}),
     "BRSF": (BRSF, {}),
+    # the target-propagation family: per-step noise drawn per seed, feedback nets stacked
+    "TP": (TP, {"feedback_width": 8, "noise_samples": 2}),
+    "DTP": (DTP, {"feedback_width": 8, "noise_samples": 2}),
+    "DRL": (DRL, {"feedback_width": 8}),
+    "LDRL": (LDRL, {"feedback_width": 8, "noise_samples": 2}),
 }
 
 
-def build(method: str, backbone: str, seed: int):
+def build(method: str, backbone: str, seed: int, **options):
     cls, kwargs = METHODS[method]
     shape, factory = BACKBONES[backbone]
     torch.manual_seed(seed)
-    return cls(shape, 4, backbone=factory, **kwargs).train()
+    return cls(shape, 4, backbone=factory, **kwargs, **options).train()
 
 
 def batch(shape, seed: int = 1) -> tuple[Tensor, Tensor]:
@@ -163,6 +176,72 @@ def test_seed_state_loads_into_the_lone_method_strictly():
         fresh.load_state_dict(seed_state(stacked.state_dict(), k), strict=True)
         want = lone[k].state_dict()
         assert all(torch.equal(v, want[n]) for n, v in fresh.state_dict().items())
+
+
+class FeedbackLosses(Callback):
+    """Each seed's epoch mean of ``train/feedback_loss`` at every epoch end (a lone run's: one)."""
+
+    def __init__(self) -> None:
+        self.values: list[list[float]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # before the module clears them
+        if isinstance(pl_module, SeedStack):
+            means = [pl_module.epoch_means(k) for k in range(pl_module.seeds)]
+        else:
+            means = [pl_module.epoch_means()]
+        self.values.append([m["train/feedback_loss"] for m in means])
+
+
+def trained(module, x: Tensor, y: Tensor, steps: int, tmp_path) -> list[list[float]]:
+    """``steps`` training steps of ``module`` on the batch (x, y) (one batch an epoch), by a
+    Lightning trainer: its training_step, optimizer and counters as a run takes them."""
+    figures = FeedbackLosses()
+    loader = TensorBatches(x, y, batch_size=len(x))  # in order: seed k's rows stay its own
+    trainer = quiet_trainer(tmp_path, max_steps=steps, callbacks=[figures])
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)  # no validation run
+    return figures.values
+
+
+@pytest.mark.parametrize(
+    ("method", "backbone"),
+    [("TP", "SmallCNN"), ("DTP", "ResMLP"), ("DRL", "ViTMini"), ("LDRL", "SmallCNN")],
+)
+def test_target_propagation_trains_each_seed_its_lone_run_and_its_checkpoint_loads_alone(
+    tmp_path, method, backbone
+):
+    """Two Adam steps of a stack (fresh noise each: the draw counter advances) leave seed k's
+    parameters, buffers, noise counter and logged feedback loss those of its lone run's two
+    steps; seed k's state loads strictly into the lone method, with its own feedback seed.
+    (Adam unfused: a fused optimizer rounds a parameter's scalar tail otherwise than its
+    vector body, README "Many seeds in one process", DFA's as much as these methods'.)"""
+    adam = functools.partial(torch.optim.Adam, lr=1e-2, fused=False)
+    lone = [build(method, backbone, seed, optimizer=adam) for seed in range(K)]
+    stack = SeedStack([build(method, backbone, seed, optimizer=adam) for seed in range(K)])
+    groups = stack.configure_optimizers().param_groups  # the feedback nets at their own rate
+    assert [g["lr"] for g in groups] == [1e-2, lone[0].feedback_lr] and len(groups) == 2
+    feedback = {id(p) for p in stack.method.feedback.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == feedback
+    x, y = batch(BACKBONES[backbone][0])
+    figures = trained(stack, x, y, 2, tmp_path / "stack")
+    state = stack.method.state_dict()
+    assert isinstance(stack.method, TargetPropagation) and stack.method.updates == 2
+    for k, (method_k, xk, yk) in enumerate(zip(lone, x.chunk(K), y.chunk(K), strict=True)):
+        alone = trained(method_k, xk, yk, 2, tmp_path / f"seed{k}")
+        assert [f[k] for f in figures] == [f[0] for f in alone]
+        fresh = build(method, backbone, 99)
+        fresh.load_state_dict(seed_state(state, k), strict=True)
+        assert (fresh.feedback_seed, fresh.updates, fresh.seed_feedback) == (k, 2, None)
+        want = method_k.state_dict()
+        for name, value in fresh.state_dict().items():
+            if isinstance(value, Tensor):
+                assert torch.equal(value, want[name]), name
+            else:  # the extra state: the seed's own feedback seed and counter
+                assert value == want[name] == {"feedback_seed": k, "updates": 2}, name
+        assert any(
+            not torch.equal(v, build(method, backbone, k).state_dict()[n])
+            for n, v in want.items()
+            if n.startswith("feedback.")
+        )  # the feedback nets trained
 
 
 def test_a_method_it_does_not_know_is_refused_with_the_reason():
