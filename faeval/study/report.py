@@ -37,6 +37,7 @@ interrupted: an empty, partial or mixed sweep directory is reported as far as it
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -242,19 +243,38 @@ def pm(ms: tuple[float, float] | None, scale: float = 1.0, fmt: str = "{:.4f}") 
     return f"{fmt.format(scale * ms[0])} ± {fmt.replace('+', '').format(scale * ms[1])}"
 
 
-def mean_ci(values: list[float | None]) -> Interval | None:
+#: The range a test accuracy can take: its interval is cut to it (three very different seeds
+#: give a Student-t interval reaching below 0 or above 1, which no accuracy can).
+ACCURACY_RANGE = (0.0, 1.0)
+
+
+def mean_ci(
+    values: list[float | None], bounds: tuple[float, float] | None = None
+) -> Interval | None:
     """The mean over seeds of the measured ``values`` with its 95% Student-t interval (None
-    for fewer than two)."""
+    for fewer than two), its ends cut to ``bounds`` where the quantity has a range."""
     vals = [v for v in values if measured(v)]
-    return paired_interval(vals, 0.0)
+    iv = paired_interval(vals, 0.0)
+    if iv is None or bounds is None:
+        return iv
+    low, high = bounds
+    return dataclasses.replace(
+        iv, low=min(max(iv.low, low), high), high=max(min(iv.high, high), low)
+    )
 
 
-def ci_text(values: list[float | None], scale: float = 1.0, spec: str = ".4f") -> str:
-    """``mean [low, high]`` (95% CI over seeds); the one value where there is one seed."""
+def ci_text(
+    values: list[float | None],
+    scale: float = 1.0,
+    spec: str = ".4f",
+    bounds: tuple[float, float] | None = None,
+) -> str:
+    """``mean [low, high]`` (95% CI over seeds, cut to ``bounds``); the one value where there
+    is one seed."""
     vals = [v for v in values if measured(v)]
     if not vals:
         return "n/a"
-    iv = mean_ci(vals)
+    iv = mean_ci(vals, bounds)
     if iv is None:
         return f"{scale * vals[0]:{spec}} (1 seed)"
     return f"{scale * iv.mean:{spec}} [{scale * iv.low:{spec}}, {scale * iv.high:{spec}}]"
@@ -290,7 +310,7 @@ def pair_rows(by_method: dict[str, list[RunVerdict]]) -> tuple[list[list[str]], 
             [
                 method,
                 str(len(rvs)),
-                ci_text(col["acc"]),
+                ci_text(col["acc"], bounds=ACCURACY_RANGE),
                 margin,
                 gamma,
                 pm(nums["cos_l0"], fmt="{:+.3f}"),
@@ -300,8 +320,8 @@ def pair_rows(by_method: dict[str, list[RunVerdict]]) -> tuple[list[list[str]], 
         numbers[method] = {
             k: None if v is None else {"mean": v[0], "std": v[1]} for k, v in nums.items()
         }
-        for k in ("acc", "margin"):
-            iv = mean_ci(col[k])
+        for k, bounds in (("acc", ACCURACY_RANGE), ("margin", None)):
+            iv = mean_ci(col[k], bounds)
             if numbers[method][k] is not None and iv is not None:
                 numbers[method][k]["ci95"] = [iv.low, iv.high]
         numbers[method]["gamma_unmeasurable"] = unmeasured
@@ -499,8 +519,8 @@ def save(fig, title: str, path: Path) -> None:
 
 PAIR_NOTE = (
     "Statistics over seeds: test accuracy and the margin over FrozenBlocks (each seed against "
-    "the FrozenBlocks run of the same seed) as mean [95% Student-t interval]; Γ and the "
-    "cosines as mean ± sample standard deviation."
+    "the FrozenBlocks run of the same seed) as mean [95% Student-t interval], an accuracy's "
+    "cut to [0, 1]; Γ and the cosines as mean ± sample standard deviation."
 )
 CELL_NOTE = (
     "verdict; (d) and Mode 2: mean [95% CI] of the per-seed margin or clearance over the "

@@ -182,3 +182,19 @@ def test_the_curves_are_the_median_and_range_of_the_seeds(reported):
     assert mid == pytest.approx([sorted(v)[1] for v in by_epoch])
     assert low == pytest.approx([min(v) for v in by_epoch])
     assert high == pytest.approx([max(v) for v in by_epoch])
+
+
+def test_an_accuracy_interval_is_cut_to_0_1_and_any_other_is_not():
+    """Three very different seeds (PEPITA's 0.137, 0.830, 0.785 on Fashion-MNIST): the
+    Student-t interval of the mean reaches below 0, which no accuracy can."""
+    accs = [0.137, 0.830, 0.785]
+    mean, low, high = t_interval(accs)
+    assert low < 0 and high > 1  # the uncut interval, computed with scipy
+    assert report.ci_text(accs, bounds=report.ACCURACY_RANGE) == f"{mean:.4f} [0.0000, 1.0000]"
+    assert report.ci_text(accs) == f"{mean:.4f} [{low:.4f}, {high:.4f}]"  # a margin is not cut
+    mean, low, high = t_interval(near := [0.80, 0.99, 0.995])  # cut at the top only
+    assert 0 < low and high > 1
+    assert report.ci_text(near, bounds=report.ACCURACY_RANGE) == f"{mean:.4f} [{low:.4f}, 1.0000]"
+    narrow = [0.86, 0.87, 0.875]  # inside [0, 1]: unchanged
+    want = "{:.4f} [{:.4f}, {:.4f}]".format(*t_interval(narrow))
+    assert report.ci_text(narrow, bounds=report.ACCURACY_RANGE) == want
