@@ -45,46 +45,30 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, Trainer
 
+import faeval.methods
 import faeval.stacked.modules as stacked_modules
-from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
+from faeval.backbones import MLP, ResMLP, SmallCNN, StudentNet, ViTMini
+from faeval.cli.lightning import known_names
 from faeval.data import InMemoryDataModule
-from faeval.methods import (
-    BP,
-    BRSF,
-    DFA,
-    DRTP,
-    EP,
-    FA,
-    FRSF,
-    KP,
-    PC,
-    USF,
-    CreditBridge,
-    FrozenBlocks,
-    LayerFA,
-    LayerFeedbackMethod,
-    StateBridge,
-)
+from faeval.methods import LayerFeedbackMethod
 from faeval.stacked import stack_methods
 from faeval.stacked.data import StackedData
 from faeval.stacked.module import SeedStack
 
 K = 3
+#: Options that keep a method's check small; a stacking method not named here takes its defaults.
+OPTIONS = {
+    "StateBridge": {"bridge_width": 32},
+    "CreditBridge": {"value_width": 32, "warmup_epochs": 0},
+    "EP": {"steps": 8, "tol": 0.0},  # no stop: a stop one step apart is no rounding error
+    "PC": {"steps": 8},
+    **{name: {"feedback_width": 32} for name in ("TP", "DTP", "DRL", "LDRL")},
+}
+#: Every method whose class declares that it stacks (``CreditMethod.stack_refusal`` is None).
 METHODS = {
-    "BP": (BP, {}),
-    "FA": (FA, {}),
-    "DFA": (DFA, {}),
-    "DRTP": (DRTP, {}),
-    "FrozenBlocks": (FrozenBlocks, {}),
-    "StateBridge": (StateBridge, {"bridge_width": 32}),
-    "CreditBridge": (CreditBridge, {"value_width": 32, "warmup_epochs": 0}),
-    "EP": (EP, {"steps": 8, "tol": 0.0}),  # no stop: a stop one step apart is no rounding error
-    "PC": (PC, {"steps": 8}),
-    "LayerFA": (LayerFA, {}),
-    "USF": (USF, {}),
-    "FRSF": (FRSF, {}),
-    "KP": (KP, {}),
-    "BRSF": (BRSF, {}),
+    name: (getattr(faeval.methods, name), OPTIONS.get(name, {}))
+    for name in known_names()["model"]
+    if getattr(faeval.methods, name).stack_refusal is None
 }
 #: What rounding may reach: EP's credit −ε/β carries the relaxed states' rounding times
 #: 1/β = 10, and through BatchNorm's batch statistics the relaxation amplifies it further
@@ -95,6 +79,7 @@ BACKBONES = {
     "SmallCNN": ((3, 16, 16), functools.partial(SmallCNN, width=8, num_blocks=2)),
     "ViTMini": ((3, 16, 16), functools.partial(ViTMini, d_model=32, num_blocks=2, num_heads=2)),
     "StudentNet": ((24,), functools.partial(StudentNet, width=64, depth=3)),
+    "MLP": ((24,), functools.partial(MLP, width=64, num_blocks=2)),
 }
 RESULTS: dict[str, object] = {}
 PER_SEED_KERNELS = stacked_modules.per_seed_kernels
@@ -214,7 +199,7 @@ class SyncGuard(Callback):
 
 def stacked_fit(method, k, n, epochs, device, *, compile=False, callbacks=(), batches=None):
     """Trains K seeds stacked on ``device`` through Lightning; returns the epoch timer."""
-    cls = {"DFA": DFA, "BP": BP, "StateBridge": StateBridge}[method]
+    cls = getattr(faeval.methods, method)
     methods = []
     for seed in range(k):
         torch.manual_seed(seed)
