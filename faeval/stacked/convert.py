@@ -10,8 +10,8 @@ Modules faeval knows are replaced by stacked twins (``STACKED``) or kept as cont
 code treats every sample apart (``PER_SAMPLE``): each seed is then its lone run bit for bit on
 the CPU. A module of any other type (a researcher's own block or activation) stacks through
 the torch.func fallback (``faeval.stacked.fallback.FunctionalStack``): its own code runs once
-per seed under vmap, equal to the lone runs within ``FALLBACK_RTOL``/``FALLBACK_ATOL``, not bit
-for bit, and the run says so in one log line.
+per seed under vmap, equal to the lone runs within ``FALLBACK_GRAD_TOL``/``FALLBACK_STATE_TOL``, not
+bit for bit, and the run says so in one log line.
 
 What cannot be stacked correctly is refused with the reason, never run: a method whose class
 does not declare that it stacks (``CreditMethod.stack_refusal``, read from the class itself: a
