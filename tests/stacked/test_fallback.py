@@ -236,3 +236,24 @@ def test_layer_wise_feedback_is_refused_on_a_network_with_a_fallback_module():
         NotStackable, match=r"LayerFA .* backbone\.blocks\.0.*forward_with_feedback"
     ):
         stack_methods([layer_fa(s) for s in range(K)])
+
+
+class GatedNet(Wrapped):
+    """The command line's form of a network of one's own: a ``Wrapped`` subclass's builder."""
+
+    def __init__(self, input_shape, num_classes, width: int = 16) -> None:
+        net = wrap_gated_net(input_shape, num_classes, width)
+        super().__init__(net.embed, net.blocks, net.head, input_shape)
+
+
+class OwnReadout(GatedNet):
+    def readout(self, h: Tensor) -> Tensor:  # code of its own the methods call apart
+        return super().readout(h) * 2
+
+
+def test_a_wrapped_subclass_is_known_unless_it_adds_code_the_methods_call():
+    stacked = stack_methods([build("DFA", GatedNet, s) for s in range(K)])
+    assert type(stacked.backbone) is GatedNet  # a container: its blocks stack one by one
+    assert isinstance(stacked.backbone.blocks[0], FunctionalStack)
+    with pytest.raises(NotStackable, match=r"backbone \(.*OwnReadout\) cannot be.*Wrapped"):
+        stack_methods([build("DFA", OwnReadout, s) for s in range(K)])
