@@ -160,27 +160,24 @@ def stack_modules(modules: list[nn.Module], path: str = "") -> nn.Module:
             return STACKED[kind](modules)
         except ValueError as err:
             raise NotStackable(f"{where}: {err}; {RUN_ALONE}") from None
-    if isinstance(modules[0], LayeredBackbone) and not per_sample(kind):
+    method = isinstance(modules[0], CreditMethod)
+    known = per_sample(kind) and not (modules[0]._parameters or modules[0]._buffers)
+    if isinstance(modules[0], LayeredBackbone) and not known:
         raise NotStackable(
             f"{where} ({kind.__module__}.{kind.__qualname__}) cannot be stacked over seeds: "
-            "the methods call a backbone's embed, blocks and readout apart, which the "
-            "torch.func fallback (forward only) cannot stack; give its parts to "
-            f"faeval.backbones.Wrapped, or {RUN_ALONE}"
+            "a backbone with code or tensors of its own, whose embed, blocks and readout the "
+            "methods call apart, which the torch.func fallback (forward only) cannot stack; "
+            f"give its parts to faeval.backbones.Wrapped, or {RUN_ALONE}"
         )
-    if not per_sample(kind) and not isinstance(modules[0], CreditMethod):
+    if not known and not method:  # its own code, run per seed by torch.func
         return FunctionalStack(modules, where)
-    if isinstance(modules[0], CreditMethod):
+    if method:
         stacked = copy.deepcopy(modules[0])  # settings, hyperparameters, metrics: seed 0's
         if kind.get_extra_state is not nn.Module.get_extra_state:  # BRSF's draw counter
             stacked.set_extra_state([m.get_extra_state() for m in modules])  # each seed's
     else:
         stacked = copy.copy(modules[0])
         stacked.__dict__ = {**stacked.__dict__, "_parameters": {}, "_buffers": {}, "_modules": {}}
-        if modules[0]._parameters or modules[0]._buffers:
-            raise NotStackable(
-                f"{where} ({kind.__qualname__}) holds parameters of its own, which "
-                f"faeval.stacked does not know how to stack; {RUN_ALONE}"
-            )
     for name, buffer in list(modules[0]._buffers.items()):  # a method's own (CreditBridge.epoch)
         if buffer is not None:
             stacked._buffers[name] = stacked_buffer([m._buffers[name] for m in modules])

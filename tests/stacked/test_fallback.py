@@ -257,3 +257,20 @@ def test_a_wrapped_subclass_is_known_unless_it_adds_code_the_methods_call():
     assert isinstance(stacked.backbone.blocks[0], FunctionalStack)
     with pytest.raises(NotStackable, match=r"backbone \(.*OwnReadout\) cannot be.*Wrapped"):
         stack_methods([build("DFA", OwnReadout, s) for s in range(K)])
+
+
+class ScaledSequential(nn.Sequential):
+    """A known container's code, but a parameter of its own (which the twins cannot hold)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(nn.Linear(width, width))
+        self.scale = nn.Parameter(torch.ones(()))
+
+
+def test_a_known_container_with_a_parameter_of_its_own_stacks_through_the_fallback():
+    def net(shape, classes):
+        return Wrapped(nn.Linear(shape[0], 16), [ScaledSequential(16)], nn.Linear(16, 4), shape)
+
+    stacked = stack_methods([build("DFA", net, s) for s in range(K)])
+    assert isinstance(stacked.backbone.blocks[0], FunctionalStack)
+    assert stacked.state_dict()["backbone.blocks.0.scale"].shape == (K,)
