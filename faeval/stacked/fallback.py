@@ -73,7 +73,7 @@ class FunctionalStack(nn.Module):
         self.seeds, self.path = len(modules), path
         self.kind = f"{type(first).__module__}.{type(first).__qualname__}"
         stateful = [
-            name or "itself"
+            f"its {name}" if name else "it"
             for name, m in first.named_modules()
             if type(m).get_extra_state is not nn.Module.get_extra_state
         ]
@@ -144,8 +144,8 @@ class FunctionalStack(nn.Module):
             hook.remove()
         if rebound:
             raise self.refusal(
-                f"its forward rebinds the buffer {rebound[0]!r}, which the fallback would "
-                "drop; update it in place (buf.mul_(m).add_(...)) or run alone"
+                f"its forward rebinds the buffer {rebound[0]!r} (self.{rebound[0]} = ...), "
+                "which the fallback would drop; update it in place instead"
             )
         return tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) else t, out)
 

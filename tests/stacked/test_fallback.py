@@ -13,6 +13,7 @@ import logging
 import pytest
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from faeval.backbones import Wrapped
 from faeval.methods import BP, DFA, LayerFA, StateBridge
@@ -274,3 +275,39 @@ def test_a_known_container_with_a_parameter_of_its_own_stacks_through_the_fallba
     stacked = stack_methods([build("DFA", net, s) for s in range(K)])
     assert isinstance(stacked.backbone.blocks[0], FunctionalStack)
     assert stacked.state_dict()["backbone.blocks.0.scale"].shape == (K,)
+
+
+class Tallied(nn.Module):
+    """Keeps a count in its extra state, which the fallback cannot split by seed."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h
+
+    @override
+    def get_extra_state(self) -> int:
+        return 0
+
+    @override
+    def set_extra_state(self, state: int) -> None:
+        pass
+
+
+class ExtraHolder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tally = Tallied()
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.tally(h)
+
+
+def test_a_module_with_extra_state_is_refused_with_its_path():
+    def net(shape, classes):
+        block = nn.Sequential(nn.Linear(16, 16))
+        block.append(ExtraHolder())
+        return Wrapped(nn.Linear(shape[0], 16), [block], nn.Linear(16, classes), shape)
+
+    with pytest.raises(
+        NotStackable, match=r"blocks\.0\.1 \(.*ExtraHolder\).*its tally keeps extra"
+    ):
+        stack_methods([build("DFA", net, s) for s in range(K)])
