@@ -1,8 +1,8 @@
 """Measure: seeds stacked through the torch.func fallback against their lone runs.
 
 Usage:
-    python tools/stack_fallback_tolerance.py [--k 3] [--batch 8] [--steps 5] [--lr 1e-2]
-        [--dtype float32]
+    PYTHONPATH=. python tools/stack_fallback_tolerance.py [--k 3] [--batch 8] [--steps 5]
+        [--lr 1e-2] [--dtype float32]
 
 Networks of modules faeval.stacked does not know, as ``tests.helpers`` builds them (run from
 the checkout): ``gated`` (branches with their own gain parameter and a trained activation, a

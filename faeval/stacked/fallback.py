@@ -9,14 +9,15 @@ normalisation over the batch) then sees one seed's B rows, as in its lone run.
 
 It is equal to the lone runs within a tolerance, not bit for bit: vmap turns each seed's
 products into one batched product, which rounds otherwise. Measured in float32 on the CPU
-(``python tools/stack_fallback_tolerance.py``: BP, FA, DFA, StateBridge and CreditBridge on
-three wrapped networks of unknown modules, K = 3, B = 8, Adam at lr 1e-2): every seed's
-gradients after one step within 3e-8 of its lone run's, its parameters and buffers after five
-Adam steps within 4e-7 (the same after 20). The documented bounds, ``FALLBACK_GRAD_TOL`` and
-``FALLBACK_STATE_TOL`` (rtol 1e-5 with atol 2e-7 and 2e-6), leave about tenfold room, and
-tests/stacked/test_fallback.py holds them. One exception, in lone runs too: a parameter whose
-true gradient is 0 (a bias before a BatchNorm) gets rounding noise as its gradient, and Adam
-turns that noise into steps of size lr with the sign the rounding picks.
+(``PYTHONPATH=. python tools/stack_fallback_tolerance.py``: BP, FA, DFA, StateBridge and
+CreditBridge on three wrapped networks of unknown modules, K = 3, B = 8, Adam at lr 1e-2):
+every seed's gradients after one step within 3e-8 of its lone run's, its parameters and
+buffers after five Adam steps within 4e-7 (the same after 20). The documented bounds,
+``FALLBACK_GRAD_TOL`` and ``FALLBACK_STATE_TOL`` (rtol 1e-5 with atol 2e-7 and 2e-6), leave
+about tenfold room, and tests/stacked/test_fallback.py holds them. One exception, in lone
+runs too: a parameter whose true gradient is 0 (a bias before a BatchNorm) gets rounding
+noise as its gradient, and Adam turns that noise into steps of size lr with the sign the
+rounding picks.
 
 What it cannot stack, refused with the module's path (``NotStackable``): a forward that draws
 random numbers (dropout: a lone run's draws cannot be reproduced), that branches on a tensor's
