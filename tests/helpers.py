@@ -118,6 +118,61 @@ def wrap_plain_resnet(input_shape, num_classes, skip_inside: bool = False) -> Wr
     )
 
 
+class Gate(nn.Module):
+    """A researcher's own activation with a trained slope per feature: x·sigmoid(s ⊙ x)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.slope = nn.Parameter(1 + 0.1 * torch.randn(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.slope * x)
+
+
+class GatedBranch(nn.Module):
+    """A residual branch of one's own: gain ⊙ fc2(gate(fc1(LN(h)))), its gain a parameter."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1, self.fc2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+        self.gate = Gate(2 * width)
+        self.gain = nn.Parameter(torch.full((width,), 0.5))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.gain * self.fc2(self.gate(self.fc1(self.norm(h))))
+
+
+class NormBranch(nn.Module):
+    """A branch with BatchNorm, whose running statistics its forward updates in place.
+
+    fc1 has no bias, as before any BatchNorm: such a bias's true gradient is 0, its computed
+    one rounding noise, which Adam turns into steps of size lr whose sign the rounding picks.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, width, bias=False), nn.Linear(width, width)
+        self.bn = nn.BatchNorm1d(width)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.fc2(torch.relu(self.bn(self.fc1(h))))
+
+
+def wrap_gated_net(input_shape, num_classes, width: int = 16, depth: int = 3) -> Wrapped:
+    """A network of modules faeval does not know: gated branches and a gated readout."""
+    blocks = [GatedBranch(width) for _ in range(depth)]
+    readout = [nn.LayerNorm(width), Gate(width), nn.Linear(width, num_classes)]
+    return Wrapped(nn.Linear(input_shape[0], width), blocks, readout, input_shape)
+
+
+def wrap_norm_net(input_shape, num_classes, width: int = 16, depth: int = 2) -> Wrapped:
+    """Ordinary layers with BatchNorm inside a branch class faeval does not know."""
+    blocks = [NormBranch(width) for _ in range(depth)]
+    readout = [nn.LayerNorm(width), nn.Linear(width, num_classes)]
+    return Wrapped(nn.Linear(input_shape[0], width), blocks, readout, input_shape)
+
+
 class Blobs(LightningDataModule):
     """A researcher's own data module, written without faeval in mind: Gaussian blobs in
     ``DataLoader``s, inputs scaled by ``scale`` after transfer (as a normalising hook does).

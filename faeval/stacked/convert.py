@@ -6,11 +6,19 @@ whose parameters and buffers hold the K seeds' stacked as (K, *shape), set to tr
 seed-major batches of K·B rows (``CreditMethod.stack_size``). ``seed_state`` reads seed k's
 state back as an ordinary state dict, which loads into the single-seed method.
 
-Only what was checked to treat every seed apart is stacked; anything else is refused with
-the reason, never run: a method whose class does not declare that it stacks
-(``CreditMethod.stack_refusal``, read from the class itself: a subclass that says nothing
-does not stack), a module whose parameters the stacking does not know, a module whose own
-code might mix samples of the batch, an optimizer that is not elementwise.
+Modules faeval knows are replaced by stacked twins (``STACKED``) or kept as containers whose
+code treats every sample apart (``PER_SAMPLE``): each seed is then its lone run bit for bit on
+the CPU. A module of any other type (a researcher's own block or activation) stacks through
+the torch.func fallback (``faeval.stacked.fallback.FunctionalStack``): its own code runs once
+per seed under vmap, equal to the lone runs within ``FALLBACK_GRAD_TOL``/``FALLBACK_STATE_TOL``, not
+bit for bit, and the run says so in one log line.
+
+What cannot be stacked correctly is refused with the reason, never run: a method whose class
+does not declare that it stacks (``CreditMethod.stack_refusal``, read from the class itself: a
+subclass that says nothing does not stack), a backbone class of one's own (the methods call
+its parts, not only its forward), a layer-wise feedback method on a network with a fallback
+module, a module the fallback refuses (random draws, control flow on values, a rebound
+buffer), an optimizer that is not elementwise.
 """
 
 from __future__ import annotations
@@ -22,15 +30,19 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from faeval.backbones.base import LayeredBackbone
 from faeval.backbones.cnn import ConvBlock, SmallCNN
 from faeval.backbones.mlp import MLP
 from faeval.backbones.resmlp import ResMLP, ResMLPBlock
 from faeval.backbones.student import LadderBlock, StudentNet
 from faeval.backbones.vit import PatchEmbed, SelfAttention, TransformerBlock, ViTMini
-from faeval.errors import ConfigError
+from faeval.backbones.wrapped import Wrapped
 from faeval.methods import CreditMethod
 from faeval.methods.common import FeedbackMatrices
+from faeval.methods.layerwise import LayerFeedbackMethod
 from faeval.methods.state_bridge import Bridge
+from faeval.stacked.errors import RUN_ALONE, NotStackable
+from faeval.stacked.fallback import FunctionalStack, note_fallback
 from faeval.stacked.modules import (
     StackedBatchNorm2d,
     StackedConv2d,
@@ -54,7 +66,8 @@ STACKED: dict[type[nn.Module], Callable[[list], nn.Module]] = {
 }
 
 #: Modules without state of their own whose code treats every sample of the batch apart:
-#: their children are stacked and they run unchanged on a stacked batch.
+#: their children are stacked and they run unchanged on a stacked batch. A subclass that
+#: adds nothing but its ``__init__`` counts as its base (``per_sample``).
 PER_SAMPLE: tuple[type[nn.Module], ...] = (
     nn.Sequential,
     nn.ModuleList,
@@ -64,7 +77,9 @@ PER_SAMPLE: tuple[type[nn.Module], ...] = (
     nn.ReLU,
     nn.Tanh,
     nn.Sigmoid,
+    nn.SiLU,
     nn.MaxPool2d,
+    Wrapped,
     ResMLP,
     ResMLPBlock,
     ViTMini,
@@ -81,13 +96,6 @@ PER_SAMPLE: tuple[type[nn.Module], ...] = (
 #: Optimizers whose update of each parameter element depends on that element's own history
 #: only: one of them over stacked parameters is K independent ones.
 ELEMENTWISE_OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad")
-
-
-class NotStackable(ConfigError):
-    """The run cannot be stacked over seeds; the message says why and what to do instead."""
-
-
-RUN_ALONE = "train these seeds one process each (leave out --seeds, or faeval sweep --stack 1)"
 
 
 def check_stackable(method: CreditMethod) -> None:
@@ -119,11 +127,31 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
         )
 
 
+def per_sample(kind: type[nn.Module]) -> bool:
+    """Whether ``kind`` is in ``PER_SAMPLE``, or subclasses one that is with only an ``__init__``
+    of its own (a ``Wrapped`` subclass that builds a network, an ``nn.Sequential`` of layers)."""
+    base = next((b for b in kind.__mro__ if b in PER_SAMPLE), None)
+    if base is None:
+        return False
+    own = [
+        name
+        for cls in kind.__mro__[: kind.__mro__.index(base)]
+        for name, value in vars(cls).items()
+        if name != "__init__"
+        and (callable(value) or isinstance(value, (property, classmethod, staticmethod)))
+    ]
+    return not own
+
+
 def stack_modules(modules: list[nn.Module], path: str = "") -> nn.Module:
     """One module doing the work of the K ``modules`` (the same architecture) on stacked rows.
 
+    A module of a type neither in ``STACKED`` nor per sample stacks through the torch.func
+    fallback (``FunctionalStack``), its children with it.
+
     Raises:
-        NotStackable: a module of an unknown type, or one whose seeds differ in structure.
+        NotStackable: a backbone class of its own, a module the fallback refuses, or seeds
+            that differ in structure.
     """
     kind = type(modules[0])
     where = path or "the method"
@@ -134,24 +162,24 @@ def stack_modules(modules: list[nn.Module], path: str = "") -> nn.Module:
             return STACKED[kind](modules)
         except ValueError as err:
             raise NotStackable(f"{where}: {err}; {RUN_ALONE}") from None
-    if kind not in PER_SAMPLE and not isinstance(modules[0], CreditMethod):
+    method = isinstance(modules[0], CreditMethod)
+    known = per_sample(kind) and not (modules[0]._parameters or modules[0]._buffers)
+    if isinstance(modules[0], LayeredBackbone) and not known:
         raise NotStackable(
             f"{where} ({kind.__module__}.{kind.__qualname__}) cannot be stacked over seeds: "
-            "faeval.stacked does not know whether it keeps the samples of a batch apart; "
-            f"{RUN_ALONE}"
+            "a backbone with code or tensors of its own, whose embed, blocks and readout the "
+            "methods call apart, which the torch.func fallback (forward only) cannot stack; "
+            f"give its parts to faeval.backbones.Wrapped, or {RUN_ALONE}"
         )
-    if isinstance(modules[0], CreditMethod):
+    if not known and not method:  # its own code, run per seed by torch.func
+        return FunctionalStack(modules, where)
+    if method:
         stacked = copy.deepcopy(modules[0])  # settings, hyperparameters, metrics: seed 0's
         if kind.get_extra_state is not nn.Module.get_extra_state:  # BRSF's draw counter
             stacked.set_extra_state([m.get_extra_state() for m in modules])  # each seed's
     else:
         stacked = copy.copy(modules[0])
         stacked.__dict__ = {**stacked.__dict__, "_parameters": {}, "_buffers": {}, "_modules": {}}
-        if modules[0]._parameters or modules[0]._buffers:
-            raise NotStackable(
-                f"{where} ({kind.__qualname__}) holds parameters of its own, which "
-                f"faeval.stacked does not know how to stack; {RUN_ALONE}"
-            )
     for name, buffer in list(modules[0]._buffers.items()):  # a method's own (CreditBridge.epoch)
         if buffer is not None:
             stacked._buffers[name] = stacked_buffer([m._buffers[name] for m in modules])
@@ -186,6 +214,13 @@ def stack_methods(methods: list[CreditMethod]) -> CreditMethod:
         raise NotStackable("the seeds run different methods; a stack trains one method")
     stacked = stack_modules(methods)
     stacked.stack_size = len(methods)
+    fallback = [m.path for m in stacked.modules() if isinstance(m, FunctionalStack)]
+    if fallback and isinstance(stacked, LayerFeedbackMethod):
+        raise NotStackable(
+            f"{type(stacked).__name__} cannot be stacked over seeds with {fallback[0]}, a "
+            "module faeval.stacked does not know: layer-wise feedback needs every layer's "
+            f"forward_with_feedback, which the torch.func fallback does not offer; {RUN_ALONE}"
+        )
     own, lone = stacked.state_dict(), methods[0].state_dict()
     if list(own) != list(lone):
         raise NotStackable(f"stacking changed the state's keys ({sorted(set(own) ^ set(lone))})")
@@ -198,7 +233,34 @@ def stack_methods(methods: list[CreditMethod]) -> CreditMethod:
     names = [n for n, _ in stacked.named_parameters()]
     if names != [n for n, _ in methods[0].named_parameters()]:
         raise NotStackable("stacking changed the order of the parameters")
+    if fallback:
+        dry_run(stacked)
+        note_fallback(fallback)
     return stacked
+
+
+@torch.no_grad()
+def dry_run(method: CreditMethod) -> None:
+    """A forward pass of two samples per seed, so that a module the fallback cannot run
+    (``FunctionalStack``) is refused now rather than at the first step; every buffer (running
+    statistics) is put back as it was.
+
+    Raises:
+        NotStackable: the fallback refuses a module of the backbone.
+    """
+    backbone = method.backbone
+    saved = [(b, b.clone()) for b in method.buffers()]
+    p = next(method.parameters(), None)
+    x = torch.zeros(
+        (2 * method.stack_size, *backbone.input_shape),
+        dtype=p.dtype if p is not None else None,
+        device=p.device if p is not None else None,
+    )
+    try:
+        backbone.trace(x)
+    finally:
+        for buffer, value in saved:
+            buffer.copy_(value)
 
 
 def seed_state(state: dict[str, Tensor], seed: int) -> dict[str, Tensor]:

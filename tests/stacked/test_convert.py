@@ -254,19 +254,21 @@ def test_a_method_it_does_not_know_is_refused_with_the_reason():
         stack_methods(methods)
 
 
-def test_a_module_it_does_not_know_is_refused_with_its_path():
-    class Scaled(nn.Module):  # a module whose code might mix the batch's samples
+def test_a_module_it_cannot_stack_is_refused_with_its_path_and_reason():
+    class Noisy(nn.Module):  # draws from the global RNG: a lone run's draws cannot be repeated
         def forward(self, h):
-            return h - h.mean(0)
+            return h + torch.randn_like(h)
 
     def backbone(shape, classes):
         net = ResMLP(shape, classes, d_hidden=16, num_blocks=2)
-        net.blocks[1].act = Scaled()
+        net.blocks[1].act = Noisy()
         return net
 
     torch.manual_seed(0)
     methods = [DFA((6,), 3, backbone=backbone) for _ in range(2)]
-    with pytest.raises(NotStackable, match=r"backbone\.blocks\.1\.act \(.*Scaled\) cannot be"):
+    with pytest.raises(
+        NotStackable, match=r"backbone\.blocks\.1\.act \(.*Noisy\) cannot be .*random.*--seeds"
+    ):
         stack_methods(methods)
     torch.manual_seed(0)
     with pytest.raises(NotStackable, match=r"backbone \(tests\.helpers\.LinearNet\) cannot be"):
