@@ -97,6 +97,7 @@ class _BatchedLinear(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         x, weight, _ = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
         device = x.device.type  # the backward multiplies under the forward's autocast
         ctx.amp = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
 
@@ -111,6 +112,23 @@ class _BatchedLinear(torch.autograd.Function):
             grad_w = torch.bmm(grad.transpose(1, 2), x) if need_w else None  # (K,out,N)@(K,N,in)
         grad_b = grad.sum(1) if need_b else None  # (K, out)
         return grad_x, grad_w, grad_b
+
+    @staticmethod
+    @override
+    def jvp(ctx, x_t: Tensor | None, weight_t: Tensor | None, bias_t: Tensor | None) -> Tensor:
+        """The forward-mode tangent (ForwardGradient's ``torch.func.jvp``): x_t·W_kᵀ + x·W_tᵀ
+        + b_t per seed, each product as a lone ``F.linear``'s tangent forms it."""
+        x, weight = ctx.saved_tensors
+        parts = []
+        if x_t is not None:
+            parts.append(torch.bmm(x_t, weight.transpose(1, 2)))  # (K, N, in) @ (K, in, out)
+        if weight_t is not None:
+            parts.append(torch.bmm(x, weight_t.transpose(1, 2)))
+        if bias_t is not None:
+            parts.append(bias_t.unsqueeze(1).expand(-1, x.shape[1], -1))  # (K, N, out)
+        if not parts:
+            return torch.zeros(*x.shape[:2], weight.shape[1], dtype=x.dtype, device=x.device)
+        return sum(parts[1:], parts[0])
 
 
 def join(parts: list[Tensor]) -> Tensor:
