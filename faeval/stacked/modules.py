@@ -119,13 +119,13 @@ class _BatchedLinear(torch.autograd.Function):
         """The forward-mode tangent (ForwardGradient's ``torch.func.jvp``): x_t·W_kᵀ + x·W_tᵀ
         + b_t per seed, each product as a lone ``F.linear``'s tangent forms it."""
         x, weight = ctx.saved_tensors
-        parts = []
+        parts = []  # in the order of a lone addmm's tangent: b_t + x_t·Wᵀ + x·W_tᵀ
+        if bias_t is not None:
+            parts.append(bias_t.unsqueeze(1).expand(-1, x.shape[1], -1))  # (K, N, out)
         if x_t is not None:
             parts.append(torch.bmm(x_t, weight.transpose(1, 2)))  # (K, N, in) @ (K, in, out)
         if weight_t is not None:
             parts.append(torch.bmm(x, weight_t.transpose(1, 2)))
-        if bias_t is not None:
-            parts.append(bias_t.unsqueeze(1).expand(-1, x.shape[1], -1))  # (K, N, out)
         if not parts:
             return torch.zeros(*x.shape[:2], weight.shape[1], dtype=x.dtype, device=x.device)
         return sum(parts[1:], parts[0])
