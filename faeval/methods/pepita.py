@@ -74,7 +74,7 @@ class PEPITA(FeedbackMethod):
         ValueError: credits asked for a trace without its inputs (``Trace.inputs``).
     """
 
-    stack_refusal: ClassVar[str | None] = "not yet: its modulated second pass has no stacked form"
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from faeval.backbones import ResMLP, SmallCNN, StudentNet, ViTMini
+from faeval.data import TensorBatches
 from faeval.errors import TrainingDiverged
 from faeval.methods import (
     BP,
@@ -21,19 +22,24 @@ from faeval.methods import (
     DRTP,
     EP,
     FA,
+    FF,
     FRSF,
     KP,
     PC,
+    PEPITA,
     USF,
     CreditBridge,
+    ForwardGradient,
     FrozenBlocks,
     LayerFA,
     LayerFeedbackMethod,
     StateBridge,
 )
+from faeval.methods.step_draws import StepDrawMethod
 from faeval.stacked import NotStackable, seed_state, stack_methods
 from faeval.stacked.convert import check_optimizer
-from tests.helpers import LinearNet
+from faeval.stacked.module import SeedStack
+from tests.helpers import LinearNet, quiet_trainer
 
 K = 3
 BACKBONES = {
@@ -59,6 +65,12 @@ METHODS = {
     "FRSF": (FRSF, {}),
     "KP": (KP, {}),
     "BRSF": (BRSF, {}),
+    "ForwardGradient": (ForwardGradient, {}),
+    "ForwardGradient-local": (ForwardGradient, {"directions": 3, "local_losses": True}),
+    "PEPITA": (PEPITA, {}),
+    "PEPITA-forward": (PEPITA, {"update": "forward"}),
+    "FF": (FF, {}),
+    "FF-hard": (FF, {"negatives": "hard", "goodness": "sum", "penalty": 0.1}),
 }
 
 
@@ -104,6 +116,46 @@ def test_a_stacked_step_gives_every_seed_its_lone_gradients_bit_for_bit(method, 
         buffers = dict(method_k.named_buffers())
         for name, b in stacked.named_buffers():  # BatchNorm's running statistics
             assert torch.equal(b[k], buffers[name]), name
+
+
+@pytest.mark.parametrize("method", ["ForwardGradient-local", "PEPITA", "FF-hard"])
+def test_two_stacked_steps_leave_each_seed_its_lone_runs_state_and_draw_counter(tmp_path, method):
+    """Trained by the trainer (the draw counter advances after each step, so the second step
+    draws anew), each seed's state is its lone run's and loads strictly into the lone method
+    with the seed's own draw seed and count. Every parameter has a multiple of 16 floats, so
+    fused Adam rounds the stack as the lone runs (tests/stacked/test_cli.py)."""
+    cls, kwargs = METHODS[method]
+
+    def built(seed: int):
+        torch.manual_seed(seed)
+        return cls((16,), 16, backbone=functools.partial(ResMLP, d_hidden=16), **kwargs)
+
+    def train(module, x: Tensor, y: Tensor, batch_size: int, where: str) -> None:
+        batches = TensorBatches(x, y, batch_size=batch_size)
+        quiet_trainer(tmp_path / where, max_steps=2).fit(module, batches, batches)
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2 * K * 6, 16, generator=gen)
+    y = torch.randint(0, 16, (2 * K * 6,), generator=gen)
+    stack = SeedStack([built(seed) for seed in range(K)])
+    train(stack, x, y, K * 6, "stack")  # two steps of K·6 rows, seed-major
+    state = stack.method.state_dict()
+    for k in range(K):
+        rows = torch.cat([step.chunk(K)[k] for step in torch.arange(len(y)).chunk(2)])
+        lone = built(k)
+        train(lone, x[rows], y[rows], 6, f"seed{k}")  # the seed's 6 rows of each step
+        fresh = built(99)
+        fresh.load_state_dict(seed_state(state, k), strict=True)
+        got = fresh.state_dict()
+        for name, value in lone.state_dict().items():
+            same = (
+                torch.equal(got[name], value) if isinstance(value, Tensor) else got[name] == value
+            )
+            assert same, (k, name)
+        if isinstance(lone, StepDrawMethod):  # the seed's own draw seed and count, in its state
+            assert (fresh.draw_seed, fresh.updates) == (lone.draw_seed, lone.updates) == (k, 2)
+    if isinstance(stack.method, StepDrawMethod):
+        assert stack.method.seed_draws == list(range(K)) and stack.method.updates == 2
 
 
 def test_ep_stops_each_seed_at_its_own_step_whatever_the_check_interval():
