@@ -156,8 +156,9 @@ class FF(StepDrawMethod):
             hp, hn = hp.detach(), hn.detach()
             scale = 2 / (math.prod(hp.shape[1:]) if self.goodness == "mean" else 1)
             shape = (-1, *[1] * (hp.dim() - 1))
-            wp = -torch.sigmoid(self.threshold - self.layer_goodness(hp))  # (B,)
-            wn = torch.sigmoid(self.layer_goodness(hn) - self.threshold)  # (B,)
+            # (B,) each; sigmoid per seed: its CPU kernel rounds by position (seed_apart)
+            wp = -self.seed_apart(torch.sigmoid, self.threshold - self.layer_goodness(hp))
+            wn = self.seed_apart(torch.sigmoid, self.layer_goodness(hn) - self.threshold)
             a_pos.append(wp.view(shape) * scale * hp)  # ∂L_l/∂h_l^+ plays the credit
             a_neg.append(wn.view(shape) * scale * hn)  # ∂L_l/∂h_l^- likewise
         return a_pos, a_neg
@@ -167,7 +168,8 @@ class FF(StepDrawMethod):
         total = 0
         for hp, hn in zip(pos.states, neg.states, strict=True):
             gp, gn = self.layer_goodness(hp.detach()), self.layer_goodness(hn.detach())
-            total = total + F.softplus(self.threshold - gp) + F.softplus(gn - self.threshold)
+            below, above = self.threshold - gp, gn - self.threshold
+            total = total + self.seed_apart(F.softplus, below) + self.seed_apart(F.softplus, above)
         return total
 
     @override

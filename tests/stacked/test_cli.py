@@ -256,7 +256,10 @@ def assert_stacked_seed_is_its_lone_run(root: Path, model: str) -> None:
     assert_same(tensors(checkpoint(stacked)), tensors(checkpoint(alone)))
 
 
-@pytest.mark.parametrize("model", ["DRTP", "PC", "LayerFA", "USF", "FRSF", "KP", "BRSF"])
+@pytest.mark.parametrize(
+    "model",
+    ["DRTP", "PC", "LayerFA", "USF", "FRSF", "KP", "BRSF", "ForwardGradient", "PEPITA", "FF"],
+)
 def test_a_newly_stacked_method_trains_each_seed_as_its_lone_run(tmp_path, model):
     assert_stacked_seed_is_its_lone_run(tmp_path, model)
 
