@@ -35,7 +35,9 @@ class ForwardGradient(StepDrawMethod):
     independent draws, dividing the variance by K at K times the cost.
 
     The directions are seeded per step (``StepDrawMethod``), drawn layer by layer
-    (v_0, …, v_L, each (K, B, *h_l.shape)) from the step's generator.
+    (v_0, …, v_L, each (K, B, *h_l.shape)) from the step's generator; with seeds stacked, each
+    seed's from its own generator, and each seed's K·B perturbed rows run together in the
+    forward-mode pass (seed-major, as the stacked layers take them).
 
     BatchNorm in training mode (SmallCNN) couples the samples of the batch; the tangent of
     sample i's loss then has terms from the other samples' directions, and the estimate is

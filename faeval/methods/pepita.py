@@ -59,7 +59,8 @@ class PEPITA(FeedbackMethod):
     pass's inputs and the readout at h_L. The penalty acts on the first pass's block outputs.
 
     F is the method's feedback (a ``FeedbackMatrices`` of one matrix): a buffer in every
-    checkpoint, drawn from ``feedback_seed``, redrawn by the protocol's null band. The second
+    checkpoint, drawn from ``feedback_seed``, redrawn by the protocol's null band; with seeds
+    stacked, each seed's rows are projected by its own F (``feedback.project``). The second
     pass leaves BatchNorm's running statistics alone.
 
     Args:
