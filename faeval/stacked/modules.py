@@ -68,6 +68,16 @@ def per_seed_kernels(x: Tensor) -> bool:
     return x.device.type == "cpu"
 
 
+def in_forward_mode(x: Tensor) -> bool:
+    """Whether ``x`` is traced by a functorch transform (ForwardGradient's ``torch.func.jvp``).
+
+    ``_BatchedLinear`` has no forward-mode rule: one would make ``torch.compile`` break the
+    compiled step's graph at every stacked layer. Under the transform a stacked layer runs a
+    lone ``F.linear`` per seed instead, whose tangent is a lone run's.
+    """
+    return not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def per_seed_matmul(x: Tensor, inner: int, outer: int) -> bool:
     """Whether a stacked product of ``x``'s rows by (inner, outer) matrices runs per seed."""
     rows = x.numel() // inner
@@ -97,7 +107,6 @@ class _BatchedLinear(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         x, weight, _ = inputs
         ctx.save_for_backward(x, weight)
-        ctx.save_for_forward(x, weight)
         device = x.device.type  # the backward multiplies under the forward's autocast
         ctx.amp = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
 
@@ -112,23 +121,6 @@ class _BatchedLinear(torch.autograd.Function):
             grad_w = torch.bmm(grad.transpose(1, 2), x) if need_w else None  # (K,out,N)@(K,N,in)
         grad_b = grad.sum(1) if need_b else None  # (K, out)
         return grad_x, grad_w, grad_b
-
-    @staticmethod
-    @override
-    def jvp(ctx, x_t: Tensor | None, weight_t: Tensor | None, bias_t: Tensor | None) -> Tensor:
-        """The forward-mode tangent (ForwardGradient's ``torch.func.jvp``): x_t·W_kᵀ + x·W_tᵀ
-        + b_t per seed, each product as a lone ``F.linear``'s tangent forms it."""
-        x, weight = ctx.saved_tensors
-        parts = []  # in the order of a lone addmm's tangent: b_t + x_t·Wᵀ + x·W_tᵀ
-        if bias_t is not None:
-            parts.append(bias_t.unsqueeze(1).expand(-1, x.shape[1], -1))  # (K, N, out)
-        if x_t is not None:
-            parts.append(torch.bmm(x_t, weight.transpose(1, 2)))  # (K, N, in) @ (K, in, out)
-        if weight_t is not None:
-            parts.append(torch.bmm(x, weight_t.transpose(1, 2)))
-        if not parts:
-            return torch.zeros(*x.shape[:2], weight.shape[1], dtype=x.dtype, device=x.device)
-        return sum(parts[1:], parts[0])
 
 
 def join(parts: list[Tensor]) -> Tensor:
@@ -171,7 +163,9 @@ class StackedLinear(nn.Module):
         if self.seeds == 1:  # one seed: a lone run's own layer
             return F.linear(x, self.weight[0], bias[0])
         rows_per_seed = x.reshape(self.seeds, -1, self.in_features)[0]
-        if per_seed_matmul(rows_per_seed, self.in_features, self.out_features):
+        if per_seed_matmul(rows_per_seed, self.in_features, self.out_features) or (
+            per_seed_kernels(x) and in_forward_mode(x)
+        ):
             seeds = zip(x.chunk(self.seeds), self.weight, bias, strict=True)
             return torch.cat([F.linear(xk, w, b) for xk, w, b in seeds])
         xs, w = seeds_first(x, self.seeds), self.weight
