@@ -73,9 +73,7 @@ class FF(StepDrawMethod):
         ConfigError: ``label_scale`` < 0, or an unknown choice.
     """
 
-    stack_refusal: ClassVar[str | None] = (
-        "not yet: its labelled positive and negative passes have no stacked form"
-    )
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     stream = 4  # the (seed, 4, t) stream of negative labels; (seed, 4) draws E
 
@@ -108,8 +106,12 @@ class FF(StepDrawMethod):
         )
 
     def negative_labels(self, logits: Tensor, y: Tensor) -> Tensor:
-        """A wrong label per sample, drawn from the step's generator. (B,)."""
-        gen = self.step_generator()
+        """A wrong label per sample, drawn from the step's generator (with seeds stacked, each
+        seed's rows from its own: ``StepDrawMethod.step_draws``). (N,)."""
+        return torch.cat(self.step_draws(self.draw_negatives, logits, y))
+
+    def draw_negatives(self, gen: torch.Generator, logits: Tensor, y: Tensor) -> Tensor:
+        """One seed's wrong labels, drawn from ``gen``. (B,)."""
         classes = self.backbone.num_classes
         if self.negatives == "random":  # y + a shift in 1..C−1, mod C: uniform over wrong ones
             shift = torch.randint(1, classes, (len(y),), generator=gen).to(y.device)
@@ -121,11 +123,14 @@ class FF(StepDrawMethod):
         return torch.multinomial(p, 1, generator=gen).flatten().to(y.device)
 
     def labelled(self, h0: Tensor, labels: Tensor) -> Tensor:
-        """h_0 + (onehot(labels) − 1/C)·E: the embedding output with a label added."""
-        classes = self.backbone.num_classes
-        centred = F.one_hot(labels, classes).to(h0.dtype) - 1 / classes  # (B, C)
-        # (B, C) @ (C, |h_0|) -> (B, |h_0|), shaped like h_0
-        return h0 + (centred @ self.label_embedding.flatten(1)).view_as(h0)
+        """h_0 + (onehot(labels) − 1/C)·E: the embedding output with a label added (with seeds
+        stacked, E (seeds, C, *h_0's shape) holds each seed's own, for its own rows)."""
+        classes, seeds = self.backbone.num_classes, self.stack_size
+        centred = F.one_hot(labels, classes).to(h0.dtype) - 1 / classes  # (N, C)
+        tables = [self.label_embedding] if seeds == 1 else self.label_embedding.unbind()
+        # (B, C) @ (C, |h_0|) -> (B, |h_0|) per seed, seed-major as the batch, shaped like h_0
+        added = [c @ e.flatten(1) for c, e in zip(centred.chunk(seeds), tables, strict=True)]
+        return h0 + (added[0] if seeds == 1 else torch.cat(added)).view_as(h0)
 
     def passes(self, h0: Tensor, logits: Tensor, y: Tensor) -> tuple[Trace, Trace]:
         """The positive and the negative pass from h_0, block inputs detached."""
@@ -151,8 +156,9 @@ class FF(StepDrawMethod):
             hp, hn = hp.detach(), hn.detach()
             scale = 2 / (math.prod(hp.shape[1:]) if self.goodness == "mean" else 1)
             shape = (-1, *[1] * (hp.dim() - 1))
-            wp = -torch.sigmoid(self.threshold - self.layer_goodness(hp))  # (B,)
-            wn = torch.sigmoid(self.layer_goodness(hn) - self.threshold)  # (B,)
+            # (B,) each; sigmoid per seed: its CPU kernel rounds by position (seed_apart)
+            wp = -self.seed_apart(torch.sigmoid, self.threshold - self.layer_goodness(hp))
+            wn = self.seed_apart(torch.sigmoid, self.layer_goodness(hn) - self.threshold)
             a_pos.append(wp.view(shape) * scale * hp)  # ∂L_l/∂h_l^+ plays the credit
             a_neg.append(wn.view(shape) * scale * hn)  # ∂L_l/∂h_l^- likewise
         return a_pos, a_neg
@@ -162,7 +168,8 @@ class FF(StepDrawMethod):
         total = 0
         for hp, hn in zip(pos.states, neg.states, strict=True):
             gp, gn = self.layer_goodness(hp.detach()), self.layer_goodness(hn.detach())
-            total = total + F.softplus(self.threshold - gp) + F.softplus(gn - self.threshold)
+            below, above = self.threshold - gp, gn - self.threshold
+            total = total + self.seed_apart(F.softplus, below) + self.seed_apart(F.softplus, above)
         return total
 
     @override
@@ -183,6 +190,9 @@ class FF(StepDrawMethod):
             objective = objective + self.penalty * block_penalty(trace.outputs, self.stack_size)
         pos, neg = self.passes(trace.states[0], trace.logits, y)
         a_pos, a_neg = self.goodness_credits(pos, neg)
-        objective = objective + local_objective(pos, a_pos) + local_objective(neg, a_neg)
-        self.accumulate("train/ff_loss", self.batch_mean(self.goodness_losses(pos, neg)))
+        seeds = self.stack_size
+        objective = (
+            objective + local_objective(pos, a_pos, seeds) + local_objective(neg, a_neg, seeds)
+        )
+        self.accumulate("train/ff_loss", self.seed_means(self.goodness_losses(pos, neg)))
         return objective, losses

@@ -35,7 +35,9 @@ class ForwardGradient(StepDrawMethod):
     independent draws, dividing the variance by K at K times the cost.
 
     The directions are seeded per step (``StepDrawMethod``), drawn layer by layer
-    (v_0, …, v_L, each (K, B, *h_l.shape)) from the step's generator.
+    (v_0, …, v_L, each (K, B, *h_l.shape)) from the step's generator; with seeds stacked, each
+    seed's from its own generator, and each seed's K·B perturbed rows run together in the
+    forward-mode pass (seed-major, as the stacked layers take them).
 
     BatchNorm in training mode (SmallCNN) couples the samples of the batch; the tangent of
     sample i's loss then has terms from the other samples' directions, and the estimate is
@@ -63,9 +65,7 @@ class ForwardGradient(StepDrawMethod):
         ConfigError: ``directions`` < 1, or ``head_lr`` <= 0.
     """
 
-    stack_refusal: ClassVar[str | None] = (
-        "not yet: its per-step perturbation draws and local heads have no stacked form"
-    )
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     stream = 3  # the (seed, 3, t) stream of directions
 
@@ -97,10 +97,19 @@ class ForwardGradient(StepDrawMethod):
                 self.heads = nn.ModuleList(nn.Linear(d, classes) for d in sizes)
 
     def draw_directions(self, trace: Trace) -> list[Tensor]:
-        """v_l for l = 0..L, each (K, B, *h_l.shape), standard normal, from the step's draw."""
-        gen = self.step_generator()
+        """v_l for l = 0..L, each (seeds, K, B, *h_l.shape[1:]), standard normal, from the step's
+        draw: each seed's (K, B, …) from its own generator (``StepDrawMethod.step_draws``),
+        layer by layer; alone, seeds = 1."""
         k = self.directions
-        return [torch.randn((k, *h.shape), generator=gen).to(h) for h in trace.states]
+
+        def draw(gen: torch.Generator, *states: Tensor) -> list[Tensor]:
+            return [torch.randn((k, *h.shape), generator=gen) for h in states]
+
+        per_seed = self.step_draws(draw, *trace.states)  # [seed][layer] (K, B, ...)
+        return [
+            torch.stack(layer).to(h)  # (seeds, K, B, ...)
+            for layer, h in zip(zip(*per_seed, strict=True), trace.states, strict=True)
+        ]
 
     def layer_logits(self, layer: int) -> Callable[[Tensor], Tensor]:
         """The map from h_layer to the logits whose loss layer ``layer`` differentiates: the
@@ -111,18 +120,22 @@ class ForwardGradient(StepDrawMethod):
 
     @override
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
-        k = self.directions
+        k, seeds = self.directions, self.stack_size
         directions = self.draw_directions(trace)
         credits = []
         with torch.no_grad(), running_statistics_frozen(self.backbone):
             for layer, (h, v) in enumerate(zip(trace.states, directions, strict=True)):
                 ones = [1] * (h.dim() - 1)
-                # The K draws side by side in one pass: (K, B, ...) -> (K·B, ...)
-                t = directional_derivatives(
-                    self.layer_logits(layer), h.repeat(k, *ones), y.repeat(k), v.flatten(0, 1)
-                )
-                t = t.view(k, len(y), *ones)  # (K·B,) -> (K, B, 1, ...): g_i·v_ik
-                credits.append((t * v).mean(0))  # mean_k (g·v_k) v_k plays ∂ℓ_i/∂h_l
+                # The K draws side by side in one pass, each seed's K·B rows together
+                # (seed-major, as a stacked batch): (seeds·B, ...) -> (seeds·K·B, ...)
+                # (a contiguous copy, as h.repeat(K) made it alone: ViT's token states are not
+                # contiguous, and the kernels round by layout)
+                rows = h.unflatten(0, (seeds, 1, -1)).repeat(1, k, 1, *ones).flatten(0, 2)
+                labels = y.unflatten(0, (seeds, 1, -1)).repeat(1, k, 1).flatten()
+                t = directional_derivatives(self.layer_logits(layer), rows, labels, v.flatten(0, 2))
+                t = t.view(*v.shape[:3], *ones)  # (seeds·K·B,) -> (seeds, K, B, 1, ...): g_i·v_ik
+                # mean_k (g·v_k) v_k plays ∂ℓ_i/∂h_l: (seeds, B, ...) -> (seeds·B, ...)
+                credits.append((t * v).mean(1).flatten(0, 1))
         return credits
 
     @override
@@ -134,9 +147,9 @@ class ForwardGradient(StepDrawMethod):
             F.cross_entropy(head(h.detach().flatten(1)), y, reduction="none")
             for head, h in zip(self.heads, trace.states, strict=False)  # h_0..h_{L-1}
         ]
-        loss = self.batch_mean(torch.stack(losses, 1).sum(1))  # Σ_l ℓ_l, mean over the batch
-        self.accumulate("train/local_loss", loss)
-        return loss
+        per_sample = torch.stack(losses, 1).sum(1)  # Σ_l ℓ_l, (N,)
+        self.accumulate("train/local_loss", self.seed_means(per_sample))
+        return self.batch_mean(per_sample)  # mean over the batch (each seed's own)
 
     @override
     def trained_helpers(self) -> tuple[nn.Module, float] | None:

@@ -59,7 +59,8 @@ class PEPITA(FeedbackMethod):
     pass's inputs and the readout at h_L. The penalty acts on the first pass's block outputs.
 
     F is the method's feedback (a ``FeedbackMatrices`` of one matrix): a buffer in every
-    checkpoint, drawn from ``feedback_seed``, redrawn by the protocol's null band. The second
+    checkpoint, drawn from ``feedback_seed``, redrawn by the protocol's null band; with seeds
+    stacked, each seed's rows are projected by its own F (``feedback.project``). The second
     pass leaves BatchNorm's running statistics alone.
 
     Args:
@@ -74,7 +75,7 @@ class PEPITA(FeedbackMethod):
         ValueError: credits asked for a trace without its inputs (``Trace.inputs``).
     """
 
-    stack_refusal: ClassVar[str | None] = "not yet: its modulated second pass has no stacked form"
+    stack_refusal: ClassVar[str | None] = None  # stacks (tests/stacked/test_convert.py)
 
     def __init__(
         self,

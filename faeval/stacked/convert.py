@@ -51,6 +51,7 @@ from faeval.stacked.modules import (
     StackedLinear,
     StackedPatchEmbed,
     stacked_buffer,
+    stacked_parameter,
     stacked_parameter_list,
 )
 
@@ -183,8 +184,14 @@ def stack_modules(modules: list[nn.Module], path: str = "") -> nn.Module:
     for name, buffer in list(modules[0]._buffers.items()):  # a method's own (CreditBridge.epoch)
         if buffer is not None:
             stacked._buffers[name] = stacked_buffer([m._buffers[name] for m in modules])
-    if modules[0]._parameters:
-        raise NotStackable(f"{where} holds parameters of its own; {RUN_ALONE}")
+    for name, param in list(modules[0]._parameters.items()):  # a method's own (FF's label table)
+        if param is not None:
+            try:
+                stacked._parameters[name] = stacked_parameter(
+                    [m._parameters[name] for m in modules]
+                )
+            except ValueError as err:
+                raise NotStackable(f"{where}: {err}; {RUN_ALONE}") from None
     for name, child in modules[0]._modules.items():
         if child is None or isinstance(child, Metric):  # the stack measures each seed's tests
             continue

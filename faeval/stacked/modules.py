@@ -68,6 +68,16 @@ def per_seed_kernels(x: Tensor) -> bool:
     return x.device.type == "cpu"
 
 
+def in_forward_mode(x: Tensor) -> bool:
+    """Whether ``x`` is traced by a functorch transform (ForwardGradient's ``torch.func.jvp``).
+
+    ``_BatchedLinear`` has no forward-mode rule: one would make ``torch.compile`` break the
+    compiled step's graph at every stacked layer. Under the transform a stacked layer runs a
+    lone ``F.linear`` per seed instead, whose tangent is a lone run's.
+    """
+    return not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def per_seed_matmul(x: Tensor, inner: int, outer: int) -> bool:
     """Whether a stacked product of ``x``'s rows by (inner, outer) matrices runs per seed."""
     rows = x.numel() // inner
@@ -153,7 +163,9 @@ class StackedLinear(nn.Module):
         if self.seeds == 1:  # one seed: a lone run's own layer
             return F.linear(x, self.weight[0], bias[0])
         rows_per_seed = x.reshape(self.seeds, -1, self.in_features)[0]
-        if per_seed_matmul(rows_per_seed, self.in_features, self.out_features):
+        if per_seed_matmul(rows_per_seed, self.in_features, self.out_features) or (
+            per_seed_kernels(x) and in_forward_mode(x)
+        ):
             seeds = zip(x.chunk(self.seeds), self.weight, bias, strict=True)
             return torch.cat([F.linear(xk, w, b) for xk, w, b in seeds])
         xs, w = seeds_first(x, self.seeds), self.weight

@@ -1,5 +1,6 @@
 """StepDrawMethod: a run resumed from a Lightning checkpoint draws what an uninterrupted run
-draws, so its weights come out identical (ForwardGradient's directions, FF's negatives)."""
+draws, so its weights come out identical (ForwardGradient's directions, FF's negatives); with
+seeds stacked, each seed draws from its own stream and keeps its own state."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 from faeval.backbones import ResMLP
 from faeval.data import TensorBatches
 from faeval.methods import FF, ForwardGradient
+from faeval.seeding import mixed_seed
+from faeval.stacked import seed_state, stack_methods
 from tests.helpers import quiet_trainer
 
 
@@ -56,3 +59,25 @@ def test_a_resumed_run_draws_what_an_uninterrupted_one_does(tmp_path, cls):
     assert not torch.equal(
         other.backbone.blocks[1].w2.weight, straight.backbone.blocks[1].w2.weight
     )
+
+
+def test_stacked_seeds_draw_each_from_its_own_stream_and_keep_their_own_state():
+    methods = [build(FF) for _ in range(3)]
+    for seed, method in zip((5, 9, 2), methods, strict=True):
+        method.draw_seed, method.updates = seed, 3
+    stacked = stack_methods(methods)
+    assert stacked.seed_draws == [5, 9, 2]
+    y = torch.tensor([0, 1, 2, 2, 1, 0, 0, 1, 2, 1, 1, 0])  # 4 rows per seed, seed-major
+    want = []
+    for k, seed in enumerate((5, 9, 2)):  # FF's documented draw: (seed, 4, t), y + U{1..C−1}
+        gen = torch.Generator().manual_seed(mixed_seed(seed, 4, 3))
+        want.append((y[4 * k : 4 * k + 4] + torch.randint(1, 3, (4,), generator=gen)) % 3)
+    assert torch.equal(stacked.negative_labels(torch.zeros(12, 3), y), torch.cat(want))
+    state = stacked.state_dict()
+    for k, seed in enumerate((5, 9, 2)):
+        lone = build(FF)
+        lone.load_state_dict(seed_state(state, k), strict=True)
+        assert (lone.draw_seed, lone.updates, lone.seed_draws) == (seed, 3, None)
+    methods[1].updates = 4  # a stack steps every seed together
+    with pytest.raises(ValueError, match=r"different numbers of steps \(\[3, 4\]\)"):
+        stack_methods(methods)

@@ -129,7 +129,7 @@ def test_no_coupling_another_seed_leaves_every_other_seeds_run_bit_identical(ali
 
 # Resuming continues in the run's own folder, so ModelCheckpoint finds it non-empty: intended.
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
-@pytest.mark.parametrize("model", ["StateBridge", "BRSF"])  # BRSF: its draw counter, per seed
+@pytest.mark.parametrize("model", ["StateBridge", "BRSF", "FF"])  # BRSF, FF: draw state, per seed
 def test_a_stack_resumes_exactly_two_plus_two_epochs_is_four(tmp_path, model):
     seeds = ["--seeds", "3,4", "--data.random_targets", "true"]
     fit(tmp_path / "four", *seeds, model=model, epochs=4)
@@ -257,7 +257,11 @@ def assert_stacked_seed_is_its_lone_run(root: Path, model: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "model", ["DRTP", "PC", "LayerFA", "USF", "FRSF", "KP", "BRSF", "TP", "DTP", "DRL", "LDRL"]
+    "model",
+    [
+        *("DRTP", "PC", "LayerFA", "USF", "FRSF", "KP", "BRSF"),
+        *("TP", "DTP", "DRL", "LDRL", "ForwardGradient", "PEPITA", "FF"),
+    ],
 )
 def test_a_newly_stacked_method_trains_each_seed_as_its_lone_run(tmp_path, model):
     assert_stacked_seed_is_its_lone_run(tmp_path, model)

@@ -25,19 +25,23 @@ from faeval.methods import (
     DTP,
     EP,
     FA,
+    FF,
     FRSF,
     KP,
     LDRL,
     PC,
+    PEPITA,
     TP,
     USF,
     CreditBridge,
+    ForwardGradient,
     FrozenBlocks,
     LayerFA,
     LayerFeedbackMethod,
     StateBridge,
     TargetPropagation,
 )
+from faeval.methods.step_draws import StepDrawMethod
 from faeval.stacked import NotStackable, seed_state, stack_methods
 from faeval.stacked.convert import check_optimizer
 from faeval.stacked.module import SeedStack
@@ -73,6 +77,12 @@ METHODS = {
     "DTP": (DTP, {"feedback_width": 8, "noise_samples": 2}),
     "DRL": (DRL, {"feedback_width": 8}),
     "LDRL": (LDRL, {"feedback_width": 8, "noise_samples": 2}),
+    "ForwardGradient": (ForwardGradient, {}),
+    "ForwardGradient-local": (ForwardGradient, {"directions": 3, "local_losses": True}),
+    "PEPITA": (PEPITA, {}),
+    "PEPITA-forward": (PEPITA, {"update": "forward"}),
+    "FF": (FF, {}),
+    "FF-hard": (FF, {"negatives": "hard", "goodness": "sum", "penalty": 0.1}),
 }
 
 
@@ -83,9 +93,17 @@ def build(method: str, backbone: str, seed: int, **options):
     return cls(shape, 4, backbone=factory, **kwargs, **options).train()
 
 
-def batch(shape, seed: int = 1) -> tuple[Tensor, Tensor]:
+#: Rows per seed of the bit-for-bit test: a vector of one value per sample (FF's goodness
+#: weights) has 20 elements alone and K·20 stacked, so a seed's values run partly in a
+#: vectorised body and partly in a scalar tail, otherwise alone than stacked, under AVX2 and
+#: AVX512 alike (``CreditMethod.seed_apart``; with 6 rows both run scalar code only).
+ROWS = 20
+
+
+def batch(shape, seed: int = 1, rows: int = 6) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(K * 6, *shape, generator=gen), torch.randint(0, 4, (K * 6,), generator=gen)
+    n = K * rows
+    return torch.randn(n, *shape, generator=gen), torch.randint(0, 4, (n,), generator=gen)
 
 
 def step(method, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,7 +122,7 @@ def test_a_stacked_step_gives_every_seed_its_lone_gradients_bit_for_bit(method, 
     lone = [build(method, backbone, seed) for seed in range(K)]
     stacked = stack_methods([build(method, backbone, seed) for seed in range(K)])
     assert stacked.stack_size == K and type(stacked) is type(lone[0])
-    x, y = batch(BACKBONES[backbone][0])
+    x, y = batch(BACKBONES[backbone][0], rows=ROWS)
     _, losses = step(stacked, x, y)
     for k, (method_k, xk, yk) in enumerate(zip(lone, x.chunk(K), y.chunk(K), strict=True)):
         _, losses_k = step(method_k, xk, yk)
@@ -118,6 +136,46 @@ def test_a_stacked_step_gives_every_seed_its_lone_gradients_bit_for_bit(method, 
         buffers = dict(method_k.named_buffers())
         for name, b in stacked.named_buffers():  # BatchNorm's running statistics
             assert torch.equal(b[k], buffers[name]), name
+
+
+@pytest.mark.parametrize("method", ["ForwardGradient-local", "PEPITA", "FF-hard"])
+def test_two_stacked_steps_leave_each_seed_its_lone_runs_state_and_draw_counter(tmp_path, method):
+    """Trained by the trainer (the draw counter advances after each step, so the second step
+    draws anew), each seed's state is its lone run's and loads strictly into the lone method
+    with the seed's own draw seed and count. Every parameter has a multiple of 16 floats, so
+    fused Adam rounds the stack as the lone runs (tests/stacked/test_cli.py)."""
+    cls, kwargs = METHODS[method]
+
+    def built(seed: int):
+        torch.manual_seed(seed)
+        return cls((16,), 16, backbone=functools.partial(ResMLP, d_hidden=16), **kwargs)
+
+    def train(module, x: Tensor, y: Tensor, batch_size: int, where: str) -> None:
+        batches = TensorBatches(x, y, batch_size=batch_size)
+        quiet_trainer(tmp_path / where, max_steps=2).fit(module, batches, batches)
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2 * K * ROWS, 16, generator=gen)
+    y = torch.randint(0, 16, (2 * K * ROWS,), generator=gen)
+    stack = SeedStack([built(seed) for seed in range(K)])
+    train(stack, x, y, K * ROWS, "stack")  # two steps of K·ROWS rows, seed-major
+    state = stack.method.state_dict()
+    for k in range(K):
+        rows = torch.cat([step.chunk(K)[k] for step in torch.arange(len(y)).chunk(2)])
+        lone = built(k)
+        train(lone, x[rows], y[rows], ROWS, f"seed{k}")  # the seed's rows of each step
+        fresh = built(99)
+        fresh.load_state_dict(seed_state(state, k), strict=True)
+        got = fresh.state_dict()
+        for name, value in lone.state_dict().items():
+            same = (
+                torch.equal(got[name], value) if isinstance(value, Tensor) else got[name] == value
+            )
+            assert same, (k, name)
+        if isinstance(lone, StepDrawMethod):  # the seed's own draw seed and count, in its state
+            assert (fresh.draw_seed, fresh.updates) == (lone.draw_seed, lone.updates) == (k, 2)
+    if isinstance(stack.method, StepDrawMethod):
+        assert stack.method.seed_draws == list(range(K)) and stack.method.updates == 2
 
 
 def test_ep_stops_each_seed_at_its_own_step_whatever_the_check_interval():

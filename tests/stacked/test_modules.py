@@ -201,3 +201,35 @@ def test_linear_under_autocast_differentiates_outside_it():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want = torch.cat([m(xk) for m, xk in zip(lone, x.chunk(K), strict=True)])
     assert torch.allclose(out.float(), want.float(), rtol=1e-2, atol=1e-2)
+
+
+# torch's forward AD scripts its jvp decompositions on first use, and torch deprecates the
+# scripting it does itself (as faeval.methods.forward_gradient says): not about this code.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("rows,inputs,outputs", LINEAR_SHAPES)
+@pytest.mark.parametrize("along", ["x", "all"])
+def test_linear_forward_mode_tangents_are_the_lone_layers_bit_for_bit(rows, inputs, outputs, along):
+    """ForwardGradient's torch.func.jvp through the stack: each seed's tangent is the one
+    forward-mode AD gives its lone layer (along the input alone, or input, weight and bias)."""
+    lone, stacked, x = lone_and_stacked(
+        lambda: nn.Linear(inputs, outputs), StackedLinear, (rows, inputs)
+    )
+    gen = torch.Generator().manual_seed(5)
+    w, b = stacked.weight.detach(), stacked.bias.detach()
+    x_t, w_t, b_t = (torch.randn(t.shape, generator=gen) for t in (x, w, b))
+    if along == "x":
+        got = torch.func.jvp(stacked, (x,), (x_t,))[1]
+    else:
+
+        def stacked_out(x, w, b):
+            return torch.func.functional_call(stacked, {"weight": w, "bias": b}, (x,))
+
+        got = torch.func.jvp(stacked_out, (x, w, b), (x_t, w_t, b_t))[1]
+    for k, module in enumerate(lone):
+        xk, tk = x.chunk(K)[k], x_t.chunk(K)[k]
+        wk, bk = module.weight.detach(), module.bias.detach()
+        if along == "x":
+            want = torch.func.jvp(module, (xk,), (tk,))[1]
+        else:
+            want = torch.func.jvp(nn.functional.linear, (xk, wk, bk), (tk, w_t[k], b_t[k]))[1]
+        assert torch.equal(got.chunk(K)[k], want), k
