@@ -4,6 +4,7 @@ Usage:
     python tools/bench_methods.py                          # ResMLP d=256 L=4, CPU, 5 reps
     python tools/bench_methods.py --ks 0 5 10 20 50 --reps 7 --threads 2
     python tools/bench_methods.py --accelerator gpu --n_train 16384 --batch_size 256
+    python tools/bench_methods.py --methods PC --reps 7       # PC against BP only
 
 The data are CIFAR-shaped random tensors (3×32×32, 10 classes, in memory): the cost of a
 step does not depend on what the pixels say. Every method trains the same ResMLP from the
@@ -14,8 +15,9 @@ to BP is taken within each rep before the median over reps. EP runs with ``tol=0
 it takes exactly K relaxation steps; CreditBridge runs with ``warmup_epochs=0`` (its warmup
 costs what DFA plus the value nets' training cost).
 
-Prints one row per method: median seconds per epoch, median ratio to BP, and the ratio's
-range over reps.
+``--methods`` restricts the table to the methods named (BP, the reference, always runs; EP's
+rows run only when EP is named). Prints one row per method: median seconds per epoch, median
+ratio to BP, and the ratio's range over reps.
 """
 
 from __future__ import annotations
@@ -75,12 +77,16 @@ def candidates(args) -> dict[str, Callable[[], CreditMethod]]:
     backbone = functools.partial(ResMLP, d_hidden=args.d_hidden, num_blocks=args.num_blocks)
     common = dict(input_shape=shape, num_classes=classes, backbone=backbone)
     names = sorted(set(known_names()["model"]) - SKIP, key=lambda n: (n != "BP", n))
+    if args.methods:
+        names = [n for n in names if n == "BP" or n in args.methods]
     out: dict[str, Callable[[], CreditMethod]] = {
         name: functools.partial(
             getattr(faeval.methods, name), **common, **OPTIONS.get(name, lambda _: {})(args)
         )
         for name in names
     }
+    if args.methods and "EP" not in args.methods:
+        return out
     for k in args.ks:
         out[f"EP K={k}"] = functools.partial(EP, **common, steps=k, tol=0.0)
     if args.symmetric_k is not None:
@@ -131,11 +137,25 @@ def main(argv: list[str] | None = None) -> None:
         default=20,
         help="also benchmark symmetric EP with this K (negative: skip)",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=[],
+        help="benchmark only these methods against BP (EP: its --ks and --symmetric_k rows)",
+    )
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--root", default="/tmp/faeval_bench", help="Lightning's root dir")
     args = parser.parse_args(argv)
+    known = set(known_names()["model"]) - (SKIP - {"EP"})
+    unknown = sorted(set(args.methods) - known)
+    if unknown:
+        parser.exit(
+            2,
+            f"bench_methods: unknown method(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))}\n",
+        )
     if args.symmetric_k is not None and args.symmetric_k < 0:
         args.symmetric_k = None
     torch.set_num_threads(args.threads)
