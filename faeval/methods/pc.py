@@ -63,15 +63,17 @@ class EnergyTerms(NamedTuple):
     """The terms of F at the states h = h(forward) + δ (``energy_terms``).
 
     Attributes:
-        states: h_0..h_L; leaves of the state gradient's graph, or detached.
-        outputs: the block outputs F_l(h_{l-1}), l = 1..L.
-        predictions: Φ_l(h_{l-1}), l = 1..L.
+        start: s, the blocks run: l = s+1..L (h_0..h_s at the forward pass when s > 0).
+        states: h_0..h_L; h_s..h_L leaves of the state gradient's graph, or detached.
+        outputs: the block outputs F_l(h_{l-1}), l = s+1..L.
+        predictions: Φ_l(h_{l-1}), l = s+1..L.
         logits: readout(h_L), (N, C).
         losses: the per-sample losses ℓ_i(h_L), (N,).
         errors: ε_0..ε_L, detached.
         energies: Σ_i F_i over each seed's rows, detached, (K,).
     """
 
+    start: int
     states: list[Tensor]
     outputs: list[Tensor]
     predictions: list[Tensor]
@@ -167,7 +169,8 @@ class PC(CreditMethod):
         states, so that the errors keep their own precision: a confidently classified sample's
         credit would otherwise round to exactly 0. Each step is one pass through every block
         and the readout (``energy_terms``) and one vector-Jacobian product through all of
-        them at once (``state_gradient``).
+        them at once (``state_gradient``). Step k (from 0) leaves out the blocks below
+        h_{L−k}, which the output error has not reached: their errors are exactly 0 there.
 
         Args:
             trace: the forward pass, detached.
@@ -184,15 +187,21 @@ class PC(CreditMethod):
         forward = [h.detach() for h in trace.states]  # h_0 = embed(x): all F needs of x
         shifts = [torch.zeros_like(h) for h in forward]
         energies = []
+        depth = len(forward) - 1  # L
         with running_statistics_frozen(backbone):
-            for _ in range(self.steps):
+            for step in range(self.steps):
+                # δ_l = 0 for l <= L − step: the output error reaches h_{L−k} after k + 1 steps
+                start = max(depth - step, 0)
                 with torch.enable_grad():
-                    terms = energy_terms(backbone, forward, shifts, y, seeds, at_states=True)
-                    grads = state_gradient(terms)
+                    terms = energy_terms(backbone, forward, shifts, y, seeds, True, start)
+                    grads = state_gradient(terms)  # ∇F at h_s..h_L
                 energies.append(terms.energies)
-                shifts = [d - gamma * g for d, g in zip(shifts, grads, strict=True)]
+                moved = zip(shifts[start:], grads, strict=True)
+                shifts = shifts[:start] + [d - gamma * g for d, g in moved]
+            # the update needs every block's output at h*
+            start = 0 if graph else max(depth - self.steps, 0)
             with torch.set_grad_enabled(graph):
-                terms = energy_terms(backbone, forward, shifts, y, seeds, at_states=False)
+                terms = energy_terms(backbone, forward, shifts, y, seeds, False, start)
             energies.append(terms.energies)
         self.energies = torch.stack(energies)  # (T + 1, K)
         finite = torch.isfinite(self.energies[-1])
@@ -236,6 +245,7 @@ def energy_terms(
     y: Tensor,
     seeds: int = 1,
     at_states: bool = False,
+    start: int = 0,
 ) -> EnergyTerms:
     """F's terms at h + δ, ``forward`` the forward pass h (h_l = Φ_l(h_{l-1}), h_0 = embed(x)).
 
@@ -251,33 +261,38 @@ def energy_terms(
         y: the labels.
         seeds: K, the seeds stacked seed-major (``seed_energies``).
         at_states: make the states h + δ leaves that require grad (``state_gradient``).
+        start: s where δ_0..δ_s are 0 (s > 0): the blocks 1..s, whose inputs and outputs
+            sit at the forward pass, are not run and their errors are 0, as recomputing
+            them gives (exactly: the same kernels on the same inputs).
     """
-    states = [(h + d).requires_grad_(at_states) for h, d in zip(forward, shifts, strict=True)]
-    outputs = [block(h) for block, h in zip(backbone.blocks, states[:-1], strict=True)]
-    predictions = [backbone.combine(h, f) for h, f in zip(states[:-1], outputs, strict=True)]
+    pairs = zip(forward[start:], shifts[start:], strict=True)
+    states = forward[:start] + [(h + d).requires_grad_(at_states) for h, d in pairs]
+    below = states[start:-1]  # the inputs h_s..h_{L−1} of the blocks run
+    outputs = [block(h) for block, h in zip(backbone.blocks[start:], below, strict=True)]
+    predictions = [backbone.combine(h, f) for h, f in zip(below, outputs, strict=True)]
     logits = backbone.readout(states[-1])  # (N, C)
     losses = F.cross_entropy(logits, y, reduction="none")  # ℓ_i, (N,)
     with torch.no_grad():
-        errors = [shifts[0]] + [
-            d - (p - h) for d, p, h in zip(shifts[1:], predictions, forward[1:], strict=True)
-        ]
-        energies = seed_energies(errors, losses, seeds)
-    return EnergyTerms(states, outputs, predictions, logits, losses, errors, energies)
+        moved = zip(shifts[start + 1 :], predictions, forward[start + 1 :], strict=True)
+        # ε_l = δ_l = 0 for l <= s (s > 0), and ε_0 = δ_0
+        errors = shifts[: start + 1] + [d - (p - h) for d, p, h in moved]
+        energies = seed_energies(errors[start:], losses, seeds)  # leaving out terms of 0
+    return EnergyTerms(start, states, outputs, predictions, logits, losses, errors, energies)
 
 
 def state_gradient(terms: EnergyTerms) -> list[Tensor]:
-    """∇_h Σ_i F_i at the states of ``terms`` (built with ``at_states``), per sample.
+    """∇_h Σ_i F_i at h_s..h_L, the states of ``terms`` (built with ``at_states``), per sample.
 
     ∇_{h_l} F = ε_l − J_{Φ_{l+1}}(h_l)ᵀ·ε_{l+1} (l < L) and ∇_{h_L} F = ε_L + ∂ℓ_i/∂h_L: one
-    vector-Jacobian product through every block and the readout at once, each sum formed as
-    autograd forms it on F itself (the same two terms, rounded alike). Each sample's row is
-    its own gradient, so K stacked seeds' sum leaves each seed its own.
+    vector-Jacobian product through every block run and the readout at once, each sum formed
+    as autograd forms it on F itself (the same two terms, rounded alike). Below h_s it is 0.
+    Each sample's row is its own gradient, so K stacked seeds' sum leaves each seed its own.
     """
+    start, errors = terms.start, terms.errors
     *back, top = torch.autograd.grad(
-        [*terms.predictions, terms.losses.sum()], terms.states, [*terms.errors[1:], None]
-    )  # J_{Φ_{l+1}}ᵀ·ε_{l+1}, l = 0..L−1, and ∂ℓ_i/∂h_L
-    errors = terms.errors
-    return [*(e - b for e, b in zip(errors[:-1], back, strict=True)), errors[-1] + top]
+        [*terms.predictions, terms.losses.sum()], terms.states[start:], [*errors[start + 1 :], None]
+    )  # J_{Φ_{l+1}}ᵀ·ε_{l+1}, l = s..L−1, and ∂ℓ_i/∂h_L
+    return [*(e - b for e, b in zip(errors[start:-1], back, strict=True)), errors[-1] + top]
 
 
 def seed_energies(errors: list[Tensor], losses: Tensor, seeds: int = 1) -> Tensor:
