@@ -167,10 +167,10 @@ class PC(CreditMethod):
 
         The relaxation moves the displacements δ_l = h_l − h_l(forward) rather than the
         states, so that the errors keep their own precision: a confidently classified sample's
-        credit would otherwise round to exactly 0. Each step is one pass through every block
-        and the readout (``energy_terms``) and one vector-Jacobian product through all of
-        them at once (``state_gradient``). Step k (from 0) leaves out the blocks below
-        h_{L−k}, which the output error has not reached: their errors are exactly 0 there.
+        credit would otherwise round to exactly 0. Each step is one pass through the blocks and
+        the readout (``energy_terms``) and one vector-Jacobian product through all of them at
+        once (``state_gradient``). Step k (from 0) leaves out the blocks below h_{L−k}, which
+        the output error has not reached: their errors are exactly 0 there.
 
         Args:
             trace: the forward pass, detached.
@@ -193,7 +193,9 @@ class PC(CreditMethod):
                 # δ_l = 0 for l <= L − step: the output error reaches h_{L−k} after k + 1 steps
                 start = max(depth - step, 0)
                 with torch.enable_grad():
-                    terms = energy_terms(backbone, forward, shifts, y, seeds, True, start)
+                    terms = energy_terms(
+                        backbone, forward, shifts, y, seeds, at_states=True, start=start
+                    )
                     grads = state_gradient(terms)  # ∇F at h_s..h_L
                 energies.append(terms.energies)
                 moved = zip(shifts[start:], grads, strict=True)
@@ -201,7 +203,7 @@ class PC(CreditMethod):
             # the update needs every block's output at h*
             start = 0 if graph else max(depth - self.steps, 0)
             with torch.set_grad_enabled(graph):
-                terms = energy_terms(backbone, forward, shifts, y, seeds, False, start)
+                terms = energy_terms(backbone, forward, shifts, y, seeds, start=start)
             energies.append(terms.energies)
         self.energies = torch.stack(energies)  # (T + 1, K)
         finite = torch.isfinite(self.energies[-1])
