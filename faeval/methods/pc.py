@@ -230,11 +230,18 @@ class PC(CreditMethod):
             loss = F.cross_entropy(backbone.readout(top), y, reduction="sum")
             (output_grad,) = torch.autograd.grad(loss, top)  # ∂ℓ_i/∂h_L at the forward pass
             errors = [torch.zeros_like(h) for h in trace.states]
-            for _ in range(self.steps):
-                # J_{Φ_{l+1}}ᵀ·ε_{l+1} for l = 0..L−1, all layers at once from the same ε.
-                back = torch.autograd.grad(predictions, inputs, errors[1:], retain_graph=True)
+            for step in range(self.steps):
+                # ε_l = 0 for l <= L − step, where the output error has not reached yet
+                start = max(len(inputs) - step, 0)
+                back = ()  # J_{Φ_{l+1}}ᵀ·ε_{l+1} for l = start..L−1, all layers at once
+                if start < len(inputs):
+                    back = torch.autograd.grad(
+                        predictions[start:], inputs[start:], errors[start + 1 :], retain_graph=True
+                    )
+                moved = zip(errors[start:-1], back, strict=True)
                 errors = [
-                    *((1 - gamma) * e + gamma * b for e, b in zip(errors[:-1], back, strict=True)),
+                    *errors[:start],
+                    *((1 - gamma) * e + gamma * b for e, b in moved),
                     (1 - gamma) * errors[-1] - gamma * output_grad,
                 ]
         return [e.detach() for e in errors]
