@@ -4,6 +4,8 @@ Usage:
     python tools/bench_methods.py                          # ResMLP d=256 L=4, CPU, 5 reps
     python tools/bench_methods.py --ks 0 5 10 20 50 --reps 7 --threads 2
     python tools/bench_methods.py --accelerator gpu --n_train 16384 --batch_size 256
+    python tools/bench_methods.py --methods PC --reps 7       # PC against BP only
+    python tools/bench_methods.py --methods PC --clock cpu    # CPU seconds, a shared machine
 
 The data are CIFAR-shaped random tensors (3×32×32, 10 classes, in memory): the cost of a
 step does not depend on what the pixels say. Every method trains the same ResMLP from the
@@ -14,8 +16,9 @@ to BP is taken within each rep before the median over reps. EP runs with ``tol=0
 it takes exactly K relaxation steps; CreditBridge runs with ``warmup_epochs=0`` (its warmup
 costs what DFA plus the value nets' training cost).
 
-Prints one row per method: median seconds per epoch, median ratio to BP, and the ratio's
-range over reps.
+``--methods`` restricts the table to the methods named (BP, the reference, always runs; EP's
+rows run only when EP is named). Prints one row per method: median seconds per epoch, median
+ratio to BP, and the ratio's range over reps.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ from faeval.methods import EP, CreditMethod
 
 
 class EpochTimer(Callback):
-    """Wall-clock seconds of each training epoch (device work included)."""
+    """Seconds of each training epoch (device work included) by ``clock``: wall-clock
+    (``time.perf_counter``) or this process's CPU time (``time.process_time``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.seconds: list[float] = []
+        self.clock = clock
         self._start = 0.0
 
     def _sync(self, pl_module) -> None:
@@ -52,12 +57,12 @@ class EpochTimer(Callback):
     @override
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._sync(pl_module)
-        self._start = time.perf_counter()
+        self._start = self.clock()
 
     @override
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._sync(pl_module)
-        self.seconds.append(time.perf_counter() - self._start)
+        self.seconds.append(self.clock() - self._start)
 
 
 #: Options a method is benchmarked with beyond its defaults (helper nets as wide as the
@@ -75,12 +80,16 @@ def candidates(args) -> dict[str, Callable[[], CreditMethod]]:
     backbone = functools.partial(ResMLP, d_hidden=args.d_hidden, num_blocks=args.num_blocks)
     common = dict(input_shape=shape, num_classes=classes, backbone=backbone)
     names = sorted(set(known_names()["model"]) - SKIP, key=lambda n: (n != "BP", n))
+    if args.methods:
+        names = [n for n in names if n == "BP" or n in args.methods]
     out: dict[str, Callable[[], CreditMethod]] = {
         name: functools.partial(
             getattr(faeval.methods, name), **common, **OPTIONS.get(name, lambda _: {})(args)
         )
         for name in names
     }
+    if args.methods and "EP" not in args.methods:
+        return out
     for k in args.ks:
         out[f"EP K={k}"] = functools.partial(EP, **common, steps=k, tol=0.0)
     if args.symmetric_k is not None:
@@ -94,7 +103,7 @@ def epoch_seconds(build: Callable[[], CreditMethod], loader: TensorBatches, args
     """Seconds of the second of two training epochs of a freshly built method."""
     seed_everything(0, verbose=False)
     method = build()
-    timer = EpochTimer()
+    timer = EpochTimer(time.process_time if args.clock == "cpu" else time.perf_counter)
     trainer = Trainer(
         accelerator=args.accelerator,
         devices=1,
@@ -131,11 +140,31 @@ def main(argv: list[str] | None = None) -> None:
         default=20,
         help="also benchmark symmetric EP with this K (negative: skip)",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=[],
+        help="benchmark only these methods against BP (EP: its --ks and --symmetric_k rows)",
+    )
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: this process's CPU seconds (on a shared machine, with --threads 1)",
+    )
     parser.add_argument("--root", default="/tmp/faeval_bench", help="Lightning's root dir")
     args = parser.parse_args(argv)
+    known = set(known_names()["model"]) - (SKIP - {"EP"})
+    unknown = sorted(set(args.methods) - known)
+    if unknown:
+        parser.exit(
+            2,
+            f"bench_methods: unknown method(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))}\n",
+        )
     if args.symmetric_k is not None and args.symmetric_k < 0:
         args.symmetric_k = None
     torch.set_num_threads(args.threads)
@@ -164,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nResMLP d={args.d_hidden} L={args.num_blocks}, {args.n_train} samples of 3×32×32 "
         f"per epoch, batch {args.batch_size} ({steps} steps), {args.accelerator}, "
-        f"{args.threads} thread(s), {args.reps} interleaved reps"
+        f"{args.threads} thread(s), {args.reps} interleaved reps, {args.clock} clock"
     )
     print("| method | s/epoch (median) | × BP (median) | × BP (range) |")
     print("|---|---|---|---|")

@@ -3,13 +3,17 @@
 Usage:
     python tools/bench_stack.py [--reps 3] [--n 50000] [--ks 1 2 4 8 16] [--batches 60]
     python tools/bench_stack.py --compile_ks 1 8          # the compile option's gain too
+    python tools/bench_stack.py --methods DFA PC --ks 4   # each method's cost against BP's
 
-DFA (``--method``) on ResMLP d=256 L=4 over N CIFAR-shaped uint8 samples in memory, batch 128,
-on the CPU, trained through Lightning as ``faeval fit`` trains (no validation, diagnostics,
-logger or checkpoints). Each configuration runs in worker processes of its own, started
-together: each builds its data and methods, trains ``--warmup`` batches (compilation, caches),
-then waits; once all are ready they train ``--batches`` batches on a common signal, and the
-throughput is the seeds' share of an epoch they covered over the slowest worker's seconds.
+The methods (``--methods``, DFA by default; BP always runs as the reference) on ResMLP d=256
+L=4 over N CIFAR-shaped uint8 samples in memory, batch 128, on the CPU, trained through
+Lightning as ``faeval fit`` trains (no validation, diagnostics, logger or checkpoints), each
+with its defaults (PC: T = 20) but CreditBridge past its DFA warmup and the bridges as wide
+as the backbone, as tools/bench_methods.py runs them. Each configuration runs in worker
+processes of its own, started together: each builds its data and methods, trains ``--warmup``
+batches (compilation, caches), then waits; once all are ready they train ``--batches``
+batches on a common signal, and the throughput is the seeds' share of an epoch they covered
+over the slowest worker's seconds.
 Configurations:
 
 - ``alone PxT``: one ordinary single-seed run per process, P processes of T threads (the
@@ -19,9 +23,12 @@ Configurations:
 - ``Px1 stack K/P``: ``cores`` single-thread processes, each K/P seeds stacked;
 - ``1x1 stack K compiled``: ``1x1 stack K`` with the compiled step (``--stack.compile``).
 
-The machine may be shared: every rep runs each configuration once, in an order rotated rep by
-rep, and each throughput is divided by the best ``alone`` layout's throughput of the same rep
-before the median over reps is taken. The load average is printed with each rep. Seed-epochs
+The machine may be shared: every rep runs each method's configurations once, in an order
+rotated rep by rep, and each throughput is divided by the best ``alone`` layout's throughput of
+the same method and rep before the median over reps is taken. Each method's cost against BP
+in the same layout and rep (× BP: BP's seed-epochs/s over the method's, what a seed-epoch
+costs in BP's) is printed per layout, stacked and alone, as the median over reps. A method
+that does not stack runs alone only. The load average is printed with each rep. Seed-epochs
 per CPU-second (the workers' own processor time) are printed too: for single-thread workers
 they measure the work per core, which other processes' load does not change much.
 """
@@ -37,6 +44,12 @@ import time
 from pathlib import Path
 
 WORKER_FLAG = "--worker"
+#: Options beyond a method's defaults, as tools/bench_methods.py benchmarks it (helper nets as
+#: wide as the backbone; CreditBridge past its DFA warmup).
+OPTIONS = {
+    "StateBridge": {"bridge_width": 256},
+    "CreditBridge": {"value_width": 256, "warmup_epochs": 0},
+}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -82,7 +95,7 @@ def worker(args: argparse.Namespace) -> None:
     methods, datamodules = [], []
     for seed in seeds:
         torch.manual_seed(seed)
-        methods.append(cls((3, 32, 32), 10))
+        methods.append(cls((3, 32, 32), 10, **OPTIONS.get(args.method, {})))
         datamodules.append(RandomCIFAR(batch_size=128, probe_size=16, seed=seed))
     if args.mode == "alone":
         module, data = methods[0], datamodules[0]
@@ -103,11 +116,11 @@ def worker(args: argparse.Namespace) -> None:
     trainer.fit(module, datamodule=data)
 
 
-def launch(args, mode: str, processes: int, threads: int, k: int, compile: bool = False):
-    """Runs one configuration; returns seed-epochs per second."""
+def launch(args, method: str, mode: str, processes: int, threads: int, k: int, compile: bool):
+    """Runs one configuration of one method; returns seed-epochs per second (wall, CPU)."""
     cmd = [sys.executable, __file__, WORKER_FLAG, "--mode", mode, "--n", str(args.n)]
     cmd += ["--batches", str(args.batches), "--warmup", str(args.warmup)]
-    cmd += ["--threads", str(threads), "--k", str(k), "--method", args.method]
+    cmd += ["--threads", str(threads), "--k", str(k), "--method", method]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     procs = [
         subprocess.Popen(
@@ -124,7 +137,7 @@ def launch(args, mode: str, processes: int, threads: int, k: int, compile: bool 
         while (line := proc.stdout.readline()) and line.strip() != "ready":
             pass
         if not line:
-            raise RuntimeError(f"a worker of {mode} k={k} died before it was ready: {cmd}")
+            raise RuntimeError(f"a worker of {method} {mode} k={k} died before it was ready: {cmd}")
     for proc in procs:
         proc.stdin.write("go\n")
         proc.stdin.flush()
@@ -136,32 +149,13 @@ def launch(args, mode: str, processes: int, threads: int, k: int, compile: bool 
                 seconds.append(float(line.split()[1]))
                 cpu.append(float(line.split()[2]))
     if len(seconds) != processes:
-        raise RuntimeError(f"{mode} k={k}: a worker did not report its time")
+        raise RuntimeError(f"{method} {mode} k={k}: a worker did not report its time")
     epochs = args.batches * 128 / args.n  # the share of an epoch each seed covered
     return processes * k * epochs / max(seconds), processes * k * epochs / sum(cpu)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--n", type=int, default=50000, help="training samples")
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--compile_ks", type=int, nargs="*", default=[])
-    parser.add_argument("--batches", type=int, default=60, help="timed batches per worker")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
-    parser.add_argument("--method", default="DFA")
-    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--only", nargs="*", default=[], help="run only these configurations")
-    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", default="stack", help=argparse.SUPPRESS)
-    parser.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--seed0", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args)
-        return
+def configurations(args) -> list[tuple[str, str, int, int, int, bool]]:
+    """(name, mode, processes, threads per process, seeds per process, compiled) of each layout."""
     cores = args.cores
     configs = [(f"alone 1x{cores}", "alone", 1, cores, 1, False)]
     if cores > 1:
@@ -178,43 +172,107 @@ def main() -> None:
     configs += [(f"1x1 stack {k} compiled", "stack", 1, 1, k, True) for k in args.compile_ks]
     if args.only:
         configs = [c for c in configs if c[0] in args.only]
-    rates: dict[str, list[float]] = {name: [] for name, *_ in configs}
-    ratios: dict[str, list[float]] = {name: [] for name, *_ in configs}
-    per_cpu: dict[str, list[float]] = {name: [] for name, *_ in configs}
+    return configs
+
+
+def span(values: list[float]) -> str:
+    return f"[{min(values):.2f}-{max(values):.2f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--n", type=int, default=50000, help="training samples")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--compile_ks", type=int, nargs="*", default=[])
+    parser.add_argument("--batches", type=int, default=60, help="timed batches per worker")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    parser.add_argument(
+        "--methods", nargs="+", default=["DFA"], help="methods to time against BP (always run)"
+    )
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", nargs="*", default=[], help="run only these configurations")
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="DFA", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="stack", help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--seed0", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    import faeval.methods
+    from faeval.cli import known_names
+
+    known = known_names()["model"]
+    unknown = sorted(set(args.methods) - set(known))
+    if unknown:
+        names = ", ".join(unknown)
+        parser.exit(2, f"bench_stack: unknown method(s) {names}; known: {', '.join(known)}\n")
+    methods = ["BP", *dict.fromkeys(m for m in args.methods if m != "BP")]
+    configs = configurations(args)
+    runs = [  # (method, configuration): a method that does not stack runs alone only
+        (method, config)
+        for method in methods
+        for config in configs
+        if config[1] == "alone" or getattr(faeval.methods, method).stack_refusal is None
+    ]
+    keys = [(method, name) for method, (name, *_) in runs]
+    rates: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
+    ratios: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
+    per_cpu: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
+    costs: dict[tuple[str, str], list[float]] = {key: [] for key in keys}  # × BP
+    cpu_costs: dict[tuple[str, str], list[float]] = {key: [] for key in keys}  # × BP, CPU-s
     for rep in range(args.reps):
         loadavg = Path("/proc/loadavg")
         load = loadavg.read_text().split()[:3] if loadavg.exists() else []
-        order = configs[rep % len(configs) :] + configs[: rep % len(configs)]
-        got = {name: launch(args, mode, p, t, k, c) for name, mode, p, t, k, c in order}
-        best_alone = max(v for name, (v, _) in got.items() if name.startswith("alone"))
-        for name, (value, value_cpu) in got.items():
-            rates[name].append(value)
-            ratios[name].append(value / best_alone)
-            per_cpu[name].append(value_cpu)
+        order = runs[rep % len(runs) :] + runs[: rep % len(runs)]
+        got = {
+            (method, name): launch(args, method, mode, p, t, k, c)
+            for method, (name, mode, p, t, k, c) in order
+        }
+        for method in methods:
+            alone = [v for (m, n), (v, _) in got.items() if m == method and n.startswith("alone")]
+            best_alone = max(alone, default=float("nan"))
+            for (m, name), (value, value_cpu) in got.items():
+                if m == method:
+                    rates[m, name].append(value)
+                    ratios[m, name].append(value / best_alone)
+                    per_cpu[m, name].append(value_cpu)
+                    costs[m, name].append(got["BP", name][0] / value)
+                    cpu_costs[m, name].append(got["BP", name][1] / value_cpu)
         print(
             f"rep {rep + 1} (load average {' '.join(load)}): "
-            + "  ".join(f"{name} {v:.3f} ({c:.3f}/cpu-s)" for name, (v, c) in got.items()),
+            + "  ".join(f"{m} {name} {v:.3f} ({c:.3f}/cpu-s)" for (m, name), (v, c) in got.items()),
             flush=True,
         )
     print(
-        f"\n{args.method}, ResMLP d=256 L=4, N = {args.n}, batch 128, {cores} cores, "
+        f"\nResMLP d=256 L=4, N = {args.n}, batch 128, {args.cores} cores, "
         f"{args.batches} timed batches per worker, {args.reps} reps"
     )
     print(
-        f"{'configuration':<22}{'seed-epochs/s':>14}{'/ best alone':>14}{'range':>16}"
-        f"{'per CPU-second':>16}"
+        f"{'method':<14}{'configuration':<22}{'seed-epochs/s':>14}{'/ best alone':>14}"
+        f"{'range':>14}{'per CPU-second':>16}{'× BP':>8}{'range':>14}{'× BP per CPU-s':>16}"
     )
-    for name in rates:
-        r = ratios[name]
+    for key in keys:
+        r, c = ratios[key], costs[key]
         print(
-            f"{name:<22}{statistics.median(rates[name]):>14.3f}{statistics.median(r):>14.2f}"
-            f"{f'[{min(r):.2f}-{max(r):.2f}]':>16}{statistics.median(per_cpu[name]):>16.3f}"
+            f"{key[0]:<14}{key[1]:<22}{statistics.median(rates[key]):>14.3f}"
+            f"{statistics.median(r):>14.2f}{span(r):>14}{statistics.median(per_cpu[key]):>16.3f}"
+            f"{statistics.median(c):>8.2f}{span(c):>14}{statistics.median(cpu_costs[key]):>16.2f}"
         )
-    for k in args.compile_ks:
-        compiled, eager = per_cpu.get(f"1x1 stack {k} compiled"), per_cpu.get(f"1x1 stack {k}")
-        if compiled and eager:
-            gain = [a / b for a, b in zip(compiled, eager, strict=True)]
-            print(f"compile gain at K = {k}, per CPU-second: {statistics.median(gain):.2f}×")
+    for method in methods:
+        for k in args.compile_ks:
+            compiled = per_cpu.get((method, f"1x1 stack {k} compiled"))
+            eager = per_cpu.get((method, f"1x1 stack {k}"))
+            if compiled and eager:
+                gain = [a / b for a, b in zip(compiled, eager, strict=True)]
+                print(
+                    f"{method}: compile gain at K = {k}, per CPU-second: "
+                    f"{statistics.median(gain):.2f}×"
+                )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ predictions both updates are the forward one.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,31 @@ from typing_extensions import override
 from faeval.backbones import LayeredBackbone, Trace
 from faeval.errors import ConfigError, TrainingDiverged
 from faeval.methods.base import CreditMethod, block_penalty, local_objective
-from faeval.methods.ep import prediction_errors, running_statistics_frozen
+from faeval.methods.ep import running_statistics_frozen
+
+
+class EnergyTerms(NamedTuple):
+    """The terms of F at the states h = h(forward) + δ (``energy_terms``).
+
+    Attributes:
+        start: s, the blocks run: l = s+1..L (h_0..h_s at the forward pass when s > 0).
+        states: h_0..h_L; h_s..h_L leaves of the state gradient's graph, or detached.
+        outputs: the block outputs F_l(h_{l-1}), l = s+1..L.
+        predictions: Φ_l(h_{l-1}), l = s+1..L.
+        logits: readout(h_L), (N, C).
+        losses: the per-sample losses ℓ_i(h_L), (N,).
+        errors: ε_0..ε_L, detached.
+        energies: Σ_i F_i over each seed's rows, detached, (K,).
+    """
+
+    start: int
+    states: list[Tensor]
+    outputs: list[Tensor]
+    predictions: list[Tensor]
+    logits: Tensor
+    losses: Tensor
+    errors: list[Tensor]
+    energies: Tensor
 
 
 class PC(CreditMethod):
@@ -115,7 +139,7 @@ class PC(CreditMethod):
     def credits(self, trace: Trace, y: Tensor) -> list[Tensor]:
         if self.fixed_predictions:
             return [-e for e in self.relax_fixed(trace, y)]  # −ε_l plays ∂ℓ_i/∂h_l
-        return [-e for e in self.relax(trace, y)[1]]
+        return [-e for e in self.relax(trace, y).errors]
 
     @override
     def update_objective(self, trace: Trace, y: Tensor, losses: Tensor) -> Tensor:
@@ -128,27 +152,33 @@ class PC(CreditMethod):
         """
         if self.update == "forward" or self.fixed_predictions:
             return super().update_objective(trace, y, losses)
-        backbone = self.backbone
-        states, errors = self.relax(trace.detached(), y)  # h*, ε at h*: detached
-        with running_statistics_frozen(backbone):  # the forward pass has updated them
-            outputs = [block(h) for block, h in zip(backbone.blocks, states[:-1], strict=True)]
-            logits = backbone.readout(states[-1])  # (N, C) at h*_L
-        objective = self.batch_mean(F.cross_entropy(logits, y, reduction="none"))  # mean ℓ(h*_L)
+        # h*, ε at h* (detached) and the block outputs and losses at h*, connected to the
+        # parameters: the relaxation's last pass, which evaluates F at h* anyway.
+        relaxed = self.relax(trace.detached(), y, graph=True)
+        objective = self.batch_mean(relaxed.losses)  # mean ℓ(h*_L)
         if self.penalty:
             objective = objective + self.penalty * block_penalty(trace.outputs, self.stack_size)
         # h_0 = embed(x) with its graph: ⟨embed(x), −ε_0⟩ gives ∂/∂θ ½‖h*_0 − embed(x)‖².
-        relaxed = Trace([trace.states[0], *states[1:]], outputs, logits)
-        return objective + local_objective(relaxed, [-e for e in errors], self.stack_size)
+        at_rest = Trace([trace.states[0], *relaxed.states[1:]], relaxed.outputs, relaxed.logits)
+        return objective + local_objective(at_rest, [-e for e in relaxed.errors], self.stack_size)
 
-    def relax(self, trace: Trace, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    def relax(self, trace: Trace, y: Tensor, graph: bool = False) -> EnergyTerms:
         """T gradient steps on F from the forward pass.
 
         The relaxation moves the displacements δ_l = h_l − h_l(forward) rather than the
-        states, so that the errors keep their own precision (``prediction_errors`` with
-        shifts): a confidently classified sample's credit would otherwise round to exactly 0.
+        states, so that the errors keep their own precision: a confidently classified sample's
+        credit would otherwise round to exactly 0. Each step is one pass through the blocks and
+        the readout (``energy_terms``) and one vector-Jacobian product through all of them at
+        once (``state_gradient``). Step k (from 0) leaves out the blocks below h_{L−k}, which
+        the output error has not reached: their errors are exactly 0 there.
+
+        Args:
+            trace: the forward pass, detached.
+            y: the labels.
+            graph: connect the last pass, at h*, to the parameters (the update's objective).
 
         Returns:
-            The relaxed states h*_0..h*_L and the errors ε_0..ε_L there, detached.
+            F's terms at the relaxed states h*.
 
         Raises:
             TrainingDiverged: the energy is not finite after the T steps.
@@ -157,19 +187,24 @@ class PC(CreditMethod):
         forward = [h.detach() for h in trace.states]  # h_0 = embed(x): all F needs of x
         shifts = [torch.zeros_like(h) for h in forward]
         energies = []
-        with torch.enable_grad(), running_statistics_frozen(backbone):
-            for step in range(self.steps + 1):
-                for d in shifts:
-                    d.requires_grad_(True)
-                errors = prediction_errors(backbone, forward[0], forward, shifts)
-                top = forward[-1] + shifts[-1]
-                energy = seed_energies(backbone, errors, top, y, seeds)  # (K,): Σ_i F_i
-                energies.append(energy.detach())
-                if step == self.steps:
-                    break
-                # ∇_h F, h = forward + δ: per sample, so the seeds' sum leaves each its own
-                grads = torch.autograd.grad(energy.sum(), shifts)
-                shifts = [(d - gamma * g).detach() for d, g in zip(shifts, grads, strict=True)]
+        depth = len(forward) - 1  # L
+        with running_statistics_frozen(backbone):
+            for step in range(self.steps):
+                # δ_l = 0 for l <= L − step: the output error reaches h_{L−k} after k + 1 steps
+                start = max(depth - step, 0)
+                with torch.enable_grad():
+                    terms = energy_terms(
+                        backbone, forward, shifts, y, seeds, at_states=True, start=start
+                    )
+                    grads = state_gradient(terms)  # ∇F at h_s..h_L
+                energies.append(terms.energies)
+                moved = zip(shifts[start:], grads, strict=True)
+                shifts = shifts[:start] + [d - gamma * g for d, g in moved]
+            # the update needs every block's output at h*
+            start = 0 if graph else max(depth - self.steps, 0)
+            with torch.set_grad_enabled(graph):
+                terms = energy_terms(backbone, forward, shifts, y, seeds, start=start)
+            energies.append(terms.energies)
         self.energies = torch.stack(energies)  # (T + 1, K)
         finite = torch.isfinite(self.energies[-1])
         if not finite.all():  # the one host sync of the relaxation
@@ -179,8 +214,7 @@ class PC(CreditMethod):
                 f"{where if seeds > 1 else ''} (non-finite energy); lower --model.step_size."
             )
         self.accumulate("train/pc_energy", self.energies[-1] / (len(y) // seeds))
-        states = [(h + d).detach() for h, d in zip(forward, shifts, strict=True)]
-        return states, [e.detach() for e in errors]
+        return terms
 
     def relax_fixed(self, trace: Trace, y: Tensor) -> list[Tensor]:
         """T steps of the fixed-prediction errors; the final errors ε_0..ε_L, detached."""
@@ -196,24 +230,86 @@ class PC(CreditMethod):
             loss = F.cross_entropy(backbone.readout(top), y, reduction="sum")
             (output_grad,) = torch.autograd.grad(loss, top)  # ∂ℓ_i/∂h_L at the forward pass
             errors = [torch.zeros_like(h) for h in trace.states]
-            for _ in range(self.steps):
-                # J_{Φ_{l+1}}ᵀ·ε_{l+1} for l = 0..L−1, all layers at once from the same ε.
-                back = torch.autograd.grad(predictions, inputs, errors[1:], retain_graph=True)
+            for step in range(self.steps):
+                # ε_l = 0 for l <= L − step, where the output error has not reached yet
+                start = max(len(inputs) - step, 0)
+                back = ()  # J_{Φ_{l+1}}ᵀ·ε_{l+1} for l = start..L−1, all layers at once
+                if start < len(inputs):
+                    back = torch.autograd.grad(
+                        predictions[start:], inputs[start:], errors[start + 1 :], retain_graph=True
+                    )
+                moved = zip(errors[start:-1], back, strict=True)
                 errors = [
-                    *((1 - gamma) * e + gamma * b for e, b in zip(errors[:-1], back, strict=True)),
+                    *errors[:start],
+                    *((1 - gamma) * e + gamma * b for e, b in moved),
                     (1 - gamma) * errors[-1] - gamma * output_grad,
                 ]
         return [e.detach() for e in errors]
 
 
-def seed_energies(
-    backbone: LayeredBackbone, errors: list[Tensor], top: Tensor, y: Tensor, seeds: int = 1
-) -> Tensor:
+def energy_terms(
+    backbone: LayeredBackbone,
+    forward: list[Tensor],
+    shifts: list[Tensor],
+    y: Tensor,
+    seeds: int = 1,
+    at_states: bool = False,
+    start: int = 0,
+) -> EnergyTerms:
+    """F's terms at h + δ, ``forward`` the forward pass h (h_l = Φ_l(h_{l-1}), h_0 = embed(x)).
+
+    The errors are ε_0 = δ_0 and ε_l = δ_l − (Φ_l(h_{l-1} + δ_{l-1}) − h_l): the forward pass
+    cancels exactly, so an error far below the states' rounding step survives (EP's
+    ``prediction_errors`` with shifts). Formed as (h + δ) − Φ(…), it would be lost once δ is
+    under half a unit in the last place of h (float32: ~1e-7·‖h‖ per entry).
+
+    Args:
+        backbone: the network.
+        forward: h_0..h_L of the forward pass, detached.
+        shifts: δ_0..δ_L, detached.
+        y: the labels.
+        seeds: K, the seeds stacked seed-major (``seed_energies``).
+        at_states: make the states h + δ leaves that require grad (``state_gradient``).
+        start: s where δ_0..δ_s are 0 (s > 0): the blocks 1..s, whose inputs and outputs
+            sit at the forward pass, are not run and their errors are 0, as recomputing
+            them gives (exactly: the same kernels on the same inputs).
+    """
+    pairs = zip(forward[start:], shifts[start:], strict=True)
+    states = forward[:start] + [(h + d).requires_grad_(at_states) for h, d in pairs]
+    below = states[start:-1]  # the inputs h_s..h_{L−1} of the blocks run
+    outputs = [block(h) for block, h in zip(backbone.blocks[start:], below, strict=True)]
+    predictions = [backbone.combine(h, f) for h, f in zip(below, outputs, strict=True)]
+    logits = backbone.readout(states[-1])  # (N, C)
+    losses = F.cross_entropy(logits, y, reduction="none")  # ℓ_i, (N,)
+    with torch.no_grad():
+        moved = zip(shifts[start + 1 :], predictions, forward[start + 1 :], strict=True)
+        # ε_l = δ_l = 0 for l <= s (s > 0), and ε_0 = δ_0
+        errors = shifts[: start + 1] + [d - (p - h) for d, p, h in moved]
+        energies = seed_energies(errors[start:], losses, seeds)  # leaving out terms of 0
+    return EnergyTerms(start, states, outputs, predictions, logits, losses, errors, energies)
+
+
+def state_gradient(terms: EnergyTerms) -> list[Tensor]:
+    """∇_h Σ_i F_i at h_s..h_L, the states of ``terms`` (built with ``at_states``), per sample.
+
+    ∇_{h_l} F = ε_l − J_{Φ_{l+1}}(h_l)ᵀ·ε_{l+1} (l < L) and ∇_{h_L} F = ε_L + ∂ℓ_i/∂h_L: one
+    vector-Jacobian product through every block run and the readout at once, each sum formed
+    as autograd forms it on F itself (the same two terms, rounded alike). Below h_s it is 0.
+    Each sample's row is its own gradient, so K stacked seeds' sum leaves each seed its own.
+    """
+    start, errors = terms.start, terms.errors
+    *back, top = torch.autograd.grad(
+        [*terms.predictions, terms.losses.sum()], terms.states[start:], [*errors[start + 1 :], None]
+    )  # J_{Φ_{l+1}}ᵀ·ε_{l+1}, l = s..L−1, and ∂ℓ_i/∂h_L
+    return [*(e - b for e, b in zip(errors[start:-1], back, strict=True)), errors[-1] + top]
+
+
+def seed_energies(errors: list[Tensor], losses: Tensor, seeds: int = 1) -> Tensor:
     """Σ_i F_i = Σ_i [½·Σ_l ‖ε_l‖² + ℓ_i(h_L)] over each seed's rows: (K·B, ...) -> (K,).
 
-    EP's ``layered_energy`` at β = 1, kept per seed (``seeds`` = K stacked seed-major), so
-    that each seed's energy is the one its lone run sums.
+    EP's ``layered_energy`` at β = 1 from the errors and the per-sample losses ℓ_i, kept per
+    seed (``seeds`` = K stacked seed-major), so that each seed's energy is the one its lone
+    run sums.
     """
-    losses = F.cross_entropy(backbone.readout(top), y, reduction="none")  # ℓ_i, (K·B,)
     squares = sum(e.pow(2).reshape(seeds, -1).sum(1) for e in errors)  # Σ_l ‖ε_l‖², (K,)
     return squares / 2 + losses.reshape(seeds, -1).sum(1)

@@ -16,6 +16,7 @@ from faeval.data import TensorBatches
 from faeval.diagnostics import sample_cosines, sample_norms, true_gradients
 from faeval.errors import ConfigError, TrainingDiverged
 from faeval.methods import PC
+from faeval.methods.pc import energy_terms, state_gradient
 from tests.helpers import EpochMetric, GradRecorder, quiet_trainer, reference_states, sgd
 
 BACKBONE = partial(ResMLP, d_hidden=16, num_blocks=4, w2_std=0.3)
@@ -161,6 +162,34 @@ def hand_relaxation(backbone, x, y, steps, gamma):
         grads = torch.autograd.grad(hand_energy(backbone, x, y, states)[0], states)
         states = [(h - gamma * g).detach() for h, g in zip(states, grads, strict=True)]
     return states
+
+
+@pytest.mark.parametrize("start", [0, 2], ids=["every-state", "below-h2-at-rest"])
+@pytest.mark.parametrize(
+    ("backbone", "input_shape"),
+    [(BACKBONE, (12,)), (partial(BACKBONE, residual_add=False), (12,)), (CNN, (3, 8, 8))],
+    ids=["resmlp", "resmlp-no-residual", "cnn"],
+)
+def test_the_state_gradient_is_autograds_on_the_energy(backbone, input_shape, start):
+    """∇_h Σ_i F_i by one vector-Jacobian product through the blocks, at states off the
+    forward pass, against autograd on ``hand_energy``, and F's value there; with h_0..h_s at
+    the forward pass, the blocks below h_s left out (``start``), as every block recomputed."""
+    method = make(backbone, input_shape).train()
+    x, y = data(input_shape)
+    forward = [h.detach() for h in reference_states(method.backbone, x)[0]]
+    gen = torch.Generator().manual_seed(2)
+    shifts = [0.1 * torch.randn(h.shape, generator=gen, dtype=h.dtype) for h in forward]
+    if start:  # δ_0..δ_s = 0
+        shifts[: start + 1] = [torch.zeros_like(h) for h in forward[: start + 1]]
+    states = [(h + d).requires_grad_(True) for h, d in zip(forward, shifts, strict=True)]
+    energy, _ = hand_energy(method.backbone, x, y, states)
+    expected = torch.autograd.grad(energy, states)
+    terms = energy_terms(method.backbone, forward, shifts, y, at_states=True, start=start)
+    assert len(terms.outputs) == len(forward) - 1 - start
+    torch.testing.assert_close(terms.energies, energy.detach().reshape(1), rtol=1e-12, atol=0)
+    for l, (g, e) in enumerate(zip(state_gradient(terms), expected[start:], strict=True)):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-14, msg=f"layer {start + l}")
+    assert all(torch.equal(e, torch.zeros_like(e)) for e in expected[:start])
 
 
 def trained_gradients(tmp_path, method, x, y):
