@@ -4,6 +4,7 @@ Usage:
     python tools/bench_stack.py [--reps 3] [--n 50000] [--ks 1 2 4 8 16] [--batches 60]
     python tools/bench_stack.py --compile_ks 1 8          # the compile option's gain too
     python tools/bench_stack.py --methods DFA PC --ks 4   # each method's cost against BP's
+    python tools/bench_stack.py --ks --sweep_ks 2 3 4 8 16 32   # the sweep's layout per K
 
 The methods (``--methods``, DFA by default; BP always runs as the reference) on ResMLP d=256
 L=4 over N CIFAR-shaped uint8 samples in memory, batch 128, on the CPU, trained through
@@ -21,7 +22,12 @@ Configurations:
 - ``stack K``: one process of ``cores`` threads training K seeds stacked;
 - ``1x1 stack K``: one single-thread process training K seeds stacked (against ``alone 1x1``);
 - ``Px1 stack K/P``: ``cores`` single-thread processes, each K/P seeds stacked;
-- ``1x1 stack K compiled``: ``1x1 stack K`` with the compiled step (``--stack.compile``).
+- ``1x1 stack K compiled``: ``1x1 stack K`` with the compiled step (``--stack.compile``);
+- ``sweep K=…`` (``--sweep_ks``): the layout ``faeval sweep`` takes for K seeds of one method
+  on this CPU (``faeval.study.layout.layout``: its processes, threads and stacks, cut as its
+  ``chunks`` cuts them and run ``processes`` at a time, wave after wave). Its throughput is
+  K seeds over the waves' summed seconds, against the best ``alone`` layout's rate with every
+  core busy: a conservative comparison where K seeds alone would leave a core idle.
 
 The machine may be shared: every rep runs each method's configurations once, in an order
 rotated rep by rep, and each throughput is divided by the best ``alone`` layout's throughput of
@@ -41,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 WORKER_FLAG = "--worker"
@@ -116,62 +123,105 @@ def worker(args: argparse.Namespace) -> None:
     trainer.fit(module, datamodule=data)
 
 
-def launch(args, method: str, mode: str, processes: int, threads: int, k: int, compile: bool):
-    """Runs one configuration of one method; returns seed-epochs per second (wall, CPU)."""
-    cmd = [sys.executable, __file__, WORKER_FLAG, "--mode", mode, "--n", str(args.n)]
+def launch(args, method: str, config: Layout) -> tuple[float, float]:
+    """Runs one configuration of one method, wave after wave; returns seed-epochs per second
+    (over the waves' wall seconds, and over the workers' CPU seconds)."""
+    wall = cpu = 0.0
+    seeds = 0
+    for wave in config.waves:
+        seconds = run_wave(args, method, config, wave)
+        wall += max(s for s, _ in seconds)
+        cpu += sum(c for _, c in seconds)
+        seeds += sum(wave)
+    epochs = args.batches * 128 / args.n  # the share of an epoch each seed covered
+    return seeds * epochs / wall, seeds * epochs / cpu
+
+
+def run_wave(args, method: str, config: Layout, wave: list[int]) -> list[tuple[float, float]]:
+    """One process per entry of ``wave`` (its seeds), started together; their (wall, CPU)
+    seconds for the timed batches."""
+    threads = config.threads
+    cmd = [sys.executable, __file__, WORKER_FLAG, "--mode", config.mode, "--n", str(args.n)]
     cmd += ["--batches", str(args.batches), "--warmup", str(args.warmup)]
-    cmd += ["--threads", str(threads), "--k", str(k), "--method", method]
+    cmd += ["--threads", str(threads), "--method", method]
+    cmd += ["--compile"] if config.compiled else []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    firsts = [sum(wave[:p]) for p in range(len(wave))]  # each process's first seed
     procs = [
         subprocess.Popen(
-            [*cmd, "--seed0", str(p * k)] + (["--compile"] if compile else []),
+            [*cmd, "--k", str(k), "--seed0", str(first)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
             env=env,
         )
-        for p in range(processes)
+        for k, first in zip(wave, firsts, strict=True)
     ]
     for proc in procs:  # every worker set up and warmed up
         while (line := proc.stdout.readline()) and line.strip() != "ready":
             pass
         if not line:
-            raise RuntimeError(f"a worker of {method} {mode} k={k} died before it was ready: {cmd}")
+            raise RuntimeError(f"a worker of {method} {config.name} died before it was ready")
     for proc in procs:
         proc.stdin.write("go\n")
         proc.stdin.flush()
-    seconds, cpu = [], []
+    seconds = []
     for proc in procs:
         out, _ = proc.communicate()
         for line in out.splitlines():
             if line.startswith("seconds"):
-                seconds.append(float(line.split()[1]))
-                cpu.append(float(line.split()[2]))
-    if len(seconds) != processes:
-        raise RuntimeError(f"{method} {mode} k={k}: a worker did not report its time")
-    epochs = args.batches * 128 / args.n  # the share of an epoch each seed covered
-    return processes * k * epochs / max(seconds), processes * k * epochs / sum(cpu)
+                seconds.append((float(line.split()[1]), float(line.split()[2])))
+    if len(seconds) != len(wave):
+        raise RuntimeError(f"{method} {config.name}: a worker did not report its time")
+    return seconds
 
 
-def configurations(args) -> list[tuple[str, str, int, int, int, bool]]:
-    """(name, mode, processes, threads per process, seeds per process, compiled) of each layout."""
+@dataclass(frozen=True)
+class Layout:
+    """One configuration: ``waves`` of processes run one wave after the other, each process
+    training the seeds its entry says (alone: 1), with ``threads`` threads."""
+
+    name: str
+    mode: str  # "alone" or "stack"
+    waves: list[list[int]]
+    threads: int
+    compiled: bool = False
+
+
+def sweep_layout(k: int, cores: int) -> Layout:
+    """The layout ``faeval sweep`` takes for K seeds of one method on this CPU
+    (``faeval.study.layout``): its processes and stack size, the stacks cut as its ``chunks``
+    cuts them, run ``processes`` at a time."""
+    from faeval.study.layout import layout
+
+    processes, threads, stack = layout(groups=1, seeds=k, cores=cores, gpus=0)
+    n = -(-k // stack)  # stacks, as even as can be (faeval.study.layout.chunks)
+    sizes = [len(range(i, k, n)) for i in range(n)]
+    waves = [sizes[i : i + processes] for i in range(0, n, processes)]
+    mode = "stack" if stack > 1 else "alone"
+    return Layout(f"sweep K={k} ({'+'.join(map(str, sizes))})", mode, waves, threads)
+
+
+def configurations(args) -> list[Layout]:
+    """Every layout the benchmark runs (the module's docstring lists them)."""
     cores = args.cores
-    configs = [(f"alone 1x{cores}", "alone", 1, cores, 1, False)]
+    configs = [Layout(f"alone 1x{cores}", "alone", [[1]], cores)]
     if cores > 1:
-        configs.append((f"alone {cores}x1", "alone", cores, 1, 1, False))
-    configs += [(f"stack {k}", "stack", 1, cores, k, False) for k in args.ks]
+        configs.append(Layout(f"alone {cores}x1", "alone", [[1] * cores], 1))
+    configs += [Layout(f"stack {k}", "stack", [[k]], cores) for k in args.ks]
     if cores > 1:
-        configs.append(("alone 1x1", "alone", 1, 1, 1, False))
-        configs += [(f"1x1 stack {k}", "stack", 1, 1, k, False) for k in args.ks]
+        configs.append(Layout("alone 1x1", "alone", [[1]], 1))
+        configs += [Layout(f"1x1 stack {k}", "stack", [[k]], 1) for k in args.ks]
     configs += [
-        (f"{cores}x1 stack {k // cores}", "stack", cores, 1, k // cores, False)
+        Layout(f"{cores}x1 stack {k // cores}", "stack", [[k // cores] * cores], 1)
         for k in args.ks
         if cores > 1 and k >= cores and k % cores == 0
     ]
-    configs += [(f"1x1 stack {k} compiled", "stack", 1, 1, k, True) for k in args.compile_ks]
+    configs += [sweep_layout(k, cores) for k in args.sweep_ks]
+    configs += [Layout(f"1x1 stack {k} compiled", "stack", [[k]], 1, True) for k in args.compile_ks]
     if args.only:
-        configs = [c for c in configs if c[0] in args.only]
+        configs = [c for c in configs if c.name in args.only]
     return configs
 
 
@@ -183,8 +233,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--n", type=int, default=50000, help="training samples")
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--ks", type=int, nargs="*", default=[1, 2, 4, 8, 16])
     parser.add_argument("--compile_ks", type=int, nargs="*", default=[])
+    parser.add_argument(
+        "--sweep_ks", type=int, nargs="*", default=[], help="the sweep's own layout at these K"
+    )
     parser.add_argument("--batches", type=int, default=60, help="timed batches per worker")
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
     parser.add_argument(
@@ -217,9 +270,9 @@ def main() -> None:
         (method, config)
         for method in methods
         for config in configs
-        if config[1] == "alone" or getattr(faeval.methods, method).stack_refusal is None
+        if config.mode == "alone" or getattr(faeval.methods, method).stack_refusal is None
     ]
-    keys = [(method, name) for method, (name, *_) in runs]
+    keys = [(method, config.name) for method, config in runs]
     rates: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
     ratios: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
     per_cpu: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
@@ -229,10 +282,7 @@ def main() -> None:
         loadavg = Path("/proc/loadavg")
         load = loadavg.read_text().split()[:3] if loadavg.exists() else []
         order = runs[rep % len(runs) :] + runs[: rep % len(runs)]
-        got = {
-            (method, name): launch(args, method, mode, p, t, k, c)
-            for method, (name, mode, p, t, k, c) in order
-        }
+        got = {(method, config.name): launch(args, method, config) for method, config in order}
         for method in methods:
             alone = [v for (m, n), (v, _) in got.items() if m == method and n.startswith("alone")]
             best_alone = max(alone, default=float("nan"))

@@ -27,12 +27,15 @@ def layout(groups: int, seeds: int, cores: int, gpus: int) -> tuple[int, int, in
 
     With GPUs: one process per GPU, every seed of a (setting, method) stacked, the cores
     shared out. On a CPU: one single-thread process per core, each stacking its share of a
-    (setting, method)'s seeds, so that the processes have work from the start.
+    (setting, method)'s seeds, so that the processes have work from the start; no stack holds
+    more than ``CPU_STACK`` seeds, and the seeds are cut into as few rounds of as even stacks
+    as that allows (17 seeds on 2 cores: stacks of 5, 4, 4, 4, two at a time).
     """
     if gpus:
         return gpus, max(1, cores // gpus), seeds
     per_group = max(1, -(-cores // max(1, groups)))  # processes each group is split into
-    return cores, 1, max(1, -(-seeds // per_group))
+    waves = max(1, -(-seeds // (per_group * CPU_STACK)))  # rounds of those processes
+    return cores, 1, max(1, -(-seeds // (per_group * waves)))
 
 
 def slurm_stack(seeds: int, gpus: int) -> int:

@@ -64,6 +64,13 @@ def test_the_layout_fits_the_machine():
     assert layout.layout(groups=4, seeds=3, cores=2, gpus=0) == (2, 1, 3)  # a stack per group
     assert layout.layout(groups=1, seeds=10, cores=2, gpus=0) == (2, 1, 5)  # two stacks of 5
     assert layout.layout(groups=4, seeds=10, cores=16, gpus=1) == (1, 16, 10)
+    for seeds in range(1, 70):  # CPU: stacks of at most CPU_STACK, in as few full rounds as can be
+        processes, _, stack = layout.layout(groups=1, seeds=seeds, cores=2, gpus=0)
+        stacks = -(-seeds // stack)
+        rounds = -(-seeds // (2 * layout.CPU_STACK))  # the fewest rounds of 2 processes
+        assert stack <= layout.CPU_STACK and -(-stacks // processes) == rounds, seeds
+    sizes = [len(c) for c in layout.chunks([plan.Run("s", "DFA", s, ()) for s in range(17)], 5)]
+    assert sizes == [5, 4, 4, 4]  # 17 seeds on 2 cores: two rounds, both processes busy
     assert layout.slurm_stack(seeds=10, gpus=1) == 10 and layout.slurm_stack(seeds=10, gpus=0) == 8
     runs = [plan.Run("s", m, seed, ()) for m in ("FA", "DFA") for seed in range(5)]
     stacks = layout.chunks(runs, 2)
