@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +44,12 @@ from typing_extensions import override
 
 from faeval.backbones import LayeredBackbone, Trace
 from faeval.errors import ConfigError
-from faeval.methods.base import CreditMethod
 from faeval.methods.common import mlp
 from faeval.methods.ep import running_statistics_frozen
 from faeval.methods.state_bridge import Bridge
-from faeval.seeding import mixed_seed, resolve_seed
+from faeval.methods.step_draws import StepDrawMethod
 
-#: The stream of the feedback nets' noise, one generator per step and rank: (seed, NOISE, t, rank).
+#: The stream of the feedback nets' noise: (seed, NOISE_DRAWS, t, rank), per step, seed and rank.
 NOISE_DRAWS = 2
 
 
@@ -100,16 +99,17 @@ def dot(u: Tensor, v: Tensor) -> Tensor:
     return (u.flatten(1) * v.flatten(1)).sum(1)
 
 
-class TargetPropagation(CreditMethod, abc.ABC):
+class TargetPropagation(StepDrawMethod):
     """Base of the target-propagation family: targets, credits and the feedback nets' loss.
 
     A subclass sets ``difference`` (the difference correction of DTP, or TP's plain inverse)
     and implements ``feedback_loss``, the per-sample loss G_l learns from. The feedback nets
     are registered modules (in every checkpoint) trained in the step's optimizer at their own
-    learning rate, as the bridges are. The noise of step t comes from a generator seeded from
-    (``feedback_seed``, t, rank), and t is the method's extra state, so a resumed run draws what an
-    uninterrupted one would have. With seeds stacked (``faeval.stacked``) each seed draws the
-    noise of its own rows from its own feedback seed's generator, as its lone run does.
+    learning rate, as the bridges are. The noise of step t is the step's draw
+    (``StepDrawMethod``), from generators on the states' device seeded from (``feedback_seed``,
+    ``NOISE_DRAWS``, t, rank), so a resumed run draws what an uninterrupted one would have. With
+    seeds stacked (``faeval.stacked``) each seed draws the noise of its own rows from its own
+    feedback seed's generator, as its lone run does.
     Logged: ``train/feedback_loss``, the feedback losses summed over layers (batch means), mean
     over the epoch's steps.
 
@@ -134,6 +134,8 @@ class TargetPropagation(CreditMethod, abc.ABC):
 
     #: ĥ_{l-1} = h_{l-1} + G_l(ĥ_l) − G_l(h_l) (DTP's difference correction), else G_l(ĥ_l).
     difference: ClassVar[bool] = True
+    stream = NOISE_DRAWS
+    seed_key = "feedback_seed"
 
     def __init__(
         self,
@@ -148,7 +150,7 @@ class TargetPropagation(CreditMethod, abc.ABC):
         feedback_seed: int | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, draw_seed=feedback_seed, **kwargs)
         if (
             min(eta, noise, feedback_lr) <= 0
             or min(noise_samples, feedback_width, feedback_depth) < 1
@@ -163,13 +165,9 @@ class TargetPropagation(CreditMethod, abc.ABC):
         self.noise = noise
         self.noise_samples = noise_samples
         self.feedback_lr = feedback_lr
-        self.feedback_seed = resolve_seed(feedback_seed)
         self.feedback = feedback_nets(
-            self.backbone, feedback_width, feedback_depth, feedback_skip, self.feedback_seed
+            self.backbone, feedback_width, feedback_depth, feedback_skip, self.draw_seed
         )
-        self.updates = 0  # t: training steps so far, the index of the step's noise draw
-        #: With K seeds stacked (``faeval.stacked``), each seed's feedback seed; None alone.
-        self.seed_feedback: list[int] | None = None
 
     # -- targets and credits ----------------------------------------------------------------
 
@@ -218,35 +216,21 @@ class TargetPropagation(CreditMethod, abc.ABC):
         """Indices of the states whose shapes the noise of ``feedback_loss`` takes (h_{l-1})."""
         return (layer - 1,)
 
-    # Left out of a compiled step (``--stack.compile``): Dynamo cannot capture a generator's
-    # creation, and traced it would recompile the seeding for every (seed, t) up to its limit.
-    @torch.compiler.disable
-    def noise_generators(self, device: torch.device) -> list[torch.Generator]:
-        """The generators of the current step's noise, one per seed (one alone), each seeded
-        from (the seed's ``feedback_seed``, t, rank): under DDP each rank draws its own noise
-        for its own shard of the batch."""
-        seeds = [self.feedback_seed] if self.seed_feedback is None else self.seed_feedback
-        words = (NOISE_DRAWS, self.updates, self.global_rank)
-        return [torch.Generator(device=device).manual_seed(mixed_seed(s, *words)) for s in seeds]
-
     def draw_noise(
         self, layer: int, states: list[Tensor], gens: list[torch.Generator]
     ) -> list[Tensor]:
-        """Standard normal draws shaped like the states ``noise_states`` names.
+        """Standard normal draws shaped like the states ``noise_states`` names, from the step's
+        generators ``gens`` (``StepDrawMethod.step_draws``: with K seeds stacked, seed k's rows
+        from seed k's generator in the shape of one seed's rows, exactly what its lone run
+        draws, joined seed-major)."""
 
-        With K seeds stacked (``gens`` one per seed), seed k's rows are drawn from seed k's
-        generator in the shape of one seed's rows, exactly what its lone run draws, and the
-        seeds' draws are joined seed-major.
-        """
-        out = []
-        for i in self.noise_states(layer):
-            h = states[i]
-            rows = (h.shape[0] // len(gens), *h.shape[1:])  # one seed's
-            parts = [
-                torch.randn(rows, generator=gen, device=h.device, dtype=h.dtype) for gen in gens
-            ]
-            out.append(parts[0] if len(parts) == 1 else torch.cat(parts))  # (K·B, ...)
-        return out
+        def normal(gen: torch.Generator, h: Tensor) -> Tensor:
+            return torch.randn(h.shape, generator=gen, device=h.device, dtype=h.dtype)
+
+        return [
+            torch.cat(self.step_draws(normal, states[i], generators=gens))  # (K·B, ...)
+            for i in self.noise_states(layer)
+        ]
 
     @override
     def auxiliary_loss(self, trace: Trace, y: Tensor) -> Tensor:
@@ -257,7 +241,8 @@ class TargetPropagation(CreditMethod, abc.ABC):
         in the blocks' extra passes.
         """
         states = [h.detach() for h in trace.states]
-        gens = self.noise_generators(states[0].device)
+        # under DDP each rank draws its own noise, for its own shard of the batch
+        gens = self.step_generators(self.global_rank, device=states[0].device)
         seeds = self.stack_size
         total, figure = 0.0, 0.0
         with running_statistics_frozen(self.backbone):
@@ -277,28 +262,6 @@ class TargetPropagation(CreditMethod, abc.ABC):
     @override
     def trained_helpers(self) -> tuple[nn.Module, float]:
         return self.feedback, self.feedback_lr
-
-    @override
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = super().training_step(batch, batch_idx)
-        self.updates += 1  # the next step draws fresh noise
-        return loss
-
-    @override
-    def get_extra_state(self) -> dict[str, Any] | list[dict[str, Any]]:
-        if self.seed_feedback is not None:  # stacked: each seed's, as its lone run keeps it
-            return [{"feedback_seed": s, "updates": self.updates} for s in self.seed_feedback]
-        return {"feedback_seed": self.feedback_seed, "updates": self.updates}
-
-    @override
-    def set_extra_state(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
-        """A lone run's state, or with seeds stacked the list of each seed's (``faeval.stacked``
-        gives a stacked method the list of its seeds' extra states)."""
-        if isinstance(state, list):
-            self.seed_feedback = [int(s["feedback_seed"]) for s in state]
-            state = state[0]
-        self.feedback_seed = int(state["feedback_seed"])
-        self.updates = int(state["updates"])
 
 
 def noisy_reconstruction(

@@ -176,7 +176,7 @@ def stack_modules(modules: list[nn.Module], path: str = "") -> nn.Module:
         return FunctionalStack(modules, where)
     if method:
         stacked = copy.deepcopy(modules[0])  # settings, hyperparameters, metrics: seed 0's
-        if kind.get_extra_state is not nn.Module.get_extra_state:  # BRSF's draw counter
+        if kind.get_extra_state is not nn.Module.get_extra_state:  # StepDrawMethod's
             stacked.set_extra_state([m.get_extra_state() for m in modules])  # each seed's
     else:
         stacked = copy.copy(modules[0])

@@ -33,10 +33,11 @@ def test_feedback_has_the_weights_signs_and_magnitudes_redrawn_every_batch(monke
 def test_a_steps_draw_depends_on_the_seed_and_the_step_alone():
     a, b = (BRSF((12,), 4, backbone=BACKBONE, feedback_seed=5) for _ in range(2))
     c = BRSF((12,), 4, backbone=BACKBONE, feedback_seed=6)
-    assert all(torch.equal(p, q) for p, q in zip(a.magnitudes(7), b.magnitudes(7), strict=True))
-    assert not torch.equal(a.magnitudes(7)[1], a.magnitudes(8)[1])
-    assert not torch.equal(a.magnitudes(7)[1], c.magnitudes(7)[1])
-    a.updates = 7
+    a.updates = b.updates = c.updates = 7
+    assert all(torch.equal(p, q) for p, q in zip(a.magnitudes(), b.magnitudes(), strict=True))
+    assert not torch.equal(a.magnitudes()[1], c.magnitudes()[1])
+    b.updates = 8
+    assert not torch.equal(a.magnitudes()[1], b.magnitudes()[1])
     state = a.state_dict()
     assert state["_extra_state"] == {"feedback_seed": 5, "updates": 7}
     c.load_state_dict(state)  # the seed and the count are checkpointed state

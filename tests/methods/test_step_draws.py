@@ -11,7 +11,7 @@ import torch
 
 from faeval.backbones import ResMLP
 from faeval.data import TensorBatches
-from faeval.methods import FF, ForwardGradient
+from faeval.methods import BRSF, DTP, FF, ForwardGradient
 from faeval.seeding import mixed_seed
 from faeval.stacked import seed_state, stack_methods
 from tests.helpers import quiet_trainer
@@ -79,5 +79,22 @@ def test_stacked_seeds_draw_each_from_its_own_stream_and_keep_their_own_state():
         lone.load_state_dict(seed_state(state, k), strict=True)
         assert (lone.draw_seed, lone.updates, lone.seed_draws) == (seed, 3, None)
     methods[1].updates = 4  # a stack steps every seed together
+    with pytest.raises(ValueError, match=r"different numbers of steps \(\[3, 4\]\)"):
+        stack_methods(methods)
+
+
+@pytest.mark.parametrize("cls", [BRSF, partial(DTP, feedback_width=4)], ids=["BRSF", "DTP"])
+def test_the_methods_drawing_their_feedback_per_step_keep_the_same_state_and_refusal(cls):
+    """BRSF and the target-propagation family draw through the same mechanism, their seed kept
+    under its option's name, feedback_seed."""
+    methods = [build(cls) for _ in range(2)]
+    methods[0].updates = methods[1].updates = 3
+    methods[1].draw_seed = 7
+    stacked = stack_methods(methods)
+    assert stacked.get_extra_state() == [
+        {"feedback_seed": methods[0].draw_seed, "updates": 3},
+        {"feedback_seed": 7, "updates": 3},
+    ]
+    methods[1].updates = 4
     with pytest.raises(ValueError, match=r"different numbers of steps \(\[3, 4\]\)"):
         stack_methods(methods)

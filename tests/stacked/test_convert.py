@@ -288,7 +288,7 @@ def test_target_propagation_trains_each_seed_its_lone_run_and_its_checkpoint_loa
         assert [f[k] for f in figures] == [f[0] for f in alone]
         fresh = build(method, backbone, 99)
         fresh.load_state_dict(seed_state(state, k), strict=True)
-        assert (fresh.feedback_seed, fresh.updates, fresh.seed_feedback) == (k, 2, None)
+        assert (fresh.draw_seed, fresh.updates, fresh.seed_draws) == (k, 2, None)
         want = method_k.state_dict()
         for name, value in fresh.state_dict().items():
             if isinstance(value, Tensor):
