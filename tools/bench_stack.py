@@ -188,6 +188,17 @@ class Layout:
     threads: int
     compiled: bool = False
 
+    @property
+    def seeds(self) -> int:
+        """The seeds it trains."""
+        return sum(map(sum, self.waves))
+
+    def share(self, k: int) -> float:
+        """The share of its measured rate an unstacked layout keeps on K seeds: its P processes
+        take ceil(K/P) rounds, the last one with idle cores where P does not divide K."""
+        processes = len(self.waves[0])
+        return k / (processes * -(-k // processes))
+
 
 def sweep_layout(k: int, cores: int) -> Layout:
     """The layout ``faeval sweep`` takes for K seeds of one method on this CPU
@@ -278,6 +289,9 @@ def main() -> None:
     per_cpu: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
     costs: dict[tuple[str, str], list[float]] = {key: [] for key in keys}  # × BP
     cpu_costs: dict[tuple[str, str], list[float]] = {key: [] for key in keys}  # × BP, CPU-s
+    # The sweep's layout at K against the best unstacked layout running the same K seeds.
+    sweeps = {c.name: c.seeds for c in configs if c.name.startswith("sweep")}
+    same_k: dict[tuple[str, str], list[float]] = {key: [] for key in keys if key[1] in sweeps}
     for rep in range(args.reps):
         loadavg = Path("/proc/loadavg")
         load = loadavg.read_text().split()[:3] if loadavg.exists() else []
@@ -290,6 +304,13 @@ def main() -> None:
                 if m == method:
                     rates[m, name].append(value)
                     ratios[m, name].append(value / best_alone)
+                    if name in sweeps:
+                        best = max(
+                            got[method, c.name][0] * c.share(sweeps[name])
+                            for c in configs
+                            if c.mode == "alone"
+                        )
+                        same_k[m, name].append(value / best)
                     per_cpu[m, name].append(value_cpu)
                     costs[m, name].append(got["BP", name][0] / value)
                     cpu_costs[m, name].append(got["BP", name][1] / value_cpu)
@@ -313,6 +334,13 @@ def main() -> None:
             f"{statistics.median(r):>14.2f}{span(r):>14}{statistics.median(per_cpu[key]):>16.3f}"
             f"{statistics.median(c):>8.2f}{span(c):>14}{statistics.median(cpu_costs[key]):>16.2f}"
         )
+    if same_k:
+        print(
+            "\nThe sweep's layout at K against the best unstacked layout running the same K "
+            "seeds (its processes in rounds: K seeds in ceil(K/P) rounds of P):"
+        )
+        for (method, name), values in same_k.items():
+            print(f"{method:<14}{name:<22}{statistics.median(values):>8.2f}{span(values):>14}")
     for method in methods:
         for k in args.compile_ks:
             compiled = per_cpu.get((method, f"1x1 stack {k} compiled"))
