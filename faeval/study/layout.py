@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 from faeval.study.plan import Run, stack_dir, stacks_dir
@@ -12,6 +13,22 @@ from faeval.study.state import resumable_stack, stack_record
 #: Seeds stacked per Slurm task without a GPU (tools/bench_stack.py: stacking's gain per core
 #: peaks near 8 seeds; at 16 the activations outgrow the caches).
 CPU_STACK = 8
+
+
+#: Methods whose seeds train slower stacked than one process each on a CPU, and the measured
+#: ratio (seed-epochs per CPU-second, a single-thread process stacking 4 seeds against one
+#: training 1; ``python tools/bench_stack.py --methods … --ks 4 --n 10000 --reps 2
+#: --batches 8 --warmup 2 --only "alone 1x1" "1x1 stack 4"``, 2-core CPU). A sweep on a CPU
+#: without ``--stack`` runs their seeds one process each; on a GPU they stack. Median of 2
+#: reps; the 18 other methods gained 1.03–1.16 (KP's 0.98 lies within the noise, [0.94–1.03]:
+#: alone, it cannot lose).
+CPU_ALONE: dict[str, float] = {"EP": 0.77, "PC": 0.77, "KP": 0.98}
+
+
+def cpu_alone(gpus: int, stack_given: bool) -> frozenset[str]:
+    """The methods a sweep runs one seed per process: ``CPU_ALONE`` on a CPU unless the user
+    chose ``--stack``, none on a GPU."""
+    return frozenset() if gpus or stack_given else frozenset(CPU_ALONE)
 
 
 def gpu_count() -> int:
@@ -58,9 +75,11 @@ def stackable(method: str) -> bool:
     return getattr(cls, "stack_refusal", "") is None
 
 
-def chunks(runs: list[Run], stack: int, out: Path | None = None) -> list[list[Run]]:
+def chunks(
+    runs: list[Run], stack: int, out: Path | None = None, alone: Collection[str] = ()
+) -> list[list[Run]]:
     """The runs grouped by (setting, method), each group cut into stacks of ``stack`` seeds
-    (of one seed for a method that does not stack).
+    (of one seed for a method that does not stack, or that ``alone`` names).
 
     With ``out``, an unfinished earlier stack of a group's runs (``resumable_stack``) is kept
     as it was cut, whatever ``stack`` is now, so that it continues from its checkpoint.
@@ -76,7 +95,7 @@ def chunks(runs: list[Run], stack: int, out: Path | None = None) -> list[list[Ru
                 group = [r for r in group if r not in kept]
         if not group:
             continue
-        size = stack if stackable(method) else 1
+        size = stack if stackable(method) and method not in alone else 1
         n = -(-len(group) // size)  # as many stacks as needed, as even as can be
         result += [group[i::n] for i in range(n)]
     return result

@@ -50,7 +50,7 @@ from pathlib import Path
 
 from faeval.errors import FaevalError
 from faeval.study.execute import LocalExecutor
-from faeval.study.layout import chunks, gpu_count, layout, slurm_stack
+from faeval.study.layout import chunks, cpu_alone, gpu_count, layout, slurm_stack
 from faeval.study.plan import LAST_CKPT, Run, command, plan, stack_dir, stacked_command
 from faeval.study.spec import check_runs, load_spec
 from faeval.study.state import SETTLED, continues, run_state, write_results
@@ -174,15 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     seeds = len(spec["seeds"])
     if args.executor == "slurm":
         executor = SlurmExecutor(options, runs, wait=not args.no_wait)
-        stack = args.stack or slurm_stack(seeds, int(options.get("gpus_per_node") or 0))
+        gpus = int(options.get("gpus_per_node") or 0)
+        stack = args.stack or slurm_stack(seeds, gpus)
     else:
         groups = len({(r.setting, r.method) for r in todo})
-        jobs, threads, stack = layout(groups, seeds, args.cores, gpu_count())
+        gpus = gpu_count()
+        jobs, threads, stack = layout(groups, seeds, args.cores, gpus)
         jobs = args.jobs or jobs
         threads = args.threads or (max(1, args.cores // jobs) if args.jobs else threads)
         executor = LocalExecutor(jobs, threads)
         stack = args.stack or stack
-    work = chunks(todo, stack, out)
+    work = chunks(todo, stack, out, cpu_alone(gpus, args.stack is not None))
     most = max((len(g) for g in work), default=stack)
     go_on = sum(len(group) for group in work if continues(out, group))
     counts = {s: sum(v == s for v in states.values()) for s in ("ok", "diverged")}

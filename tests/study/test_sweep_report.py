@@ -295,6 +295,14 @@ def test_only_methods_that_stack_are_stacked_the_others_run_one_seed_per_process
         sizes.setdefault(stack[0].method, []).append(len(stack))
     every = ("LayerFA", "USF", "BRSF", "FRSF", "KP", "DRTP", "PC", "FrozenBlocks")
     assert sizes == {m: [3] for m in every}  # each one's 3 seeds in one process
+    # On a CPU the methods measured slower stacked run one seed per process, unless --stack.
+    alone = layout.cpu_alone(gpus=0, stack_given=False)
+    assert alone == set(layout.CPU_ALONE) and "PC" in alone
+    assert layout.cpu_alone(gpus=1, stack_given=False) == layout.cpu_alone(0, True) == set()
+    sizes = {}
+    for stack in layout.chunks(runs, stack=3, alone=alone):
+        sizes.setdefault(stack[0].method, []).append(len(stack))
+    assert sizes == {m: [1, 1, 1] if m in alone else [3] for m in every}
 
 
 def test_a_sweep_started_again_continues_an_unfinished_stack_from_its_checkpoint(
