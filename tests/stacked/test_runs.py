@@ -61,6 +61,23 @@ def test_a_seeds_checkpoint_audits_to_the_figures_of_its_lone_run(with_protocol)
     assert got["diagnostics"]["h_norm"] == logged["h_norm"]  # and what the stack logged
 
 
+@pytest.mark.parametrize("model", ["FF", "ForwardGradient"])  # credits from per-step draws
+def test_a_seeds_checkpoint_of_a_method_that_draws_every_step_audits_as_its_lone_run(
+    tmp_path, model
+):
+    """The audit's credits take the draw of the step after the checkpoint's count, from the
+    seed's own draw seed: a stacked seed's checkpoint must hold its lone run's draw state."""
+    records = {}
+    for name, seeds in (("stack", ["--seeds", "0,1"]), ("alone", ["--seed_everything", "1"])):
+        fit(tmp_path / name, *seeds, *protocol_args(), model=model, data=ALIGNED)
+        run_dir = seed_dir(tmp_path / name, 1, model)
+        run(["audit", str(run_dir), *AUDIT])
+        records[name] = json.loads(next((run_dir / "checkpoints").glob("*.audit.json")).read_text())
+    got, want = records["stack"], records["alone"]
+    assert without_seconds(got["diagnostics"]) == without_seconds(want["diagnostics"])
+    assert got["verdict"] == want["verdict"]
+
+
 # `faeval test` runs with checkpointing off, so Lightning notes that the checkpoint was written
 # with a ModelCheckpoint: the same for a lone run's checkpoint.
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
