@@ -13,8 +13,11 @@ skipped and reported as skipped:
 
 1. exactness: every stackable method × every backbone (tiny), K = 3 seeds: the gradients of
    one stacked step on the GPU against the same step on the CPU (each seed's lone run's to the
-   bit there), TF32 off, within 1e-4 relative (EP: 1e-2, its credit −ε/β carries rounding ×
-   1/β and more through BatchNorm); and the losses of 3 Adam steps within the same;
+   bit there), TF32 off, within 1e-4 relative to each tensor's largest value (or a thousandth
+   of the largest gradient, for a gradient that is 0 but for rounding); EP: 1e-2, its credit
+   −ε/β carries rounding × 1/β and more through BatchNorm; PC, the TP family and PEPITA:
+   5e-3, their credits are differences of nearly equal passes; and the losses of 3 Adam
+   steps within the same;
 2. no host sync: 20 steps of stacked DFA, BP and StateBridge through Lightning with
    ``torch.cuda.set_sync_debug_mode("error")`` on inside every training step;
 3. seed-epochs per second at K = 1 and K = 16 (DFA, ResMLP d=256 L=4, 50,000 CIFAR-shaped
@@ -73,7 +76,11 @@ METHODS = {
 #: What rounding may reach: EP's credit −ε/β carries the relaxed states' rounding times
 #: 1/β = 10, and through BatchNorm's batch statistics the relaxation amplifies it further
 #: (2.8e-3 on SmallCNN between the one-kernel and per-seed forms, both on the CPU).
-TOLERANCE = {"EP": 1e-2}
+#: The credits that are differences of two nearly equal passes (DTP-like G(ĥ) − G(h),
+#: PEPITA's two passes, PC's prediction errors) amplify rounding likewise: the CPU's per-seed
+#: and one-kernel forms differ by up to 1.2e-3 (``--device cpu --quick``), and a lone run in
+#: float32 differs from float64 by as much (PEPITA on SmallCNN: 4e-4).
+TOLERANCE = {"EP": 1e-2, **dict.fromkeys(("PC", "TP", "DTP", "DRL", "LDRL", "PEPITA"), 5e-3)}
 BACKBONES = {
     "ResMLP": ((3, 16, 16), functools.partial(ResMLP, d_hidden=64, num_blocks=2)),
     "SmallCNN": ((3, 16, 16), functools.partial(SmallCNN, width=8, num_blocks=2)),
@@ -90,10 +97,10 @@ def report(name: str, value, note: str = "") -> None:
     print(f"[gpu] {name}: {value}{'  ' + note if note else ''}", flush=True)
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a − b| / max |b| (0 when both are 0)."""
+def rel(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> float:
+    """max |a − b| / max(max |b|, ``floor``) (the absolute difference when both are 0)."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    scale = b.abs().max().item()
+    scale = max(b.abs().max().item(), floor)
     return (a - b).abs().max().item() / scale if scale else (a - b).abs().max().item()
 
 
@@ -144,13 +151,17 @@ def exactness(device: str) -> None:
                 runs[i] = (grads, torch.stack(losses))
                 stacked_modules.per_seed_kernels = PER_SEED_KERNELS
             (g_cpu, l_cpu), (g_dev, l_dev) = runs[0], runs[1]
-            grad_err = max(rel(g_dev[n], g) for n, g in g_cpu.items())
+            # A gradient that is 0 in exact arithmetic (a bias whose effect cancels, as in
+            # LDRL's feedback loss) holds rounding noise in both forms: it is measured against
+            # a thousandth of the largest gradient, not against its own noise.
+            floor = 1e-3 * max(g.abs().max().item() for g in g_cpu.values())
+            grad_err = max(rel(g_dev[n], g, floor) for n, g in g_cpu.items())
             loss_err = rel(l_dev, l_cpu)
             worst[method] = max(worst.get(method, 0.0), grad_err, loss_err)
             if max(grad_err, loss_err) > TOLERANCE.get(method, 1e-4):
                 failed.append(f"{method}/{backbone} grad {grad_err:.1e} loss {loss_err:.1e}")
     worst = {m: float(f"{v:.2e}") for m, v in worst.items()}
-    report("exactness_worst_rel_by_method", worst, "target <= 1e-4 (EP 1e-2)")
+    report("exactness_worst_rel_by_method", worst, f"targets: 1e-4, else {TOLERANCE}")
     report("exactness_failed", failed)
 
 
