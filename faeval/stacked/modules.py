@@ -114,13 +114,36 @@ class _BatchedLinear(torch.autograd.Function):
     @override
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
+        need_x, need_w, need_b = (
+            need and engine_needs(ctx, i) for i, need in enumerate(ctx.needs_input_grad)
+        )
         device, dtype, enabled = ctx.amp
         with torch.autocast(device, dtype=dtype, enabled=enabled):
             grad_x = torch.bmm(grad, weight) if need_x else None  # (K, N, out) @ (K, out, in)
             grad_w = torch.bmm(grad.transpose(1, 2), x) if need_w else None  # (K,out,N)@(K,N,in)
         grad_b = grad.sum(1) if need_b else None  # (K, out)
         return grad_x, grad_w, grad_b
+
+
+def engine_needs(ctx, i: int) -> bool:
+    """Whether the backward running now uses input i's gradient of the custom function ``ctx``.
+
+    ``ctx.needs_input_grad`` says only which inputs required grad in the forward. An
+    ``autograd.grad`` over the states (PC's and EP's relaxation steps) needs no weight gradient,
+    and autograd's own linear backward skips it there; a custom backward computes it unless it
+    asks the engine (a product as large as the input's gradient, wasted at every step).
+    Leaving out a gradient nobody reads changes no other. Under ``torch.compile`` the backward
+    is traced once for every case: all that required grad.
+    """
+    if torch.compiler.is_compiling():
+        return True
+    node = ctx.next_functions[i][0]
+    if node is None:
+        return True
+    try:
+        return torch._C._will_engine_execute_node(node)
+    except RuntimeError:  # a leaf that autograd.grad asked for by name: it is needed
+        return True
 
 
 def join(parts: list[Tensor]) -> Tensor:

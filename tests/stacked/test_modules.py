@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import faeval.stacked.modules as stacked_modules
 from faeval.backbones.vit import PatchEmbed
@@ -83,6 +84,40 @@ LINEAR_SHAPES = [
 def test_linear_is_bit_for_bit_k_linears(rows, d_in, d_out):
     lone, stacked, x = lone_and_stacked(lambda: nn.Linear(d_in, d_out), StackedLinear, (rows, d_in))
     assert_same(*run_both(lone, stacked, x))
+
+
+class CountProducts(TorchDispatchMode):
+    """Counts the batched matrix products run under it, backward ones included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.products = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.products += func.overloadpacket in (torch.ops.aten.bmm, torch.ops.aten.baddbmm)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("wanted", [("x",), ("weight",), ("x", "weight", "bias")])
+def test_linear_forms_only_the_gradients_the_backward_asks_for(wanted):
+    # PC's and EP's relaxation take autograd.grad over the states: the weight's product (as
+    # large as the input's) would be formed and thrown away at every step.
+    lone, stacked, x = lone_and_stacked(lambda: nn.Linear(16, 16), StackedLinear, (6, 16))
+    xs = x.clone().requires_grad_(True)
+    out = stacked(xs)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    inputs = {"x": xs, "weight": stacked.weight, "bias": stacked.bias}
+    with CountProducts() as count:
+        got = torch.autograd.grad(out, [inputs[name] for name in wanted], grad_out)
+    assert count.products == len({"x", "weight"} & set(wanted))
+    for k, module in enumerate(lone):
+        xk = x.chunk(K)[k].clone().requires_grad_(True)
+        lone_inputs = {"x": xk, "weight": module.weight, "bias": module.bias}
+        want = torch.autograd.grad(
+            module(xk), [lone_inputs[name] for name in wanted], grad_out.chunk(K)[k]
+        )
+        for name, g, w in zip(wanted, got, want, strict=True):
+            assert torch.equal(g.chunk(K)[k] if name == "x" else g[k], w), (name, k)
 
 
 def test_linear_in_the_accelerators_form(monkeypatch):
