@@ -144,6 +144,8 @@ def engine_needs(ctx, i: int) -> bool:
         return torch._C._will_engine_execute_node(node)
     except RuntimeError:  # a leaf that autograd.grad asked for by name: it is needed
         return True
+    except AttributeError:  # a torch without the engine's query: compute all, as before
+        return True
 
 
 def join(parts: list[Tensor]) -> Tensor:
