@@ -416,3 +416,17 @@ class RankStates(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         torch.save(pl_module.state_dict(), f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+def trained_first_gradients(method, batches) -> dict:
+    """Adam (the method's own optimizer) steps on ``batches``, as the training step takes them;
+    the gradients of the first step."""
+    optimizer = method.build_optimizer()
+    first = None
+    for x, y in batches:
+        optimizer.zero_grad(set_to_none=True)
+        method.step_objective(x, y)[0].backward()
+        if first is None:
+            first = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+        optimizer.step()
+    return first

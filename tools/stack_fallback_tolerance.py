@@ -29,7 +29,12 @@ import torch
 from faeval.methods import BP, DFA, FA, CreditBridge, StateBridge
 from faeval.stacked import stack_methods
 from faeval.stacked.fallback import FALLBACK_GRAD_TOL, FALLBACK_STATE_TOL
-from tests.helpers import wrap_gated_net, wrap_norm_net, wrap_plain_resnet
+from tests.helpers import (
+    trained_first_gradients,
+    wrap_gated_net,
+    wrap_norm_net,
+    wrap_plain_resnet,
+)
 
 NETS = {
     "gated": wrap_gated_net,
@@ -66,19 +71,6 @@ def differences(pairs, tol: dict) -> tuple[float, float, float]:
     return worst_abs, worst_rel, worst_share
 
 
-def train(method, batches) -> list[dict]:
-    """Trains ``method`` on ``batches``; returns its gradients after the first step."""
-    optimizer = method.build_optimizer()
-    first = None
-    for x, y in batches:
-        optimizer.zero_grad(set_to_none=True)
-        method.step_objective(x, y)[0].backward()
-        if first is None:
-            first = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
-        optimizer.step()
-    return first
-
-
 def measure(method: str, net: str, args, dtype: torch.dtype) -> tuple:
     k, b = args.k, args.batch
     gen = torch.Generator().manual_seed(1)
@@ -90,12 +82,12 @@ def measure(method: str, net: str, args, dtype: torch.dtype) -> tuple:
         for _ in range(args.steps)
     ]
     stacked = stack_methods([build(method, net, s, args.lr, dtype) for s in range(k)])
-    grads = train(stacked, batches)
+    grads = trained_first_gradients(stacked, batches)
     state = stacked.state_dict()
     grad_pairs, state_pairs = [], []
     for seed in range(k):
         lone = build(method, net, seed, args.lr, dtype)
-        lone_grads = train(
+        lone_grads = trained_first_gradients(
             lone, [(x[seed * b : (seed + 1) * b], y[seed * b : (seed + 1) * b]) for x, y in batches]
         )
         grad_pairs += [(grads[n][seed], g) for n, g in lone_grads.items()]

@@ -19,7 +19,12 @@ from faeval.backbones import Wrapped
 from faeval.methods import BP, DFA, LayerFA, StateBridge
 from faeval.stacked import NotStackable, seed_state, stack_methods
 from faeval.stacked.fallback import FALLBACK_GRAD_TOL, FALLBACK_STATE_TOL, FunctionalStack
-from tests.helpers import wrap_gated_net, wrap_norm_net, wrap_plain_resnet
+from tests.helpers import (
+    trained_first_gradients,
+    wrap_gated_net,
+    wrap_norm_net,
+    wrap_plain_resnet,
+)
 
 K, B, STEPS = 3, 8, 5
 NETS = {
@@ -49,25 +54,12 @@ def seed_rows(data: list[tuple[Tensor, Tensor]], seed: int) -> list[tuple[Tensor
     return [(x[seed * B : (seed + 1) * B], y[seed * B : (seed + 1) * B]) for x, y in data]
 
 
-def train(method, data) -> dict[str, Tensor]:
-    """Adam steps on ``data``, as the training step takes them; the first step's gradients."""
-    optimizer = method.build_optimizer()
-    first = None
-    for x, y in data:
-        optimizer.zero_grad(set_to_none=True)
-        method.step_objective(x, y)[0].backward()
-        if first is None:
-            first = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
-        optimizer.step()
-    return first
-
-
 def lone_runs(method: str, net, data) -> list[tuple[dict, dict]]:
     """Each seed's first gradients and final state dict, trained alone on its own rows."""
     runs = []
     for seed in range(K):
         lone = build(method, net, seed)
-        grads = train(lone, seed_rows(data, seed))
+        grads = trained_first_gradients(lone, seed_rows(data, seed))
         runs.append((grads, lone.state_dict()))
     return runs
 
@@ -78,7 +70,7 @@ def test_the_fallback_matches_lone_runs_within_its_documented_tolerance(method, 
     stacked = stack_methods([build(method, NETS[net], s) for s in range(K)])
     assert any(isinstance(m, FunctionalStack) for m in stacked.backbone.modules())
     data = batches()
-    grads = train(stacked, data)
+    grads = trained_first_gradients(stacked, data)
     state = stacked.state_dict()
     for seed, (lone_grads, lone_state) in enumerate(lone_runs(method, NETS[net], data)):
         assert set(lone_grads) == set(grads)
@@ -95,7 +87,7 @@ def test_the_fallback_matches_lone_runs_within_its_documented_tolerance(method, 
 def test_another_seeds_lone_run_fails_the_tolerance():
     stacked = stack_methods([build("DFA", wrap_gated_net, s) for s in range(K)])
     data = batches(1)
-    grads = train(stacked, data)
+    grads = trained_first_gradients(stacked, data)
     runs = lone_runs("DFA", wrap_gated_net, data)
     for seed in range(K):
         wrong, _ = runs[(seed + 1) % K]  # the next seed's lone run: the seed order mixed up
